@@ -1,0 +1,1 @@
+"""The chat side of cms-chatops: Slack and console adapters, rendering, CLI."""

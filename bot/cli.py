@@ -1,0 +1,261 @@
+"""`cmsbot`: the command line.
+
+  cmsbot demo      the whole pipeline on the simulated lab, no Slack needed
+  cmsbot chat      run a slash command through the queue, print the thread
+  cmsbot worker    an RQ worker on the project's queues
+  cmsbot lab       serve the simulated deployment
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from workers.topology import Version
+
+log = logging.getLogger("cmsbot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=os.environ.get("CMSBOT_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cmsbot", description="ChatOps for the Lync / Skype for Business Central Management Store.")
+    sub = p.add_subparsers(title="commands")
+
+    demo = sub.add_parser("demo", help="run /cms-status end to end on the simulated lab and print the thread")
+    demo.add_argument("--scenario", action="append", metavar="NAME[:target]",
+                      help="lab scenario to inject instead of the demo's default (repeatable)")
+    demo.add_argument("--command", default="/cms-status", help="slash command to run (default: /cms-status)")
+    demo.set_defaults(func=cmd_demo)
+
+    chat = sub.add_parser("chat", help='run a slash command, e.g. cmsbot chat "/cms-status pool01.contoso.com"')
+    chat.add_argument("text", help="the slash command and its argument, quoted")
+    chat.add_argument("--user", default=None, help="user id to act as (default: your login name)")
+    chat.set_defaults(func=cmd_chat)
+
+    worker = sub.add_parser("worker", help="run an RQ worker on the project's queues")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.set_defaults(func=cmd_worker)
+
+    lab = sub.add_parser("lab", help="serve the simulated deployment over WS-Management until stopped")
+    lab.add_argument("--version", choices=[v.value for v in Version], default=Version.sfb2019.value)
+    lab.add_argument("--servers", type=int, default=8, help="number of servers (default 8; more adds Front End pools)")
+    lab.add_argument("--latency-ms", type=int, default=0, help="each probe takes this long")
+    lab.add_argument("--scenario", action="append", default=[], metavar="NAME[:target]", help="repeatable")
+    lab.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    lab.add_argument("--advertise", default=None, help="host name written into the topology (default: --host)")
+    lab.add_argument("--port", type=int, default=5985, help="port to bind; 0 picks a free one")
+    lab.add_argument("--topology-out", default="lab-topology.yaml", help="where to write the topology file")
+    lab.set_defaults(func=cmd_lab)
+    return p
+
+
+# -- shared set-up ----------------------------------------------------------------
+
+
+class SetupError(Exception):
+    """A one-paragraph explanation of what is missing and how to get it."""
+
+
+def _settings(**overrides):
+    from pydantic import ValidationError
+
+    from workers.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SetupError(f"configuration error in {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _redis(url: str) -> redis.Redis:
+    from workers.contract import connect
+
+    conn = connect(url)
+    try:
+        conn.ping()
+    except (redis.RedisError, OSError):
+        raise SetupError(
+            f"Redis at {_safe_url(url)} does not answer. Start Redis (e.g. `redis-server`, or `docker compose up "
+            "redis`) or set REDIS_URL to one that runs."
+        ) from None
+    return conn
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
+
+
+def _topology(path: Path):
+    from workers import topology as topo
+
+    try:
+        return topo.load(path)
+    except topo.TopologyError as e:
+        raise SetupError(f"topology: {e}") from None
+
+
+def _fail(e: SetupError) -> int:
+    print(f"cmsbot: {e}", file=sys.stderr)
+    return 2
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_lab(args) -> int:
+    from lab.server import main as lab_main
+
+    return lab_main(args)
+
+
+def cmd_worker(args) -> int:
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    from workers.contract import QUEUES, queue
+
+    try:
+        settings = _settings()
+        conn = _redis(settings.redis_url)
+        _topology(settings.topology)
+    except SetupError as e:
+        return _fail(e)
+    worker = Worker([queue(conn, q) for q in QUEUES], connection=conn, serializer=JSONSerializer, worker_ttl=60)
+    worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from bot.console import run_chat
+
+    try:
+        settings = _settings()
+        conn = _redis(settings.redis_url)
+        topology = _topology(settings.topology)
+    except SetupError as e:
+        return _fail(e)
+    return run_chat(conn, settings, topology, args.text, args.user or _login())
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "console"
+
+
+DEMO_SCENARIOS = ["replica-behind:edge02.contoso.com"]
+
+
+def cmd_demo(args) -> int:
+    from bot.console import run_chat
+    from bot.local_redis import NO_REDIS, PrivateRedis, answers
+
+    started: list[subprocess.Popen] = []
+    private = None
+    with tempfile.TemporaryDirectory(prefix="cmsbot-demo-") as tmp:
+        try:
+            base = _settings()
+            url = base.redis_url
+            if not answers(url):
+                try:
+                    private = PrivateRedis()
+                except FileNotFoundError:
+                    raise SetupError(NO_REDIS.format(url=_safe_url(url))) from None
+                url = private.url
+            topology_path = Path(tmp) / "topology.yaml"
+            env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path),
+                       CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=secrets.token_urlsafe(18),
+                       CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http")
+            env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
+            print(f"demo: Redis {_safe_url(url)}{' (private)' if private else ''}; starting the lab and a worker",
+                  flush=True)
+            scenarios = args.scenario if args.scenario is not None else DEMO_SCENARIOS
+            lab = _start([sys.executable, "-m", "bot.cli", "lab", "--port", "0", "--topology-out", str(topology_path),
+                          *[a for s in scenarios for a in ("--scenario", s)]], env, Path(tmp) / "lab.log", started)
+            _wait_for_line(lab, Path(tmp) / "lab.log", "lab ready", 20)
+            print("demo: " + (Path(tmp) / "lab.log").read_text().strip().splitlines()[-1], flush=True)
+            worker = _start([sys.executable, "-m", "bot.cli", "worker"], env, Path(tmp) / "worker.log", started)
+            settings = _settings(redis_url=url, topology=topology_path)
+            conn = _redis(url)
+            _wait_for_worker(conn, worker, Path(tmp) / "worker.log")
+            print("", flush=True)
+            return run_chat(conn, settings, _topology(topology_path), args.command, "demo-user")
+        except SetupError as e:
+            return _fail(e)
+        finally:
+            for proc in reversed(started):
+                _stop(proc)
+            if private:
+                private.stop()
+
+
+def _start(cmd: list[str], env: dict[str, str], logfile: Path, started: list[subprocess.Popen]) -> subprocess.Popen:
+    out = open(logfile, "w", encoding="utf-8")
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    started.append(proc)
+    return proc
+
+
+def _wait_for_line(proc: subprocess.Popen, logfile: Path, marker: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in logfile.read_text(encoding="utf-8", errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SetupError(f"the lab did not start: {logfile.read_text(errors='replace').strip()[-500:] or 'no output'}")
+
+
+def _wait_for_worker(conn: redis.Redis, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
+    from bot.console import workers_listening
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if workers_listening(conn):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise SetupError(f"the worker did not start: {logfile.read_text(errors='replace').strip()[-500:] or 'no output'}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Slash-command text -> a validated command, or a message for the user.
+
+Only names that resolve to the topology survive; the user's text itself never
+travels further than this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers.topology import Topology, UnknownTarget
+
+HELP = {
+    "/cms-status": ("/cms-status [pool|server]", "replication status of every replica, or of one pool or server, "
+                    "with the diagnosis of anything that is behind", "/cms-status pool01.contoso.com"),
+}
+MAX_LISTED = 25
+
+
+class CommandError(ValueError):
+    """The text cannot run; `str(self)` is written for the person who typed it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: dict[str, str] = field(default_factory=dict)
+
+
+def parse(text: str, topology: Topology) -> Command:
+    words = text.split()
+    if not words:
+        raise CommandError("Type a command, e.g. `/cms-status`. " + usage())
+    name, rest = words[0].lower(), words[1:]
+    if name not in HELP:
+        raise CommandError(f"Unknown command. {usage()}")
+    if name == "/cms-status":
+        if len(rest) > 1:
+            raise CommandError(f"Too many words. Usage: `{HELP[name][0]}`")
+        if not rest:
+            return Command(name)
+        try:
+            target = topology.resolve(rest[0])
+        except UnknownTarget as e:
+            raise CommandError(unknown_target_text(e, topology)) from None
+        return Command(name, {"target": target.name})
+    raise CommandError(usage())  # pragma: no cover - every HELP entry is handled above
+
+
+def usage() -> str:
+    return "Commands: " + "; ".join(f"`{u}`" for u, _, _ in HELP.values())
+
+
+def unknown_target_text(e: UnknownTarget, topology: Topology) -> str:
+    pools = [p.fqdn for p in topology.pools]
+    servers = [s.fqdn for s in topology.servers if s.fqdn not in pools]
+    shown = servers[:MAX_LISTED]
+    more = f" and {len(servers) - len(shown)} more" if len(servers) > len(shown) else ""
+    typed = "".join(c for c in e.text.strip()[:60] if c.isprintable() and c not in "`<>&*_~") or "(nothing)"
+    return (f"`{typed}` is not a pool or server of this deployment. "
+            f"Pools: {', '.join(pools)}. Servers: {', '.join(shown)}{more}.")

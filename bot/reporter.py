@@ -1,0 +1,74 @@
+"""Turns the events stream into messages, exactly once per (request, seq).
+
+Reads `cmsbot:events` with a consumer group, delivers each event through a
+sink, and acknowledges it only after the sink accepted it. After a restart it
+first re-reads what it had read but not acknowledged. A per-request high-water
+mark makes redelivery of an already delivered event a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import redis
+
+from workers.contract import EVENTS_STREAM, REQUEST_TTL, Event
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[Event], bool]
+
+
+class Reporter:
+    def __init__(self, conn: redis.Redis, group: str, consumer: str, deliver: Deliver,
+                 wants: Callable[[Event], bool] = lambda e: True, start: str = "0"):
+        self.conn, self.group, self.consumer = conn, group, consumer
+        self._deliver, self._wants = deliver, wants
+        self._backlog = True  # first read our own unacknowledged entries
+        try:
+            conn.xgroup_create(EVENTS_STREAM, group, id=start, mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def _mark_key(self, request: str) -> str:
+        return f"cmsbot:delivered:{self.group}:{request}"
+
+    def poll(self, block_ms: int = 1000, count: int = 100) -> int:
+        """Deliver what is waiting; returns how many events were delivered."""
+        stream_id = "0" if self._backlog else ">"
+        reply = self.conn.xreadgroup(self.group, self.consumer, {EVENTS_STREAM: stream_id}, count=count,
+                                     block=None if self._backlog else block_ms)
+        entries = reply[0][1] if reply else []
+        if self._backlog and not entries:
+            self._backlog = False
+        delivered = 0
+        for entry_id, fields in entries:
+            if not fields:  # trimmed from the stream while pending
+                self.conn.xack(EVENTS_STREAM, self.group, entry_id)
+                continue
+            event = Event.from_fields(fields)
+            if not self._wants(event):
+                self.conn.xack(EVENTS_STREAM, self.group, entry_id)
+                continue
+            mark = self._mark_key(event.request)
+            last = int(self.conn.get(mark) or 0)
+            if event.seq <= last:
+                self.conn.xack(EVENTS_STREAM, self.group, entry_id)
+                continue
+            if not self._deliver(event):
+                self._backlog = True  # keep order: retry this one first, later
+                break
+            with self.conn.pipeline() as pipe:
+                pipe.set(mark, event.seq, ex=REQUEST_TTL)
+                pipe.xack(EVENTS_STREAM, self.group, entry_id)
+                pipe.execute()
+            delivered += 1
+        return delivered
+
+    def forget(self, request: str) -> None:
+        self.conn.delete(self._mark_key(request))
+
+    def destroy(self) -> None:
+        self.conn.xgroup_destroy(EVENTS_STREAM, self.group)

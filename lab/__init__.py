@@ -1,0 +1,1 @@
+"""A simulated Lync / Skype for Business deployment that speaks WS-Management."""

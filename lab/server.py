@@ -1,0 +1,65 @@
+"""`cmsbot lab`: serve the simulated deployment until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from lab.deployment import LabState, ScenarioError, apply, build
+from lab.wsman import Lab
+from workers import topology as topo
+from workers.topology import Version
+
+DEFAULT_USER = "cmsbot"
+DEFAULT_PASSWORD = "lab-password"
+
+
+def make_state_factory(version: Version, servers: int):
+    def make(scenarios: list[str]) -> LabState:
+        state = build(version, servers)
+        for spec in scenarios:
+            apply(state, spec)
+        return state
+    return make
+
+
+async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, latency_ms: int,
+                scenarios: list[str], topology_out: Path, username: str, password: str) -> None:
+    lab = Lab(make_state_factory(version, servers), scenarios, username, password, latency_ms)
+    server = await asyncio.start_server(lab.handle, host, port, backlog=1024, limit=8 * 1024 * 1024)
+    bound = server.sockets[0].getsockname()[1]
+    topology = lab.state.topology(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
+    topology_out.parent.mkdir(parents=True, exist_ok=True)
+    topology_out.write_text(
+        f"# written by `cmsbot lab` on port {bound}; control API: http://{advertise}:{bound}/_lab/\n" + topo.dump(topology),
+        encoding="utf-8",
+    )
+    print(f"lab ready: {len(lab.state.servers)} servers, topology {topology_out}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(args) -> int:
+    password = os.environ.get("CMSBOT_WINRM_PASSWORD") or DEFAULT_PASSWORD
+    username = os.environ.get("CMSBOT_WINRM_USERNAME") or DEFAULT_USER
+    try:
+        make_state_factory(Version(args.version), args.servers)(args.scenario)
+    except ScenarioError as e:
+        print(f"cmsbot lab: {e}", file=sys.stderr)
+        return 2
+    advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
+    try:
+        asyncio.run(serve(host=args.host, port=args.port, advertise=advertise, version=Version(args.version),
+                          servers=args.servers, latency_ms=args.latency_ms, scenarios=args.scenario,
+                          topology_out=Path(args.topology_out), username=username, password=password))
+    except OSError as e:
+        print(f"cmsbot lab: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        return 2
+    return 0

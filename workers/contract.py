@@ -1,0 +1,122 @@
+"""What crosses between the bot and the workers: requests, jobs and events.
+
+A request is stored as JSON under a `cmsbot:` key; the RQ job's id is the
+request id and its only argument; the worker reports back by appending events
+to one Redis stream. Nothing pickled crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+REQUEST_TTL = 21 * 24 * 3600
+EVENTS_STREAM = "cmsbot:events"
+EVENTS_MAXLEN = 100_000
+STATUS_QUEUE = "cmsbot-status"
+CHANGE_QUEUE = "cmsbot-change"
+QUEUES = (CHANGE_QUEUE, STATUS_QUEUE)
+
+TERMINAL_KINDS = frozenset({"result", "failed"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return "r" + secrets.token_hex(8)
+
+
+class Request(BaseModel):
+    id: str = Field(default_factory=new_id)
+    command: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    user: str
+    channel: str | None = None
+    thread: str | None = None
+    origin: Literal["slack", "console"] = "console"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Event(BaseModel):
+    request: str
+    seq: int
+    kind: str
+    body: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> "Event":
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        return cls(request=f["request"], seq=int(f["seq"]), kind=f["kind"], body=json.loads(f.get("body") or "{}"))
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def request_key(request_id: str) -> str:
+    return f"cmsbot:request:{request_id}"
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that rides out a Redis restart: retries on connection errors."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+def queue(conn: redis.Redis, name: str = STATUS_QUEUE) -> Queue:
+    return Queue(name, connection=conn, serializer=JSONSerializer)
+
+
+def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str = STATUS_QUEUE, timeout: int, **job_options: Any) -> None:
+    """Store the request and enqueue its job in one pipelined round trip."""
+    q = queue(conn, queue_name)
+    with conn.pipeline() as pipe:
+        # RQ opens the MULTI itself, so it must queue its commands first.
+        q.enqueue_call(job, args=(req.id,), job_id=req.id, timeout=timeout, result_ttl=3600,
+                       failure_ttl=7 * 24 * 3600, pipeline=pipe, **job_options)
+        pipe.set(request_key(req.id), req.model_dump_json(), ex=REQUEST_TTL)
+        pipe.execute()
+
+
+def load_request(conn: redis.Redis, request_id: str) -> Request:
+    raw = conn.get(request_key(request_id))
+    if raw is None:
+        raise LookupError(f"request {request_id} not found (expired or never stored)")
+    return Request.model_validate_json(raw)
+
+
+_APPEND = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'request', ARGV[1], 'seq', seq, 'kind', ARGV[2], 'body', ARGV[3])
+return seq
+"""
+
+
+def append_event(conn: redis.Redis, request_id: str, kind: str, body: dict[str, Any] | None = None) -> int:
+    """Append one event; `seq` is allocated atomically with the append so the
+    stream order and the seq order of a request always agree."""
+    payload = json.dumps(body or {}, default=str)
+    return int(conn.eval(_APPEND, 2, EVENTS_STREAM, f"cmsbot:seq:{request_id}", request_id, kind, payload, EVENTS_MAXLEN, REQUEST_TTL))

@@ -1,0 +1,45 @@
+"""Configuration from the environment (every name is listed in the README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CMSBOT_", extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "CMSBOT_REDIS_URL"),
+    )
+    topology: Path = Path("topology.yaml")
+
+    # WinRM
+    winrm_username: str = "cmsbot"
+    winrm_password: SecretStr = SecretStr("")
+    winrm_password_file: Path | None = None
+    winrm_transport: Literal["ntlm", "kerberos", "credssp", "basic"] = "ntlm"
+    winrm_scheme: Literal["https", "http"] = "https"
+    winrm_ca_bundle: Path | None = None
+    winrm_connect_timeout: float = Field(5.0, gt=0)
+
+    # Deadlines and fan-out
+    host_deadline: float = Field(30.0, gt=0, description="seconds one server may take for its probes in one job")
+    fanout: int = Field(32, ge=1, le=512, description="servers probed at once")
+    chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> "Settings":
+        if self.winrm_password_file and not self.winrm_password.get_secret_value():
+            secret = self.winrm_password_file.read_text(encoding="utf-8").strip()
+            object.__setattr__(self, "winrm_password", SecretStr(secret))
+        return self
+
+    @property
+    def job_timeout(self) -> int:
+        """RQ's hard limit for a status job: every stage's deadline plus slack."""
+        return int(self.host_deadline * 3 + 60)
