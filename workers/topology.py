@@ -83,7 +83,7 @@ class Topology(_Strict):
 
     # -- lookups -----------------------------------------------------------
     def pool(self, fqdn: str) -> Pool:
-        return next(p for p in self.pools if p.fqdn == fqdn)
+        return next(p for p in self.pools if p.fqdn.lower() == fqdn.lower())
 
     @property
     def cms(self) -> Pool:
@@ -94,10 +94,10 @@ class Topology(_Strict):
         return [s for p in self.pools for s in p.servers]
 
     def server(self, fqdn: str) -> Server:
-        return next(s for s in self.servers if s.fqdn == fqdn)
+        return next(s for s in self.servers if s.fqdn.lower() == fqdn.lower())
 
     def pool_of(self, server_fqdn: str) -> Pool:
-        return next(p for p in self.pools if any(s.fqdn == server_fqdn for s in p.servers))
+        return next(p for p in self.pools if any(s.fqdn.lower() == server_fqdn.lower() for s in p.servers))
 
     def role_of(self, server_fqdn: str) -> Role:
         return self.pool_of(server_fqdn).role
@@ -106,7 +106,7 @@ class Topology(_Strict):
         pool = self.pool(pool_fqdn)
         if pool.backup_pool:
             return self.pool(pool.backup_pool)
-        return next((p for p in self.pools if p.backup_pool == pool_fqdn), None)
+        return next((p for p in self.pools if (p.backup_pool or "").lower() == pool.fqdn.lower()), None)
 
     @property
     def names(self) -> list[str]:
@@ -252,17 +252,19 @@ def _check_references(topo: Topology, root: Any, path: Path | str) -> None:
 
 
 def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the YAML node at `loc`, or of its nearest parent."""
+    """The 1-based line of the YAML key or item at `loc`, or of its nearest parent."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
-        child = None
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            child = next((v for k, v in node.value if k.value == part), None)
+            pair = next(((k, v) for k, v in node.value if k.value == part), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            child = node.value[part]
-        if child is None:
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
             break
-        node, line = child, child.start_mark.line + 1
     return line
 
 

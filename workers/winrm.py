@@ -161,7 +161,7 @@ class HostShell:
             username=c.username,
             password=c.password,
             server_cert_validation="validate",
-            ca_trust_path=c.ca_bundle or "legacy_requests",
+            ca_trust_path=c.ca_bundle or requests.certs.where(),
             read_timeout_sec=MAX_OPERATION_TIMEOUT + 5,
             operation_timeout_sec=MAX_OPERATION_TIMEOUT,
             message_encryption="auto",

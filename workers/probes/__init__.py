@@ -10,6 +10,7 @@ short bootstrap passed with -EncodedCommand that decodes and runs them.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from dataclasses import dataclass
@@ -131,6 +132,13 @@ def _json_document(text: str) -> dict[str, Any] | None:
 
 
 _CLIXML_ERROR = re.compile(r'<S S="Error">(.*?)</S>', re.S)
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def _clixml_text(raw: str) -> str:
+    """CLIXML string -> text: XML entities, then its _xHHHH_ character escapes."""
+    text = _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), html.unescape(raw))
+    return " ".join(text.split())
 
 
 def clixml_errors(stderr: bytes) -> str:
@@ -138,5 +146,5 @@ def clixml_errors(stderr: bytes) -> str:
     text = stderr.decode("utf-8", errors="replace")
     if "#< CLIXML" not in text:
         return text.strip()[:300]
-    parts = [p.replace("_x000D__x000A_", " ").strip() for p in _CLIXML_ERROR.findall(text)]
+    parts = [_clixml_text(p) for p in _CLIXML_ERROR.findall(text)]
     return " ".join(p for p in parts if p)[:300]

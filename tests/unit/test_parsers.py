@@ -1,0 +1,292 @@
+"""Probe output (5.1 fixtures) -> decode() -> parsers -> what a user sees."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from workers import probes
+from workers.models import HostErrorKind, ServiceState
+from workers.parsers import ParseError, parse_cms_status, parse_replica_health
+from workers.winrm import Output, ProbeFailed
+
+UTC = timezone.utc
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ps51"
+
+CLIXML_MODULE_ERROR = (
+    b"#< CLIXML\r\n"
+    b'<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b"<S S=\"Error\">Import-Module : The specified module 'SkypeForBusiness' was not loaded_x000D__x000A_</S>"
+    b"</Objs>"
+)
+
+CLIXML_PROGRESS = (
+    b"#< CLIXML\r\n"
+    b'<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b'<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T>'
+    b"<T>System.Object</T></TN><MS><I64 N=\"SourceId\">1</I64><PR N=\"Record\"><AV>Preparing modules for first use.</AV>"
+    b"<AI>0</AI><Nil /><PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj>"
+    b"</Objs>"
+)
+
+
+def raw(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def decoded(probe: str, fixture: str):
+    return probes.decode(probe, Output(raw(fixture), b"", 0))
+
+
+def cms(fixture: str):
+    return parse_cms_status(decoded("cms-status", fixture))
+
+
+def health(fixture: str, server: str = "fe01.contoso.com"):
+    return parse_replica_health(server, decoded("replica-health", fixture))
+
+
+# -- the fixtures are 5.1-shaped ---------------------------------------------------
+
+ALL_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.json"))
+
+
+def test_fixture_set_is_complete():
+    assert set(ALL_FIXTURES) >= {
+        "cms-status-healthy.json",
+        "cms-status-edge-behind.json",
+        "cms-status-single-replica.json",
+        "cms-status-unavailable.json",
+        "cms-status-error.json",
+        "replica-health-running.json",
+        "replica-health-enum.json",
+    }
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_fixture_is_one_compressed_5_1_document(name):
+    text = raw(name).decode("utf-8")
+    body = text.rstrip("\r\n")
+    assert "\n" not in body and "\r" not in body  # -Compress: one line
+    assert '": ' not in body and '", "' not in body  # -Compress: no spaces between tokens
+    assert '"/Date(' not in body  # 5.1 escapes the slashes
+    doc = json.loads(body)
+    assert list(doc)[:2] == ["probe", "version"]
+    assert doc["version"] == 1
+    assert ("data" in doc) != ("error" in doc)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_FIXTURES if "error" not in n])
+def test_fixture_dates_are_written_as_5_1_writes_them(name):
+    assert rb'"\/Date(' in raw(name)
+
+
+# -- cms-status: healthy -----------------------------------------------------------
+
+def test_healthy_every_replica_up_to_date():
+    status = cms("cms-status-healthy.json")
+    assert [r.fqdn for r in status.replicas] == [
+        "fe01.contoso.com", "fe02.contoso.com", "fe03.contoso.com", "fe04.contoso.com",
+        "edge01.contoso.com", "edge02.contoso.com", "dir01.contoso.com", "med01.contoso.com",
+    ]
+    assert all(r.up_to_date for r in status.replicas)
+
+
+def test_healthy_timestamps_are_exact_utc():
+    status = cms("cms-status-healthy.json")
+    assert status.collected_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    by_fqdn = {r.fqdn: r for r in status.replicas}
+    assert by_fqdn["fe01.contoso.com"].last_status_report == datetime(2023, 11, 14, 22, 12, 35, tzinfo=UTC)
+    assert by_fqdn["edge01.contoso.com"].last_status_report == datetime(2023, 11, 14, 22, 12, 50, tzinfo=UTC)
+    assert by_fqdn["med01.contoso.com"].last_status_report == datetime(2023, 11, 14, 22, 12, 58, tzinfo=UTC)
+    assert all(r.last_update_creation == datetime(2023, 11, 14, 22, 10, 0, tzinfo=UTC) for r in status.replicas)
+    assert all(r.last_status_report.utcoffset().total_seconds() == 0 for r in status.replicas)
+
+
+def test_healthy_store_and_pools():
+    status = cms("cms-status-healthy.json")
+    assert status.store.active_master_fqdn == "fe01.contoso.com"
+    assert status.store.active_file_transfer_agents == ["fe01.contoso.com", "fe02.contoso.com"]
+    assert status.store.available is True
+    assert len(status.store.active_replicas) == 8
+    assert status.store.deleted_replicas == []
+    assert [(s.pool_fqdn, s.active) for s in status.services] == [
+        ("pool01.contoso.com", True),
+        ("pool02.contoso.com", False),
+    ]
+    assert [s.pool_fqdn for s in status.services if s.active] == ["pool01.contoso.com"]
+    assert status.services[0].site_id == "Site:Redmond"
+    assert status.product_version.startswith("Skype for Business Server 2019")
+    assert {r.product_version for r in status.replicas} == {"7.0.2046.0"}
+
+
+# -- cms-status: a failing Edge -------------------------------------------------------
+
+def test_edge_behind_only_edge01_is_not_up_to_date():
+    status = cms("cms-status-edge-behind.json")
+    assert [r.fqdn for r in status.replicas if not r.up_to_date] == ["edge01.contoso.com"]
+    assert len([r for r in status.replicas if r.up_to_date]) == 7
+
+
+def test_edge_behind_has_no_report_and_no_version():
+    status = cms("cms-status-edge-behind.json")
+    edge = next(r for r in status.replicas if r.fqdn == "edge01.contoso.com")
+    assert edge.last_status_report is None  # null in the JSON
+    assert edge.product_version is None  # "" in the JSON
+    assert edge.last_update_creation == datetime(2023, 11, 14, 22, 15, 0, tzinfo=UTC)
+    fe01 = next(r for r in status.replicas if r.fqdn == "fe01.contoso.com")
+    assert fe01.last_status_report == datetime(2023, 11, 14, 22, 17, 35, tzinfo=UTC)
+    assert status.collected_at == datetime(2023, 11, 14, 22, 18, 20, tzinfo=UTC)
+    assert status.store.available is True
+
+
+# -- cms-status: one of everything (Standard Edition) --------------------------------
+
+def test_single_replica_bare_object_is_one_replica():
+    status = cms("cms-status-single-replica.json")
+    assert len(status.replicas) == 1
+    only = status.replicas[0]
+    assert only.fqdn == "se01.contoso.com"
+    assert only.up_to_date is True
+    assert only.last_status_report == datetime(2023, 11, 14, 23, 13, 10, tzinfo=UTC)
+    assert only.last_update_creation == datetime(2023, 11, 14, 23, 11, 40, tzinfo=UTC)
+    assert only.product_version == "6.0.9319.0"
+
+
+def test_single_replica_bare_string_ftas_and_null_deleted():
+    status = cms("cms-status-single-replica.json")
+    assert status.store.active_master_fqdn == "se01.contoso.com"
+    assert status.store.active_file_transfer_agents == ["se01.contoso.com"]
+    assert status.store.active_replicas == ["se01.contoso.com"]
+    assert status.store.deleted_replicas == []
+    assert status.store.available is True
+
+
+def test_single_replica_bare_service_object():
+    status = cms("cms-status-single-replica.json")
+    assert len(status.services) == 1
+    assert status.services[0].pool_fqdn == "se01.contoso.com"
+    assert status.services[0].active is True
+    assert status.services[0].version == "7"
+
+
+# -- cms-status: CMS unavailable -------------------------------------------------------
+
+def test_unavailable_store():
+    status = cms("cms-status-unavailable.json")
+    assert status.store.active_master_fqdn is None
+    assert status.store.active_file_transfer_agents == []
+    assert status.store.available is False
+    assert status.collected_at == datetime(2023, 11, 15, 0, 13, 20, tzinfo=UTC)
+    assert [r.fqdn for r in status.replicas if r.up_to_date] == []
+    assert [r.fqdn for r in status.replicas] == [
+        "fe01.contoso.com", "fe02.contoso.com", "fe03.contoso.com", "fe04.contoso.com",
+    ]
+    assert status.replicas[1].last_status_report == datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC)
+
+
+# -- replica-health --------------------------------------------------------------------
+
+def test_replica_health_string_states():
+    h = health("replica-health-running.json", "fe02.contoso.com")
+    assert h.fqdn == "fe02.contoso.com"
+    assert h.collected_at == datetime(2023, 11, 14, 22, 13, 25, tzinfo=UTC)
+    assert h.services == {
+        "REPLICA": ServiceState.running,
+        "MASTER": ServiceState.running,
+        "FTA": ServiceState.running,
+        "LYNCBACKUP": ServiceState.running,
+    }
+    assert h.product_version.startswith("Skype for Business Server 2019")
+
+
+def test_replica_health_enum_numbers():
+    h = health("replica-health-enum.json")
+    assert h.collected_at == datetime(2023, 11, 14, 22, 13, 27, tzinfo=UTC)
+    assert h.services == {
+        "REPLICA": ServiceState.running,   # 4
+        "MASTER": ServiceState.running,    # 4
+        "FTA": ServiceState.stopped,       # 1
+        "LYNCBACKUP": ServiceState.starting,  # 2 = StartPending
+    }
+
+
+# -- parser guards -----------------------------------------------------------------------
+
+def test_parse_cms_status_without_collected_at_is_an_error():
+    data = decoded("cms-status", "cms-status-healthy.json")
+    del data["CollectedAt"]
+    with pytest.raises(ParseError, match="CollectedAt"):
+        parse_cms_status(data)
+
+
+def test_parse_cms_status_rejects_a_non_object():
+    with pytest.raises(ParseError):
+        parse_cms_status(["not", "an", "object"])
+
+
+def test_parse_replica_health_without_collected_at_is_an_error():
+    with pytest.raises(ParseError, match="CollectedAt"):
+        parse_replica_health("fe01.contoso.com", {"Services": {"REPLICA": 4}})
+
+
+# -- decode() failures --------------------------------------------------------------------
+
+def test_error_document_raises_probe_failed_with_the_message():
+    with pytest.raises(ProbeFailed) as info:
+        decoded("cms-status", "cms-status-error.json")
+    reason = info.value.reason
+    assert "The term 'Get-CsManagementStoreReplicationStatus' is not recognized" in reason
+    assert reason.startswith("cms-status")
+    assert info.value.kind is HostErrorKind.probe_failed
+
+
+def test_non_utf8_output_raises_probe_failed_naming_utf8():
+    # A German host that ignored code page 65001: the text arrives as cp437.
+    text = '{"probe":"cms-status","version":1,"error":{"message":"Der Begriff wurde nicht erkannt. Überprüfen Sie die Schreibweise."}}'
+    stdout = text.encode("cp437")
+    with pytest.raises(UnicodeDecodeError):
+        stdout.decode("utf-8")  # the precondition: these bytes are not UTF-8
+    with pytest.raises(ProbeFailed) as info:
+        probes.decode("cms-status", Output(stdout, b"", 0))
+    assert "UTF-8" in info.value.reason
+
+
+def test_empty_stdout_with_clixml_error_reports_the_error_text():
+    with pytest.raises(ProbeFailed) as info:
+        probes.decode("cms-status", Output(b"", CLIXML_MODULE_ERROR, 1))
+    reason = info.value.reason
+    assert "Import-Module : The specified module 'SkypeForBusiness' was not loaded" in reason
+    assert "_x000D__x000A_" not in reason
+    assert "<S" not in reason and "CLIXML" not in reason
+
+
+def test_empty_stdout_without_stderr_says_so():
+    with pytest.raises(ProbeFailed) as info:
+        probes.decode("cms-status", Output(b"", b"", 0))
+    assert "no output" in info.value.reason
+    with pytest.raises(ProbeFailed) as info:
+        probes.decode("cms-status", Output(b"", b"", 3))
+    assert "exit code 3" in info.value.reason
+
+
+def test_clixml_progress_on_stderr_does_not_spoil_good_output():
+    data = probes.decode("cms-status", Output(raw("cms-status-healthy.json"), CLIXML_PROGRESS, 0))
+    status = parse_cms_status(data)
+    assert len(status.replicas) == 8
+    assert status.store.active_master_fqdn == "fe01.contoso.com"
+
+
+def test_text_before_the_json_line_is_skipped():
+    stdout = b"WARNING: something the module printed\r\n" + raw("replica-health-enum.json")
+    h = parse_replica_health("fe01.contoso.com", probes.decode("replica-health", Output(stdout, b"", 0)))
+    assert h.services["FTA"] is ServiceState.stopped
+
+
+def test_answer_for_another_probe_is_rejected():
+    with pytest.raises(ProbeFailed) as info:
+        probes.decode("replica-health", Output(raw("cms-status-healthy.json"), b"", 0))
+    assert "cms-status" in info.value.reason
