@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CMSBOT_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="CMSBOT_", extra="ignore", populate_by_name=True,
+                                      env_ignore_empty=True)
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",

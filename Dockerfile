@@ -1,0 +1,47 @@
+# cms-chatops: one image for every role; the command picks it.
+#   docker build -t cms-chatops .
+#   docker run --rm cms-chatops            # `cmsbot worker` (the default)
+#   docker run --rm cms-chatops bot        # the Slack app
+#   docker run --rm cms-chatops lab --host 0.0.0.0 --port 5985 --topology-out /shared/topology.yaml
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# A fixed numeric uid/gid, so that `runAsNonRoot` checks and file ownership on
+# mounted volumes are predictable.
+ARG UID=10001
+ARG GID=10001
+RUN groupadd --system --gid "${GID}" cmsbot \
+ && useradd --system --uid "${UID}" --gid cmsbot --home-dir /home/cmsbot --create-home \
+        --shell /usr/sbin/nologin cmsbot
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY bot/ bot/
+COPY workers/ workers/
+COPY lab/ lab/
+# A regular (non-editable) install without extras: the code lands in
+# site-packages, so the source tree is not needed afterwards.
+RUN pip install --no-cache-dir . \
+ && rm -rf /src
+
+# /shared is where `cmsbot lab` writes its topology in docker-compose.yml's
+# demo profile. It exists here, owned by the app user, so that a new named
+# volume mounted on it starts writable for that user (Docker copies a
+# directory's ownership into an empty volume the first time it is mounted).
+# /etc/cmsbot is where the topology file is mounted read-only.
+RUN mkdir -p /shared /etc/cmsbot \
+ && chown cmsbot:cmsbot /shared
+
+WORKDIR /home/cmsbot
+USER ${UID}:${GID}
+
+# The Slack app's HTTP endpoint (CMSBOT_HTTP_PORT) and the lab's WS-Management port.
+EXPOSE 3000 5985
+
+ENTRYPOINT ["cmsbot"]
+CMD ["worker"]
