@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", default=None, help="user id to act as (default: your login name)")
     chat.set_defaults(func=cmd_chat)
 
+    explain = sub.add_parser("explain", help="explain an event pasted from Event Viewer (FILE, or - for stdin)")
+    explain.add_argument("file", help="file holding the event text as Event Viewer copies it, or - for stdin")
+    explain.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    explain.set_defaults(func=cmd_explain)
+
     worker = sub.add_parser("worker", help="run an RQ worker on the project's queues")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.set_defaults(func=cmd_worker)
@@ -59,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="serve the simulated deployment over WS-Management until stopped")
     lab.add_argument("--version", choices=[v.value for v in Version], default=Version.sfb2019.value)
     lab.add_argument("--servers", type=int, default=8, help="number of servers (default 8; more adds Front End pools)")
+    lab.add_argument("--edge-winrm", action="store_true",
+                     help="Edge servers answer WinRM (by default they do not, as in perimeter networks)")
     lab.add_argument("--latency-ms", type=int, default=0, help="each probe takes this long")
     lab.add_argument("--scenario", action="append", default=[], metavar="NAME[:target]", help="repeatable")
     lab.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -134,6 +141,25 @@ def cmd_lab(args) -> int:
     return lab_main(args)
 
 
+def cmd_explain(args) -> int:
+    import json
+
+    from bot.render import explanation_text
+    from workers.explain import explain
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return _fail(SetupError(f"cannot read {args.file}: {e.strerror}"))
+    e = explain(text)
+    if args.json:
+        fields = ("source", "event_id", "computer", "replicas", "paths", "code", "summary")
+        print(json.dumps({k: getattr(e, k) for k in fields}, indent=2))
+    else:
+        print(explanation_text(e))
+    return 0 if e.code else 1
+
+
 def cmd_worker(args) -> int:
     from rq import Worker
     from rq.serializers import JSONSerializer
@@ -160,7 +186,7 @@ def cmd_chat(args) -> int:
         topology = _topology(settings.topology)
     except SetupError as e:
         return _fail(e)
-    return run_chat(conn, settings, topology, args.text, args.user or _login())
+    return run_chat(conn, settings, topology, args.text, args.user or _login()).exit_code
 
 
 def _login() -> str:
@@ -170,7 +196,9 @@ def _login() -> str:
         return "console"
 
 
-DEMO_SCENARIOS = ["replica-behind:edge02.contoso.com"]
+# One failure of each scenario of the seed article: Edge HTTPS 4443, Edge certificate, share access.
+DEMO_SCENARIOS = ["edge-4443-blocked:edge01.contoso.com", "edge-cert-wrong-name:edge02.contoso.com",
+                  "share-acl-missing:fe03.contoso.com"]
 
 
 def cmd_demo(args) -> int:
@@ -206,7 +234,7 @@ def cmd_demo(args) -> int:
             conn = _redis(url)
             _wait_for_worker(conn, worker, Path(tmp) / "worker.log")
             print("", flush=True)
-            return run_chat(conn, settings, _topology(topology_path), args.command, "demo-user")
+            return run_chat(conn, settings, _topology(topology_path), args.command, "demo-user").exit_code
         except SetupError as e:
             return _fail(e)
         finally:

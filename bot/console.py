@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
 
 import redis
@@ -32,6 +33,7 @@ class ConsoleThread:
     def __init__(self, request: Request, out: TextIO):
         self.request, self.out = request, out
         self.exit_code: int | None = None
+        self.report: StatusReport | None = None
 
     def parent(self) -> None:
         self._print(f"{self.request.user} > {self.request.command} {self.request.args.get('target', '')}".rstrip())
@@ -40,7 +42,7 @@ class ConsoleThread:
         if event.kind == "progress":
             self._print(f"  | {event.body.get('text', '')}")
         elif event.kind == "result":
-            report = StatusReport.model_validate(event.body["report"])
+            report = self.report = StatusReport.model_validate(event.body["report"])
             for line in render.report_text(report).splitlines():
                 self._print(f"  | {line}".rstrip())
             self._print(f"verdict: {render.verdict(report)}")
@@ -55,17 +57,25 @@ class ConsoleThread:
         print(text, file=self.out, flush=True)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    report: StatusReport | None = None
+    request_id: str | None = None
+
+
 def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: str, user: str,
-             out: TextIO = sys.stdout) -> int:
+             out: TextIO = sys.stdout) -> Outcome:
+    """Run one command through the queue, printing its thread as it arrives."""
     try:
         command = commands.parse(text, topology)
     except commands.CommandError as e:
         print(str(e), file=out)
-        return EXIT_CANNOT_RUN
+        return Outcome(EXIT_CANNOT_RUN)
     if not workers_listening(conn):
         print(f"No worker is listening on the `{STATUS_QUEUE}` queue of {_redis_name(conn)}, so nothing would "
               "answer. Start one with `cmsbot worker` (same REDIS_URL and CMSBOT_TOPOLOGY) and try again.", file=out)
-        return EXIT_CANNOT_RUN
+        return Outcome(EXIT_CANNOT_RUN)
     request = Request(command=command.name, args=command.args, user=user, origin="console")
     thread = ConsoleThread(request, out)
     reporter = Reporter(conn, group=f"console:{request.id}", consumer="console", deliver=thread.deliver,
@@ -79,8 +89,8 @@ def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: st
         if thread.exit_code is None:
             print(f"No answer within {settings.chat_timeout:g} s; the job may still finish (request {request.id}).",
                   file=out)
-            return EXIT_CANNOT_RUN
-        return thread.exit_code
+            return Outcome(EXIT_CANNOT_RUN, request_id=request.id)
+        return Outcome(thread.exit_code, thread.report, request.id)
     finally:
         reporter.destroy()
         reporter.forget(request.id)

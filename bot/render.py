@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from workers.explain import Explanation
 from workers.models import SEVERITY_ORDER, Finding, HostError, StatusReport
 
 HOST_ERROR_TEXT = {
@@ -45,12 +46,17 @@ def verdict(report: StatusReport) -> str:
     counts = _severity_counts(report.findings)
     if report.healthy:
         return f"OK: {current}/{len(in_scope)} replicas up to date in {scope} (CMS master {cms.store.active_master_fqdn})"
-    parts = [f"{n} {sev}" for sev, n in counts.items() if n]
+    parts = [_count(n, sev) for sev, n in counts.items() if n]
     head = "PROBLEMS" if report.findings else "INCOMPLETE"
     text = f"{head}: {current}/{len(in_scope)} replicas up to date in {scope}"
     if parts:
         text += "; findings: " + ", ".join(parts)
     return text + _errors_suffix(report.host_errors)
+
+
+def _count(n: int, severity: str) -> str:
+    plural = {"error": "errors", "warning": "warnings"}.get(severity, severity) if n != 1 else severity
+    return f"{n} {plural}"
 
 
 def _errors_suffix(errors: list[HostError]) -> str:
@@ -118,6 +124,36 @@ def finding_text(f: Finding) -> list[str]:
     for ev in f.evidence:
         where = f" ({ev.source}" + (f", {when(ev.at)}" if ev.at else "") + ")" if ev.source else ""
         out.append(f"      evidence: {ev.text}{where}")
+    for note in f.unchecked:
+        out.append(f"      not checked: {note}")
     for i, step in enumerate(f.fix, 1):
         out.append(f"      fix {i}. {step}")
     return out
+
+
+def explanation_text(e: Explanation) -> str:
+    lines = [e.summary]
+    seen = [f"event {e.event_id}" if e.event_id is not None else None, f"source {e.source}" if e.source else None,
+            f"level {e.level}" if e.level else None, f"on {e.computer}" if e.computer else None]
+    if e.time is not None:
+        seen.append(f"at {when(e.time)}" + (" (day/month order assumed)" if e.date_ambiguous else ""))
+    elif e.date_text:
+        seen.append(f"date {e.date_text!r} not understood")
+    parsed = ", ".join(s for s in seen if s)
+    if parsed:
+        lines.append(f"Parsed: {parsed}")
+    if e.replicas:
+        lines.append(f"Replicas named: {', '.join(e.replicas)}")
+    if e.paths:
+        lines.append(f"Paths: {', '.join(e.paths)}")
+    if e.code is None:
+        lines.append("It does not match the File Transfer Agent events for Edge HTTPS (1017), Edge certificate (1015) "
+                     "or share access (1034). Run /cms-status for the live state.")
+        return "\n".join(lines)
+    lines += ["", f"What it means: {e.meaning}"]
+    if e.checks:
+        lines.append("Check:")
+        lines += [f"  - {c}" for c in e.checks]
+    lines.append("Fix:")
+    lines += [f"  {i}. {step}" for i, step in enumerate(e.fix, 1)]
+    return "\n".join(lines)

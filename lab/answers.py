@@ -8,10 +8,23 @@ values the probe casts with [string], arrays where the probe wraps with @().
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from lab.deployment import LabServer, LabState, now
+from lab.deployment import (
+    EVENT_EVERY,
+    REPLICATOR_GROUP,
+    REPORT_EVERY,
+    RUNNING,
+    LabServer,
+    LabState,
+    now,
+)
+from workers.topology import Role
+
+FTA_SOURCE = "LS File Transfer Agent Service"
+GROUP_DN = "CN=RTCUniversalConfigReplicator,CN=Users,DC=contoso,DC=com"
+LOG_WINDOW = timedelta(hours=24)
 
 
 class UnknownProbe(LookupError):
@@ -53,17 +66,25 @@ def run(state: LabState, server: LabServer, probe: str, version: int, params: di
     return to_ps51_json({"probe": probe, "version": version, "data": data})
 
 
+def _reported(state: LabState, s: LabServer) -> datetime | None:
+    """Healthy replicas report every few seconds; failing ones stopped when they failed."""
+    if s.failing_since or s.stuck or s.reported_at is None:
+        return s.reported_at
+    return max(s.reported_at, now() - REPORT_EVERY)
+
+
 @answers("cms-status")
 def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
     _, build = state.product
     replicas = []
     for s in state.servers.values():
+        reported = _reported(state, s)
         replicas.append({
             "ReplicaFqdn": s.fqdn,
-            "UpToDate": s.up_to_date,
-            "LastStatusReport": ms_date(s.last_status_report),
+            "UpToDate": state.up_to_date(s),
+            "LastStatusReport": ms_date(reported),
             "LastUpdateCreation": ms_date(state.last_change),
-            "ProductVersion": build if s.reports_version and s.last_status_report else "",
+            "ProductVersion": build if reported else "",
         })
     services = [
         {"PoolFqdn": pool, "SiteId": state.sites[pool], "Version": build.split(".")[0], "Active": pool in state.active_pools}
@@ -76,7 +97,7 @@ def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> d
         "Store": {
             "ActiveMasterFqdn": state.active_master or "",
             "ActiveFileTransferAgents": list(state.ftas),
-            "ActiveReplicas": [s.fqdn for s in state.servers.values()],
+            "ActiveReplicas": [s.fqdn for s in state.servers.values()] if state.active_master else [],
             "DeletedReplicas": [],
         },
         "Services": services,
@@ -86,4 +107,151 @@ def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> d
 @answers("replica-health")
 def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
     services = {name: server.services.get(name, "Missing") for name in ("REPLICA", "MASTER", "FTA", "LYNCBACKUP")}
-    return {"CollectedAt": ms_date(now()), "ProductVersion": server_version_text(state), "Services": services}
+    path = "C:\\RtcReplicaRoot\\xds-replica"
+    group = f"{server.netbios}\\{REPLICATOR_GROUP}"
+    share = [{"Account": "BUILTIN\\Administrators", "Right": "Full", "Type": "Allow"}]
+    folder = [{"Identity": "NT AUTHORITY\\SYSTEM", "Rights": "FullControl", "Type": "Allow", "Inherited": False},
+              {"Identity": "BUILTIN\\Administrators", "Rights": "FullControl", "Type": "Allow", "Inherited": False}]
+    if server.share_acl_ok:
+        share.append({"Account": group, "Right": "Change", "Type": "Allow"})
+        folder.append({"Identity": group, "Rights": "Modify, Synchronize", "Type": "Allow", "Inherited": False})
+    cert = server.cert
+    return {
+        "CollectedAt": ms_date(now()),
+        "ProductVersion": server_version_text(state),
+        "ProductVersionError": None,
+        "Services": services,
+        "Share": {"Name": "xds-replica", "Path": path, "Access": share},
+        "ShareError": None,
+        "Folder": {"Path": path, "Owner": "BUILTIN\\Administrators", "Access": folder},
+        "FolderError": None,
+        "Certificate": None if cert is None else {
+            "Use": cert.use, "Thumbprint": cert.thumbprint, "Subject": cert.subject, "DnsNames": list(cert.dns_names),
+            "HasPrivateKey": cert.has_private_key, "NotAfter": ms_date(cert.not_after), "Issuer": cert.issuer,
+            "Root": cert.root, "ChainStatus": [] if cert.root.startswith("CN=Contoso") else ["PartialChain"],
+        },
+        "CertificateError": None if cert else f"no certificate is assigned for {'Internal' if server.role is Role.edge else 'Default'}",
+    }
+
+
+@answers("replication-events")
+def _replication_events(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    events = fta_log(state) if server.fqdn == state.fta_host.fqdn else []
+    since = now() - timedelta(hours=float(params.get("sinceHours", 24)))
+    events = [e for e in events if e["_time"] >= since][: int(params.get("maxEvents", 500))]
+    return {
+        "CollectedAt": ms_date(now()),
+        "Computer": server.fqdn,
+        "Events": [{k: (ms_date(v) if k == "TimeCreated" else v) for k, v in e.items() if k != "_time"} for e in events],
+    }
+
+
+def fta_log(state: LabState) -> list[dict[str, Any]]:
+    """The File Transfer Agent's errors for every failing replica, newest first,
+    repeated every EVENT_EVERY while the failure lasts, in the seed's wording."""
+    t = now()
+    product = state.product_name
+    failing = [(s, state.failure(s)) for s in state.servers.values() if s.failing_since]
+    failing = [(s, why) for s, why in failing if why in ("https", "certificate", "access")]
+    if not failing:
+        return []
+    start = max(min(s.failing_since for s, _ in failing), t - LOG_WINDOW)
+    events: list[dict[str, Any]] = []
+    slot = t - timedelta(minutes=1)
+    while slot >= start:
+        https = [s.fqdn for s, why in failing if why == "https" and s.failing_since <= slot]
+        if https:
+            events.append(_event(slot, 1017, _https_text(product, https)))
+        for s, why in failing:
+            if s.failing_since > slot:
+                continue
+            if why == "certificate" and s.cert:
+                events.append(_event(slot, 1015, _cert_text(product, s)))
+            elif why == "access":
+                events.append(_event(slot, 1034, _access_text(product, s.fqdn)))
+        slot -= EVENT_EVERY
+    return events
+
+
+def _event(moment: datetime, event_id: int, message: str) -> dict[str, Any]:
+    return {"Id": event_id, "Source": FTA_SOURCE, "TimeCreated": moment, "Level": "Error", "Message": message,
+            "_time": moment}
+
+
+def _https_text(product: str, replicas: list[str]) -> str:
+    failures = " ".join(f"{r}: Https destination unavailable." for r in replicas)
+    return (f"File transfer failed for some replica machines. {product}, File Transfer Agent will continuously "
+            "attempt to replicate to these machines.\r\nWhile this condition persists, configuration changes will "
+            f"not be delivered to these replica machines.\r\n\r\nReplica file transfer failures: {failures}\r\n\r\n"
+            "Cause: Possible issues with transferring files to the replicas listed above.\r\n\r\n"
+            "Resolution: Check the accessibility of file shares or https web services listed above.")
+
+
+def _cert_text(product: str, s: LabServer) -> str:
+    assert s.cert
+    return (f"File transfer failed. {product}, File Transfer Agent will continuously attempt to transfer the files."
+            f"\r\n\r\nReason: Unable to match host/cluster against certificate, host={s.fqdn}, cluster={s.pool}, "
+            f"{s.cert.subject}, OU=Certificates, OU=Server, O=Contoso.\r\n\r\n"
+            f"Cause: {product}, Replica Replicator Agent presented an invalid certificate.\r\n\r\n"
+            f"Resolution: Ensure that the certificate configured for {product}, Replica Replicator Agent is valid.")
+
+
+def _access_text(product: str, fqdn: str) -> str:
+    return (f"{product}, File Transfer Agent service encountered an error while accessing a file share and will "
+            "continuously attempt to access this file share until this issue is resolved. While this condition "
+            "persists, replication to replica machines might not occur.\r\n\r\n"
+            f"Access denied. (\\\\{fqdn}\\xds-replica\\from-master\\data.zip)\r\n\r\n"
+            "Cause: Possible issues with file share permissions. This can occur if the computer hosting the file "
+            "share has outdated cached credentials for the computer that is trying to access the file share.\r\n\r\n"
+            "Resolution: For details about how to resolve file share permission issues, see the product documentation")
+
+
+@answers("reachability")
+def _reachability(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    timeout = int(params.get("timeoutMs", 2000))
+    results = []
+    for target in params.get("targets", []):
+        fqdn, port = str(target.get("fqdn", "")), int(target.get("port", 0))
+        s = state.servers.get(fqdn.lower())
+        row: dict[str, Any] = {"Fqdn": fqdn, "Address": target.get("address", fqdn), "Port": port, "Connected": True,
+                               "Error": None, "ElapsedMs": 1, "ShareWritable": None, "ShareError": None}
+        if s is None:
+            row.update(Connected=False, Error="HostNotFound", ElapsedMs=3)
+        elif s.fault == "unreachable" or (port == 4443 and s.port_4443_blocked):
+            row.update(Connected=False, Error="TimedOut", ElapsedMs=timeout)
+        elif port == 4443 and s.services.get("REPLICA") != RUNNING:
+            row.update(Connected=False, Error="ConnectionRefused", ElapsedMs=1)
+        elif target.get("share"):
+            writable = s.share_acl_ok
+            row.update(ShareWritable=writable, ShareError=None if writable else (
+                f"Access to the path '\\\\{fqdn}\\xds-replica\\from-master\\cmsbot-write-test-"
+                "5f0c2d7e-2b1f-4a59-9d7e-0c1a3c2b9e11.tmp' is denied."))
+        results.append(row)
+    return {"CollectedAt": ms_date(now()), "From": server.fqdn, "Identity": "CONTOSO\\cmsbot", "Results": results}
+
+
+@answers("ad-membership")
+def _ad_membership(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    by_name = {s.netbios: s for s in state.servers.values()}
+    computers = []
+    for name in params.get("computers", []):
+        s = by_name.get(str(name).upper())
+        computers.append({"Name": name, "Found": s is not None,
+                          "DistinguishedName": f"CN={s.netbios},OU=Lync Servers,DC=contoso,DC=com" if s else None,
+                          "Member": bool(s and s.in_group)})
+    return {"CollectedAt": ms_date(now()), "Group": GROUP_DN, "Computers": computers}
+
+
+@answers("backup-status")
+def _backup_status(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    pools = []
+    for pool in params.get("pools", []):
+        if pool not in state.pools:
+            pools.append({"PoolFqdn": pool, "BackupPoolFqdn": None, "Modules": [],
+                          "Error": f"Cannot find pool \"{pool}\" in the topology."})
+            continue
+        export = "ErrorState" if pool in state.backup_errors else "SteadyState"
+        pools.append({"PoolFqdn": pool, "BackupPoolFqdn": state.pairs.get(pool),
+                      "Modules": [{"Identity": "CentralMgmt.CMSMaster", "ExportStatus": export,
+                                   "ImportStatus": "NormalState"}], "Error": None})
+    return {"CollectedAt": ms_date(now()), "Pools": pools}

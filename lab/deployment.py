@@ -1,8 +1,11 @@
 """The simulated deployment: servers, their replication state, and scenarios.
 
-A scenario changes the state the way the real failure would, so that every
-probe answer derived from the state is consistent with it. Scenarios are named,
-take an optional target (`name:fqdn`) and combine.
+State holds causes (a blocked port, a stopped service, a bad certificate, a
+missing ACE, ...). What the probes see is derived from the causes: a replica
+with a live cause cannot apply snapshots, so it falls behind; the File Transfer
+Agent logs the event that names it, in the seed article's words. Fixing a cause
+(as a remediation does) and replicating brings the replica back. Scenarios are
+named, take an optional target (`name:fqdn`) and combine.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from typing import Callable
 from workers.topology import Deployment, Pool, Role, Server, Topology, Version
 
 DOMAIN = "contoso.com"
+ROOT_CA = "CN=Contoso Root CA, DC=contoso, DC=com"
+ISSUING_CA = "CN=Contoso Issuing CA, DC=contoso, DC=com"
+OTHER_ROOT = "CN=Fabrikam Root CA, O=Fabrikam"
+REPLICATOR_GROUP = "RTC Local Config Replicator"
 
 PRODUCT = {
     Version.lync2010: ("Microsoft Lync Server 2010", "4.0.7577.0"),
@@ -23,10 +30,24 @@ PRODUCT = {
 }
 
 RUNNING, STOPPED = "Running", "Stopped"
+REPORT_EVERY = timedelta(seconds=40)  # a healthy replica's last status report is this old
+EVENT_EVERY = timedelta(minutes=15)  # the FTA logs a persisting failure this often
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass
+class LabCert:
+    use: str
+    subject: str
+    dns_names: list[str]
+    has_private_key: bool = True
+    not_after: datetime = field(default_factory=lambda: now() + timedelta(days=400))
+    issuer: str = ISSUING_CA
+    root: str = ROOT_CA
+    thumbprint: str = "0" * 40
 
 
 @dataclass
@@ -38,17 +59,26 @@ class LabServer:
     winrm: bool = True
     internal_address: str | None = None
     services: dict[str, str] = field(default_factory=dict)
-    up_to_date: bool = True
-    last_status_report: datetime | None = None
-    reports_version: bool = True
+    cert: LabCert | None = None
+    share_acl_ok: bool = True
+    in_group: bool = True  # computer account in RTCUniversalConfigReplicator
+    port_4443_blocked: bool = False
+    stuck: bool = False  # behind with no visible cause (replica-behind)
+    synced_at: datetime | None = None  # last snapshot applied
+    reported_at: datetime | None = None  # last status report the master received
+    failing_since: datetime | None = None
     fault: str | None = None  # None | "unreachable" | "hang"
+
+    @property
+    def netbios(self) -> str:
+        return self.fqdn.split(".")[0].upper()
 
 
 @dataclass
 class LabState:
     version: Version
     pools: dict[str, list[str]]  # pool fqdn -> server fqdns, in order
-    roles: dict[str, Role]  # pool fqdn -> role
+    roles: dict[str, Role]
     sites: dict[str, str]
     pairs: dict[str, str]  # pool -> its backup pool (both directions)
     servers: dict[str, LabServer]
@@ -57,16 +87,55 @@ class LabState:
     ftas: list[str]
     last_change: datetime
     active_pools: set[str]
+    backup_errors: set[str] = field(default_factory=set)  # pools whose CMS export is in ErrorState
 
     @property
     def product(self) -> tuple[str, str]:
         return PRODUCT[self.version]
 
+    @property
+    def product_name(self) -> str:
+        return "Microsoft Lync Server" if self.version.value.startswith("lync") else "Skype for Business Server"
+
     def server(self, fqdn: str) -> LabServer:
         try:
-            return self.servers[fqdn.lower()]
+            return self.servers[fqdn.lower().rstrip(".")]
         except KeyError:
             raise ScenarioError(f"no server {fqdn!r} in the lab; servers: {', '.join(self.servers)}") from None
+
+    @property
+    def fta_host(self) -> LabServer:
+        """The server whose File Transfer Agent copies snapshots (and logs the failures)."""
+        return self.servers[self.ftas[0] if self.ftas else self.pools[self.cms_pool][0]]
+
+    # -- derived replication state --------------------------------------------------
+    def failure(self, s: LabServer) -> str | None:
+        """Why this replica cannot apply snapshots: https | certificate | access | stopped | None."""
+        if s.role is Role.edge:
+            if s.port_4443_blocked or s.services.get("REPLICA") != RUNNING:
+                return "https"
+            if s.cert is not None and cert_problems(s.cert, s, self):
+                return "certificate"
+            return None
+        fta = self.fta_host
+        if not s.share_acl_ok or (not fta.in_group and s.fqdn != fta.fqdn):
+            return "access"
+        if s.services.get("REPLICA") != RUNNING:
+            return "stopped"
+        return None
+
+    def up_to_date(self, s: LabServer) -> bool:
+        return s.synced_at is not None and s.synced_at >= self.last_change
+
+    def replicate(self, only: str | None = None) -> None:
+        """What Invoke-CsManagementStoreReplication achieves: every replica that can be
+        reached applies the latest snapshot and reports back."""
+        t = now()
+        for s in self.servers.values():
+            if only and s.fqdn != only:
+                continue
+            if self.active_master and not s.stuck and self.failure(s) is None:
+                s.synced_at, s.reported_at, s.failing_since = t, t, None
 
     def topology(self, endpoint: Callable[[str], str]) -> Topology:
         """The topology file the bot uses, pointing every server at the lab."""
@@ -81,6 +150,20 @@ class LabState:
                               backup_pool=self.pairs.get(pool_fqdn), servers=servers))
         return Topology(deployment=Deployment(name="contoso lab", version=self.version, domain=DOMAIN),
                         cms_pool=self.cms_pool, pools=pools)
+
+
+def cert_problems(cert: LabCert, s: LabServer, state: LabState) -> list[str]:
+    names = {n.lower() for n in cert.dns_names} | {cert.subject.split(",")[0].removeprefix("CN=").lower()}
+    problems = []
+    if not cert.has_private_key:
+        problems.append("no-private-key")
+    if s.fqdn not in names and s.pool not in names:
+        problems.append("wrong-name")
+    if cert.root != ROOT_CA:
+        problems.append("other-root")
+    if cert.not_after < now():
+        problems.append("expired")
+    return problems
 
 
 class ScenarioError(ValueError):
@@ -103,12 +186,11 @@ _DEFAULT = [
 EXTRA_POOL_SIZE = 10
 
 
-def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT)) -> LabState:
+def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT), edge_winrm: bool = False) -> LabState:
     if servers < 1:
         raise ScenarioError("--servers must be at least 1")
     rows = list(_DEFAULT[:servers])
-    extra = servers - len(rows)
-    for i in range(extra):
+    for i in range(servers - len(rows)):
         pool_no = 3 + i // EXTRA_POOL_SIZE
         rows.append((f"fe{5 + i:02d}", f"pool{pool_no:02d}", Role.frontend, f"site{pool_no}", None))
 
@@ -123,15 +205,16 @@ def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT)) -> L
         roles[pool_fqdn], sites[pool_fqdn] = role, site
         lab_servers[fqdn] = LabServer(
             fqdn=fqdn, pool=pool_fqdn, role=role, site=site,
-            winrm=role is not Role.edge, internal_address=address,
-            services=_services(role, version), last_status_report=t - timedelta(seconds=40),
+            winrm=role is not Role.edge or edge_winrm, internal_address=address,
+            services=_services(role, version), synced_at=t - timedelta(minutes=90), reported_at=t - REPORT_EVERY,
         )
+    for pool_fqdn, members in pools.items():
+        for fqdn in members:
+            lab_servers[fqdn].cert = _cert(roles[pool_fqdn], pool_fqdn, members, fqdn)
 
     cms_pool = f"pool01.{DOMAIN}"
-    pairs: dict[str, str] = {}
     standby = f"pool02.{DOMAIN}"
-    if standby in pools and version is not Version.lync2010:
-        pairs = {cms_pool: standby, standby: cms_pool}
+    pairs = {cms_pool: standby, standby: cms_pool} if standby in pools and version is not Version.lync2010 else {}
     master = pools[cms_pool][0]
     return LabState(
         version=version, pools=pools, roles=roles, sites=sites, pairs=pairs, servers=lab_servers,
@@ -149,18 +232,21 @@ def _services(role: Role, version: Version) -> dict[str, str]:
     return services
 
 
+def _cert(role: Role, pool: str, members: list[str], fqdn: str) -> LabCert:
+    if role is Role.edge:  # the Edge internal interface's certificate, shared by the pool
+        return LabCert(use="Internal", subject=f"CN={pool}", dns_names=[pool, *members])
+    return LabCert(use="Default", subject=f"CN={pool}", dns_names=[pool, fqdn])
+
+
 # -- scenarios -------------------------------------------------------------------
 
-Scenario = Callable[[LabState, str | None], None]
-SCENARIOS: dict[str, Scenario] = {}
-NEEDS_TARGET: set[str] = set()
+Scenario = Callable[[LabState, LabServer | None], None]
+SCENARIOS: dict[str, tuple[Scenario, str | None]] = {}  # name -> (apply, target role or "any" or None)
 
 
-def scenario(name: str, *, target: bool) -> Callable[[Scenario], Scenario]:
+def scenario(name: str, target: str | None) -> Callable[[Scenario], Scenario]:
     def register(fn: Scenario) -> Scenario:
-        SCENARIOS[name] = fn
-        if target:
-            NEEDS_TARGET.add(name)
+        SCENARIOS[name] = (fn, target)
         return fn
     return register
 
@@ -169,31 +255,154 @@ def apply(state: LabState, spec: str) -> None:
     name, _, target = spec.partition(":")
     if name not in SCENARIOS:
         raise ScenarioError(f"unknown scenario {name!r}; known: {', '.join(sorted(SCENARIOS))}")
-    if name in NEEDS_TARGET and not target:
-        raise ScenarioError(f"scenario {name} needs a target: {name}:<server fqdn>")
-    SCENARIOS[name](state, target or None)
+    fn, wants = SCENARIOS[name]
+    server = None
+    if wants:
+        if not target:
+            raise ScenarioError(f"scenario {name} needs a target: {name}:<server fqdn>")
+        server = state.server(target)
+        if wants != "any" and server.role.value != wants:
+            raise ScenarioError(f"scenario {name} applies to a {wants} server; {server.fqdn} is {server.role.value}")
+    elif target:
+        raise ScenarioError(f"scenario {name} takes no target")
+    fn(state, server)
 
 
-@scenario("healthy", target=False)
-def _healthy(state: LabState, target: str | None) -> None:
-    """The default state: every replica up to date, every service running."""
+def _start_failing(s: LabServer, state: LabState, hours: float = 3) -> None:
+    """The replica stopped receiving snapshots some hours ago, and a change has
+    been made since, so it is behind."""
+    since = now() - timedelta(hours=hours)
+    s.failing_since = since
+    s.synced_at = since
+    s.reported_at = None if s.role is Role.edge else since
+    state.last_change = max(state.last_change, since + timedelta(minutes=30))
 
 
-@scenario("replica-behind", target=True)
-def _replica_behind(state: LabState, target: str | None) -> None:
-    """The replica stopped reporting hours ago, with no event that says why."""
-    s = state.server(target or "")
-    s.up_to_date = False
-    s.last_status_report = state.last_change - timedelta(hours=3)
+@scenario("healthy", None)
+def _healthy(state: LabState, s: LabServer | None) -> None:
+    """The default: every replica up to date, every service running."""
 
 
-@scenario("unreachable", target=True)
-def _unreachable(state: LabState, target: str | None) -> None:
+@scenario("replica-behind", "any")
+def _replica_behind(state: LabState, s: LabServer | None) -> None:
+    """Behind for hours with no cause the probes can see."""
+    assert s
+    s.stuck = True
+    _start_failing(s, state)
+
+
+@scenario("unreachable", "any")
+def _unreachable(state: LabState, s: LabServer | None) -> None:
     """WinRM on the server does not answer (host down or port blocked)."""
-    state.server(target or "").fault = "unreachable"
+    assert s
+    s.fault = "unreachable"
 
 
-@scenario("hang", target=True)
-def _hang(state: LabState, target: str | None) -> None:
+@scenario("hang", "any")
+def _hang(state: LabState, s: LabServer | None) -> None:
     """WinRM accepts commands on the server but they never finish."""
-    state.server(target or "").fault = "hang"
+    assert s
+    s.fault = "hang"
+
+
+@scenario("edge-4443-blocked", "edge")
+def _edge_blocked(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 1: the perimeter firewall drops TCP 4443 to the Edge internal interface."""
+    assert s
+    s.port_4443_blocked = True
+    _start_failing(s, state)
+
+
+@scenario("edge-replica-stopped", "edge")
+def _edge_replica_stopped(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 1: the Replica Replicator Agent is stopped on the Edge."""
+    assert s
+    s.services["REPLICA"] = STOPPED
+    _start_failing(s, state)
+
+
+@scenario("edge-cert-no-private-key", "edge")
+def _edge_cert_no_key(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 2: the internal certificate was imported without its private key."""
+    assert s and s.cert
+    s.cert.has_private_key = False
+    _start_failing(s, state)
+
+
+@scenario("edge-cert-wrong-name", "edge")
+def _edge_cert_wrong_name(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 2: the internal certificate names another host."""
+    assert s and s.cert
+    s.cert.subject, s.cert.dns_names = f"CN=sip.{DOMAIN}", [f"sip.{DOMAIN}", f"access.{DOMAIN}"]
+    _start_failing(s, state)
+
+
+@scenario("edge-cert-other-root", "edge")
+def _edge_cert_other_root(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 2: the internal certificate chains to another PKI than the Front Ends'."""
+    assert s and s.cert
+    s.cert.issuer, s.cert.root = "CN=Fabrikam Issuing CA, O=Fabrikam", OTHER_ROOT
+    _start_failing(s, state)
+
+
+@scenario("edge-cert-expired", "edge")
+def _edge_cert_expired(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 2: the internal certificate has expired."""
+    assert s and s.cert
+    s.cert.not_after = now() - timedelta(days=2)
+    _start_failing(s, state, hours=48)
+
+
+@scenario("share-acl-missing", "any")
+def _share_acl_missing(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 3: the xds-replica share and folder lost their RTC Local Config Replicator ACEs."""
+    assert s
+    if s.role is Role.edge:
+        raise ScenarioError("share-acl-missing applies to internal servers (Edge replicas use HTTPS 4443)")
+    s.share_acl_ok = False
+    _start_failing(s, state)
+
+
+@scenario("computer-not-in-group", "frontend")
+def _not_in_group(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 3: the CMS Front End's computer account left RTCUniversalConfigReplicator."""
+    assert s
+    s.in_group = False
+    if s.fqdn == state.fta_host.fqdn:
+        for r in state.servers.values():
+            if r.role is not Role.edge and r.fqdn != s.fqdn:
+                _start_failing(r, state)
+
+
+@scenario("transient", "any")
+def _transient(state: LabState, s: LabServer | None) -> None:
+    """A change made 45 seconds ago: this replica has not applied it yet, the rest have."""
+    assert s
+    t = now()
+    state.last_change = t - timedelta(seconds=45)
+    for r in state.servers.values():
+        if r.failing_since is None and not r.stuck:
+            r.synced_at = r.reported_at = t - timedelta(seconds=20)
+    s.synced_at = s.reported_at = t - timedelta(minutes=2)
+
+
+@scenario("cms-unavailable", None)
+def _cms_unavailable(state: LabState, s: LabServer | None) -> None:
+    """No active master and no File Transfer Agent: the CMS is unavailable."""
+    state.active_master, state.ftas = None, []
+
+
+@scenario("both-active", None)
+def _both_active(state: LabState, s: LabServer | None) -> None:
+    """After a bad failover both pools of the pair claim the CMS."""
+    if state.cms_pool not in state.pairs:
+        raise ScenarioError("both-active needs a paired CMS pool (the default lab has one)")
+    state.active_pools = {state.cms_pool, state.pairs[state.cms_pool]}
+
+
+@scenario("backup-error", None)
+def _backup_error(state: LabState, s: LabServer | None) -> None:
+    """The Backup Service's CMS export from the CMS pool is in ErrorState."""
+    if state.cms_pool not in state.pairs:
+        raise ScenarioError("backup-error needs a paired CMS pool (the default lab has one)")
+    state.backup_errors.add(state.cms_pool)

@@ -17,18 +17,18 @@ DEFAULT_USER = "cmsbot"
 DEFAULT_PASSWORD = "lab-password"
 
 
-def make_state_factory(version: Version, servers: int):
+def make_state_factory(version: Version, servers: int, edge_winrm: bool = False):
     def make(scenarios: list[str]) -> LabState:
-        state = build(version, servers)
+        state = build(version, servers, edge_winrm)
         for spec in scenarios:
             apply(state, spec)
         return state
     return make
 
 
-async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, latency_ms: int,
-                scenarios: list[str], topology_out: Path, username: str, password: str) -> None:
-    lab = Lab(make_state_factory(version, servers), scenarios, username, password, latency_ms)
+async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, edge_winrm: bool,
+                latency_ms: int, scenarios: list[str], topology_out: Path, username: str, password: str) -> None:
+    lab = Lab(make_state_factory(version, servers, edge_winrm), scenarios, username, password, latency_ms)
     server = await asyncio.start_server(lab.handle, host, port, backlog=1024, limit=8 * 1024 * 1024)
     bound = server.sockets[0].getsockname()[1]
     topology = lab.state.topology(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
@@ -50,14 +50,14 @@ def main(args) -> int:
     password = os.environ.get("CMSBOT_WINRM_PASSWORD") or DEFAULT_PASSWORD
     username = os.environ.get("CMSBOT_WINRM_USERNAME") or DEFAULT_USER
     try:
-        make_state_factory(Version(args.version), args.servers)(args.scenario)
+        make_state_factory(Version(args.version), args.servers, args.edge_winrm)(args.scenario)
     except ScenarioError as e:
         print(f"cmsbot lab: {e}", file=sys.stderr)
         return 2
     advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     try:
         asyncio.run(serve(host=args.host, port=args.port, advertise=advertise, version=Version(args.version),
-                          servers=args.servers, latency_ms=args.latency_ms, scenarios=args.scenario,
+                          servers=args.servers, edge_winrm=args.edge_winrm, latency_ms=args.latency_ms, scenarios=args.scenario,
                           topology_out=Path(args.topology_out), username=username, password=password))
     except OSError as e:
         print(f"cmsbot lab: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)

@@ -170,6 +170,55 @@ def chat(redis_server, lab, worker, conn):
 
     def run(text: str, user: str = "U-TEST") -> tuple[int, str]:
         out = io.StringIO()
-        code = run_chat(conn, settings, topo.load(lab.topology), text, user, out=out)
-        return code, out.getvalue()
+        outcome = run_chat(conn, settings, topo.load(lab.topology), text, user, out=out)
+        return outcome.exit_code, out.getvalue()
     return run
+
+
+@pytest.fixture(scope="session")
+def edge_lab(tmp_path_factory) -> LabProcess:
+    """A lab whose Edge servers answer WinRM, so their certificates can be read."""
+    lab = LabProcess(tmp_path_factory.mktemp("edgelab"), "--edge-winrm")
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_worker(tmp_path_factory, redis_server, edge_lab) -> WorkerProcess:
+    from bot.console import workers_listening
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"  # its own database: its own queues
+    w = WorkerProcess(tmp_path_factory.mktemp("edgeworker"), url, edge_lab.topology, host_deadline=str(HOST_DEADLINE))
+    _wait(lambda: workers_listening(redis.Redis.from_url(url)) > 0 or w.proc.poll() is not None, 30,
+          "worker did not register")
+    assert w.proc.poll() is None, w.log.read_text()
+    yield w
+    w.stop()
+
+
+def _status_runner(redis_url: str, lab: LabProcess):
+    from bot.console import run_chat
+    from workers import topology as topo
+    from workers.settings import Settings
+
+    settings = Settings(redis_url=redis_url, topology=lab.topology, chat_timeout=60)
+    conn = redis.Redis.from_url(redis_url)
+
+    def run(*scenarios: str, text: str = "/cms-status"):
+        lab.scenarios(*scenarios)
+        out = io.StringIO()
+        outcome = run_chat(conn, settings, topo.load(lab.topology), text, "U-TEST", out=out)
+        assert outcome.report is not None, out.getvalue()
+        return outcome, out.getvalue()
+    return run
+
+
+@pytest.fixture
+def status(redis_server, lab, worker):
+    """Set lab scenarios, run /cms-status: (outcome with the typed report, thread text)."""
+    return _status_runner(redis_server.url, lab)
+
+
+@pytest.fixture
+def edge_status(redis_server, edge_lab, edge_worker):
+    return _status_runner(redis_server.url.rsplit("/", 1)[0] + "/1", edge_lab)

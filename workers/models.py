@@ -68,6 +68,38 @@ class ServiceState(str, Enum):
     unknown = "unknown"
 
 
+class Ace(Model):
+    """One access rule of a share or folder ACL."""
+
+    identity: str
+    rights: str
+    allow: bool = True
+    inherited: bool = False
+
+
+class ShareAcl(Model):
+    """The xds-replica share and its folder, as one server sees them."""
+
+    path: str | None = None
+    share: list[Ace] | None = None  # None: could not be read
+    folder: list[Ace] | None = None
+    owner: str | None = None
+    share_error: str | None = None
+    folder_error: str | None = None
+
+
+class CertificateInfo(Model):
+    use: str  # Internal (Edge) or Default
+    thumbprint: str | None = None
+    subject: str | None = None
+    dns_names: list[str] = Field(default_factory=list)
+    has_private_key: bool = False
+    not_after: datetime | None = None
+    issuer: str | None = None
+    root: str | None = None
+    chain_status: list[str] = Field(default_factory=list)
+
+
 class ReplicaHealth(Model):
     """What the replica-health probe reports from one server."""
 
@@ -75,6 +107,65 @@ class ReplicaHealth(Model):
     collected_at: datetime
     product_version: str | None = None
     services: dict[str, ServiceState] = Field(default_factory=dict)
+    acl: ShareAcl | None = None
+    certificate: CertificateInfo | None = None
+    certificate_error: str | None = None
+
+
+class ReplicationEvent(Model):
+    """One entry of the `Lync Server` event log on the File Transfer Agent host."""
+
+    id: int
+    source: str
+    time: datetime
+    level: str | None = None
+    message: str = ""
+    computer: str | None = None
+
+
+class PortTest(Model):
+    """TCP connect (and share write) test from the FTA host to one replica."""
+
+    fqdn: str
+    address: str
+    port: int
+    connected: bool
+    error: str | None = None
+    elapsed_ms: int | None = None
+    share_writable: bool | None = None
+    share_error: str | None = None
+
+
+class Reachability(Model):
+    source: str
+    identity: str | None = None
+    collected_at: datetime
+    results: list[PortTest] = Field(default_factory=list)
+
+
+class Membership(Model):
+    computer: str
+    found: bool
+    member: bool
+    distinguished_name: str | None = None
+
+
+class GroupMembership(Model):
+    group: str | None  # distinguished name; None: the group was not found
+    computers: list[Membership] = Field(default_factory=list)
+
+
+class BackupModule(Model):
+    identity: str
+    export_status: str | None = None
+    import_status: str | None = None
+
+
+class PoolBackup(Model):
+    pool: str
+    backup_pool: str | None = None
+    modules: list[BackupModule] = Field(default_factory=list)
+    error: str | None = None
 
 
 class HostErrorKind(str, Enum):
@@ -113,7 +204,7 @@ class Evidence(Model):
 class Action(Model):
     """A remediation the bot may offer as a button."""
 
-    kind: str
+    kind: str  # start-replica | force-replication | reseed
     target: str
     label: str
 
@@ -125,6 +216,7 @@ class Finding(Model):
     summary: str
     evidence: list[Evidence] = Field(default_factory=list)
     fix: list[str] = Field(default_factory=list)
+    unchecked: list[str] = Field(default_factory=list)  # what could not be checked, and why
     actions: list[Action] = Field(default_factory=list)
 
 
@@ -134,12 +226,27 @@ class StatusReport(Model):
     scope: str
     checked_at: datetime
     servers: list[str]
+    roles: dict[str, str] = Field(default_factory=dict)  # server -> its pool's role
+    pools: dict[str, str] = Field(default_factory=dict)  # server -> its pool
+    cms_pool: str | None = None
+    cms_backup_pool: str | None = None
     cms: CmsStatus | None = None
     cms_source: str | None = None
     health: list[ReplicaHealth] = Field(default_factory=list)
+    events: list[ReplicationEvent] = Field(default_factory=list)
+    events_source: str | None = None
+    reachability: Reachability | None = None
+    membership: GroupMembership | None = None
+    backup: list[PoolBackup] = Field(default_factory=list)
     host_errors: list[HostError] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        return not self.findings and not self.host_errors
+        return not self.host_errors and all(f.severity in (Severity.pending, Severity.info) for f in self.findings)
+
+    def health_of(self, server: str) -> ReplicaHealth | None:
+        return next((h for h in self.health if h.fqdn == server), None)
+
+    def error_of(self, server: str) -> HostError | None:
+        return next((e for e in self.host_errors if e.server == server), None)

@@ -40,7 +40,7 @@ def test_replica_behind_is_shown_false_and_reported(chat, lab):
     rows = replica_rows(thread)
     assert rows["fe03.contoso.com"] == "False"
     assert all(v == "True" for k, v in rows.items() if k != "fe03.contoso.com")
-    assert "[replica.behind]" in thread and "fe03.contoso.com is not up to date" in thread
+    assert "[replica.behind]" in thread and "fe03.contoso.com is behind the Central Management Store" in thread
     assert "verdict: PROBLEMS: 7/8 replicas up to date" in thread
 
 
@@ -133,8 +133,11 @@ def test_demo_runs_the_whole_pipeline(redis_server):
     proc = subprocess.run([sys.executable, "-m", "bot.cli", "demo"], env=env, capture_output=True, text=True,
                           timeout=60)
     elapsed = time.monotonic() - started
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = replica_rows(proc.stdout)
     assert set(rows) == {f"{s}.contoso.com" for s in LAB_SERVERS}
     assert "CMS master: fe01.contoso.com" in proc.stdout
+    # one failure of each seed scenario, each diagnosed
+    for code in ("replica.https-unreachable", "replica.edge-cert-name-mismatch", "replica.share-acl-missing"):
+        assert f"[{code}]" in proc.stdout
     assert elapsed < 30, f"demo took {elapsed:.1f}s"

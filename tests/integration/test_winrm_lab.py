@@ -14,7 +14,7 @@ from workers import topology as topo
 from workers.fleet import Fleet
 from workers.parsers import parse_cms_status
 from workers.settings import Settings
-from workers.status import probes_for
+from workers.status import probe_params
 from workers.winrm import AuthFailed, Credentials, HostShell, ProbeFailed
 
 from tests.conftest import LAB_PASSWORD, LAB_USER, LabProcess
@@ -79,7 +79,7 @@ def test_large_output_arrives_in_several_receive_chunks(big_lab):
     assert len(topology.servers) == 200
     settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic",
                         host_deadline=20)
-    with Fleet(topology, settings, probes_for(topology)) as fleet:
+    with Fleet(topology, settings, probe_params(topology, topology.everything())) as fleet:
         run = fleet.run("fe01.contoso.com", ["cms-status"])
     assert run.error is None, run.error
     cms = parse_cms_status(run.results["cms-status"])
