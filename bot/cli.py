@@ -164,7 +164,7 @@ def cmd_worker(args) -> int:
     from rq import Worker
     from rq.serializers import JSONSerializer
 
-    from workers.contract import QUEUES, queue
+    from workers.contract import queues
 
     try:
         settings = _settings()
@@ -172,7 +172,7 @@ def cmd_worker(args) -> int:
         _topology(settings.topology)
     except SetupError as e:
         return _fail(e)
-    worker = Worker([queue(conn, q) for q in QUEUES], connection=conn, serializer=JSONSerializer, worker_ttl=60)
+    worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60)
     worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
     return 0
 
@@ -218,7 +218,9 @@ def cmd_demo(args) -> int:
                     raise SetupError(NO_REDIS.format(url=_safe_url(url))) from None
                 url = private.url
             topology_path = Path(tmp) / "topology.yaml"
-            env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path),
+            # a private queue namespace: no other worker on this Redis takes the demo's jobs
+            prefix = f"cmsbot-demo-{secrets.token_hex(4)}"
+            env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path), CMSBOT_QUEUE_PREFIX=prefix,
                        CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=secrets.token_urlsafe(18),
                        CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http")
             env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
@@ -230,9 +232,9 @@ def cmd_demo(args) -> int:
             _wait_for_line(lab, Path(tmp) / "lab.log", "lab ready", 20)
             print("demo: " + (Path(tmp) / "lab.log").read_text().strip().splitlines()[-1], flush=True)
             worker = _start([sys.executable, "-m", "bot.cli", "worker"], env, Path(tmp) / "worker.log", started)
-            settings = _settings(redis_url=url, topology=topology_path)
+            settings = _settings(redis_url=url, topology=topology_path, queue_prefix=prefix)
             conn = _redis(url)
-            _wait_for_worker(conn, worker, Path(tmp) / "worker.log")
+            _wait_for_worker(conn, settings, worker, Path(tmp) / "worker.log")
             print("", flush=True)
             return run_chat(conn, settings, _topology(topology_path), args.command, "demo-user").exit_code
         except SetupError as e:
@@ -262,12 +264,12 @@ def _wait_for_line(proc: subprocess.Popen, logfile: Path, marker: str, timeout: 
     raise SetupError(f"the lab did not start: {logfile.read_text(errors='replace').strip()[-500:] or 'no output'}")
 
 
-def _wait_for_worker(conn: redis.Redis, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
+def _wait_for_worker(conn: redis.Redis, settings, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
     from bot.console import workers_listening
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if workers_listening(conn):
+        if workers_listening(conn, settings):
             return
         if proc.poll() is not None:
             break

@@ -14,7 +14,7 @@ from rq.serializers import JSONSerializer
 
 from bot import commands, render
 from bot.reporter import Reporter
-from workers.contract import STATUS_QUEUE, Event, Request, queue, submit
+from workers.contract import STATUS, Event, Request, queue, queue_name, submit
 from workers.jobs import FAILURE_CALLBACK, STATUS_JOB
 from workers.models import StatusReport
 from workers.settings import Settings
@@ -23,8 +23,9 @@ from workers.topology import Topology
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_RUN = 0, 1, 2
 
 
-def workers_listening(conn: redis.Redis, queue_name: str = STATUS_QUEUE) -> int:
-    return len(Worker.all(queue=queue(conn, queue_name), serializer=JSONSerializer))
+def workers_listening(conn: redis.Redis, settings: Settings) -> int:
+    name = queue_name(settings.queue_prefix, STATUS)
+    return len(Worker.all(queue=queue(conn, name), serializer=JSONSerializer))
 
 
 class ConsoleThread:
@@ -72,8 +73,9 @@ def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: st
     except commands.CommandError as e:
         print(str(e), file=out)
         return Outcome(EXIT_CANNOT_RUN)
-    if not workers_listening(conn):
-        print(f"No worker is listening on the `{STATUS_QUEUE}` queue of {_redis_name(conn)}, so nothing would "
+    if not workers_listening(conn, settings):
+        print(f"No worker is listening on the `{queue_name(settings.queue_prefix, STATUS)}` queue of "
+              f"{_redis_name(conn)}, so nothing would "
               "answer. Start one with `cmsbot worker` (same REDIS_URL and CMSBOT_TOPOLOGY) and try again.", file=out)
         return Outcome(EXIT_CANNOT_RUN)
     request = Request(command=command.name, args=command.args, user=user, origin="console")
@@ -81,7 +83,8 @@ def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: st
     reporter = Reporter(conn, group=f"console:{request.id}", consumer="console", deliver=thread.deliver,
                         wants=lambda e: e.request == request.id, start="$")
     try:
-        submit(conn, request, STATUS_JOB, timeout=settings.job_timeout, on_failure=Callback(FAILURE_CALLBACK))
+        submit(conn, request, STATUS_JOB, queue_name=queue_name(settings.queue_prefix, STATUS),
+               timeout=settings.job_timeout, on_failure=Callback(FAILURE_CALLBACK))
         thread.parent()
         deadline = time.monotonic() + settings.chat_timeout
         while thread.exit_code is None and time.monotonic() < deadline:

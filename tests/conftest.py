@@ -151,7 +151,9 @@ def worker(tmp_path_factory, redis_server, lab) -> WorkerProcess:
                       host_deadline=str(HOST_DEADLINE))
     from bot.console import workers_listening
 
-    _wait(lambda: workers_listening(redis_server.client()) > 0 or w.proc.poll() is not None, 30,
+    from workers.settings import Settings
+
+    _wait(lambda: workers_listening(redis_server.client(), Settings()) > 0 or w.proc.poll() is not None, 30,
           "worker did not register")
     assert w.proc.poll() is None, w.log.read_text()
     yield w
@@ -189,7 +191,9 @@ def edge_worker(tmp_path_factory, redis_server, edge_lab) -> WorkerProcess:
 
     url = redis_server.url.rsplit("/", 1)[0] + "/1"  # its own database: its own queues
     w = WorkerProcess(tmp_path_factory.mktemp("edgeworker"), url, edge_lab.topology, host_deadline=str(HOST_DEADLINE))
-    _wait(lambda: workers_listening(redis.Redis.from_url(url)) > 0 or w.proc.poll() is not None, 30,
+    from workers.settings import Settings
+
+    _wait(lambda: workers_listening(redis.Redis.from_url(url), Settings()) > 0 or w.proc.poll() is not None, 30,
           "worker did not register")
     assert w.proc.poll() is None, w.log.read_text()
     yield w

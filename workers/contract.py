@@ -20,9 +20,8 @@ from rq.serializers import JSONSerializer
 REQUEST_TTL = 21 * 24 * 3600
 EVENTS_STREAM = "cmsbot:events"
 EVENTS_MAXLEN = 100_000
-STATUS_QUEUE = "cmsbot-status"
-CHANGE_QUEUE = "cmsbot-change"
-QUEUES = (CHANGE_QUEUE, STATUS_QUEUE)
+STATUS = "status"  # read-only diagnostics; may be retried
+CHANGE = "change"  # remediations, failover, recovery; never retried
 
 TERMINAL_KINDS = frozenset({"result", "failed"})
 
@@ -85,11 +84,22 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-def queue(conn: redis.Redis, name: str = STATUS_QUEUE) -> Queue:
+def queue_name(prefix: str, kind: str) -> str:
+    """Queues are namespaced by a prefix, so a demo or a test never feeds another
+    deployment's workers (and theirs never take its jobs)."""
+    return f"{prefix}-{kind}"
+
+
+def queues(conn: redis.Redis, prefix: str) -> list[Queue]:
+    """A worker's queues, most urgent first."""
+    return [queue(conn, queue_name(prefix, kind)) for kind in (CHANGE, STATUS)]
+
+
+def queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn, serializer=JSONSerializer)
 
 
-def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str = STATUS_QUEUE, timeout: int, **job_options: Any) -> None:
+def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str, timeout: int, **job_options: Any) -> None:
     """Store the request and enqueue its job in one pipelined round trip."""
     q = queue(conn, queue_name)
     with conn.pipeline() as pipe:

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "CMSBOT_REDIS_URL"),
     )
     topology: Path = Path("topology.yaml")
+    queue_prefix: str = Field("cmsbot", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                              description="namespace of the RQ queues: workers and bot must agree")
 
     # WinRM
     winrm_username: str = "cmsbot"

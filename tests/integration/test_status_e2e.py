@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from workers.contract import STATUS_QUEUE, queue, request_key
+from workers.contract import queue, request_key
 
 from tests.conftest import HOST_DEADLINE
 
@@ -87,7 +87,7 @@ def test_unknown_target_lists_known_names_and_enqueues_nothing(chat, conn):
     assert code == 2
     assert "`pool99.contoso.com` is not a pool or server of this deployment" in thread
     assert "pool01.contoso.com" in thread and "fe03.contoso.com" in thread
-    assert queue(conn, STATUS_QUEUE).count == 0
+    assert queue(conn, "cmsbot-status").count == 0
     after = (len(list(conn.scan_iter(request_key("*")))), len(list(conn.scan_iter("rq:job:*"))))
     assert after == before
 
