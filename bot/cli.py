@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     explain.set_defaults(func=cmd_explain)
 
+    bot = sub.add_parser("bot", help="run the Slack app (Socket Mode or HTTP /slack/events) and its reporter")
+    bot.set_defaults(func=cmd_bot)
+
     worker = sub.add_parser("worker", help="run an RQ worker on the project's queues")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.set_defaults(func=cmd_worker)
@@ -158,6 +161,32 @@ def cmd_explain(args) -> int:
     else:
         print(explanation_text(e))
     return 0 if e.code else 1
+
+
+def cmd_bot(args) -> int:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from bot.config import SlackSettings
+    from bot.server import missing_settings, run
+
+    try:
+        settings = _settings()
+        try:
+            slack = SlackSettings()
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise SetupError(f"Slack configuration error in {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        except SettingsError as e:
+            raise SetupError(f"Slack configuration error: {e}") from None
+        missing = missing_settings(slack)
+        if missing:
+            raise SetupError("the Slack app needs " + " and ".join(missing) + " (see the README's Slack section)")
+        conn = _redis(settings.redis_url)
+        topology = _topology(settings.topology)
+    except SetupError as e:
+        return _fail(e)
+    return run(settings, slack, conn, topology)
 
 
 def cmd_worker(args) -> int:

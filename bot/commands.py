@@ -13,6 +13,11 @@ from workers.topology import Topology, UnknownTarget
 HELP = {
     "/cms-status": ("/cms-status [pool|server]", "replication status of every replica, or of one pool or server, "
                     "with the diagnosis of anything that is behind", "/cms-status pool01.contoso.com"),
+    "/cms-explain": ("/cms-explain <event>", "what an event pasted from Event Viewer means, how to check it and "
+                     "how to fix it", "/cms-explain Log Name: Lync Server Source: LS File Transfer Agent Service ..."),
+    "/cms-replicate": ("/cms-replicate [pool|server]", "operators: force replication, wait the 2-3 minute delay, "
+                       "re-check and report what changed", "/cms-replicate edge01.contoso.com"),
+    "/cms-help": ("/cms-help", "this list", "/cms-help"),
 }
 MAX_LISTED = 25
 
@@ -34,7 +39,7 @@ def parse(text: str, topology: Topology) -> Command:
     name, rest = words[0].lower(), words[1:]
     if name not in HELP:
         raise CommandError(f"Unknown command. {usage()}")
-    if name == "/cms-status":
+    if name in ("/cms-status", "/cms-replicate"):
         if len(rest) > 1:
             raise CommandError(f"Too many words. Usage: `{HELP[name][0]}`")
         if not rest:
@@ -44,7 +49,7 @@ def parse(text: str, topology: Topology) -> Command:
         except UnknownTarget as e:
             raise CommandError(unknown_target_text(e, topology)) from None
         return Command(name, {"target": target.name})
-    raise CommandError(usage())  # pragma: no cover - every HELP entry is handled above
+    raise CommandError(f"`{name}` takes no pool or server here. {usage()}")
 
 
 def usage() -> str:

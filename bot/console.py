@@ -42,6 +42,10 @@ class ConsoleThread:
     def deliver(self, event: Event) -> bool:
         if event.kind == "progress":
             self._print(f"  | {event.body.get('text', '')}")
+        elif event.kind == "result" and "report" not in event.body:
+            action = event.body.get("action", {})
+            self._print(f"  | {action.get('text', 'done')}")
+            self.exit_code = EXIT_HEALTHY if action.get("ok") else EXIT_PROBLEMS
         elif event.kind == "result":
             report = self.report = StatusReport.model_validate(event.body["report"])
             for line in render.report_text(report).splitlines():

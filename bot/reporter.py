@@ -9,6 +9,7 @@ mark makes redelivery of an already delivered event a no-op.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import redis
@@ -20,12 +21,18 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[Event], bool]
 
 
+STALE_MS = 60_000  # another consumer's entry unacknowledged this long: that consumer is gone
+CLAIM_EVERY = 30.0
+RETRY_DELAY = 1.0
+
+
 class Reporter:
     def __init__(self, conn: redis.Redis, group: str, consumer: str, deliver: Deliver,
                  wants: Callable[[Event], bool] = lambda e: True, start: str = "0"):
         self.conn, self.group, self.consumer = conn, group, consumer
         self._deliver, self._wants = deliver, wants
         self._backlog = True  # first read our own unacknowledged entries
+        self._next_claim = 0.0
         try:
             conn.xgroup_create(EVENTS_STREAM, group, id=start, mkstream=True)
         except redis.ResponseError as e:
@@ -37,6 +44,8 @@ class Reporter:
 
     def poll(self, block_ms: int = 1000, count: int = 100) -> int:
         """Deliver what is waiting; returns how many events were delivered."""
+        if time.monotonic() >= self._next_claim:
+            self._claim_stale()
         stream_id = "0" if self._backlog else ">"
         reply = self.conn.xreadgroup(self.group, self.consumer, {EVENTS_STREAM: stream_id}, count=count,
                                      block=None if self._backlog else block_ms)
@@ -58,7 +67,8 @@ class Reporter:
                 self.conn.xack(EVENTS_STREAM, self.group, entry_id)
                 continue
             if not self._deliver(event):
-                self._backlog = True  # keep order: retry this one first, later
+                self._backlog = True  # keep order: retry this one first, a little later
+                time.sleep(RETRY_DELAY)
                 break
             with self.conn.pipeline() as pipe:
                 pipe.set(mark, event.seq, ex=REQUEST_TTL)
@@ -66,6 +76,15 @@ class Reporter:
                 pipe.execute()
             delivered += 1
         return delivered
+
+    def _claim_stale(self) -> None:
+        """Take over entries a dead consumer read but never acknowledged."""
+        self._next_claim = time.monotonic() + CLAIM_EVERY
+        claimed = self.conn.xautoclaim(EVENTS_STREAM, self.group, self.consumer, min_idle_time=STALE_MS,
+                                       start_id="0-0", count=100, justid=True)
+        if claimed:  # redis-py gives just the claimed ids when justid is set
+            log.info("%s took over %d unacknowledged events", self.consumer, len(claimed))
+            self._backlog = True
 
     def forget(self, request: str) -> None:
         self.conn.delete(self._mark_key(request))

@@ -7,6 +7,8 @@ values the probe casts with [string], arrays where the probe wraps with @().
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -50,6 +52,11 @@ def server_version_text(state: LabState) -> str:
 
 Answer = Callable[[LabState, LabServer, dict[str, Any]], dict[str, Any]]
 ANSWERS: dict[str, Answer] = {}
+READS_STDIN = {"import-configuration"}
+
+
+class ProbeError(Exception):
+    """What the probe itself reports as its error (Invoke-Probe's error document)."""
 
 
 def answers(name: str) -> Callable[[Answer], Answer]:
@@ -59,10 +66,15 @@ def answers(name: str) -> Callable[[Answer], Answer]:
     return register
 
 
-def run(state: LabState, server: LabServer, probe: str, version: int, params: dict[str, Any]) -> str:
+def run(state: LabState, server: LabServer, probe: str, version: int, params: dict[str, Any],
+        stdin: bytes = b"") -> str:
     if probe not in ANSWERS:
         raise UnknownProbe(probe)
-    data = ANSWERS[probe](state, server, params)
+    try:
+        data = ANSWERS[probe](state, server, {**params, "_stdin": stdin} if probe in READS_STDIN else params)
+    except ProbeError as e:
+        return to_ps51_json({"probe": probe, "version": version,
+                             "error": {"message": str(e), "category": "InvalidOperation", "command": ""}})
     return to_ps51_json({"probe": probe, "version": version, "data": data})
 
 
@@ -255,3 +267,69 @@ def _backup_status(state: LabState, server: LabServer, params: dict[str, Any]) -
                       "Modules": [{"Identity": "CentralMgmt.CMSMaster", "ExportStatus": export,
                                    "ImportStatus": "NormalState"}], "Error": None})
     return {"CollectedAt": ms_date(now()), "Pools": pools}
+
+
+# -- remediations: they change the state the way the cmdlets would ----------------------
+
+SERVICES = {"REPLICA", "MASTER", "FTA", "LYNCBACKUP"}
+
+
+@answers("start-service")
+def _start_service(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    name = str(params.get("name", ""))
+    if name not in SERVICES:
+        raise ProbeError(f"service {name!r} is not one this probe may start")
+    if name not in server.services:
+        raise ProbeError(f"Cannot find any service with service name '{name}'.")
+    before = server.services[name]
+    server.services[name] = RUNNING
+    return {"CollectedAt": ms_date(now()), "Name": name, "Before": before, "After": RUNNING,
+            "Started": before != RUNNING}
+
+
+@answers("force-replication")
+def _force_replication(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    replicas = [str(r).lower() for r in params.get("replicas", [])]
+    errors = []
+    if not replicas:
+        state.replicate()
+    for r in replicas:
+        if r not in state.servers:
+            errors.append({"Replica": r, "Message": f"Cannot find replica \"{r}\"."})
+        else:
+            state.replicate(only=r)
+    return {"CollectedAt": ms_date(now()), "Replicas": replicas or ["*"], "Errors": errors}
+
+
+EXPORT_DIR = "C:\\ProgramData\\cmsbot\\exports"
+
+
+def _export_bytes(state: LabState) -> bytes:
+    """A stand-in for the configuration zip: deterministic for the current change."""
+    seed = f"{state.cms_pool}|{state.last_change.isoformat()}".encode()
+    return b"PK\x03\x04" + b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2000))
+
+
+@answers("export-configuration")
+def _export_configuration(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    if not state.active_master:
+        raise ProbeError("Cannot export the configuration: the Central Management Store is not available.")
+    blob = _export_bytes(state)
+    return {"CollectedAt": ms_date(now()), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
+            "Sha256": hashlib.sha256(blob).hexdigest().upper(), "Content": base64.b64encode(blob).decode()}
+
+
+@answers("import-configuration")
+def _import_configuration(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        blob = base64.b64decode(b"".join(params.get("_stdin", b"").split()), validate=True)
+    except ValueError:
+        raise ProbeError("the configuration arrived on stdin is not base64") from None
+    digest = hashlib.sha256(blob).hexdigest().upper()
+    if digest != str(params.get("sha256", "")).upper():
+        raise ProbeError("checksum mismatch: the copied configuration is not the exported one")
+    t = now()
+    server.synced_at = server.reported_at = t
+    server.failing_since, server.stuck = None, False
+    return {"CollectedAt": ms_date(t), "Path": f"C:\\ProgramData\\cmsbot\\imports\\{params.get('fileName')}",
+            "Bytes": len(blob), "Sha256": digest, "Imported": True}

@@ -353,6 +353,14 @@ def _edge_cert_expired(state: LabState, s: LabServer | None) -> None:
     _start_failing(s, state, hours=48)
 
 
+@scenario("replica-stopped", "any")
+def _replica_stopped(state: LabState, s: LabServer | None) -> None:
+    """The Replica Replicator Agent is stopped on the server (any role)."""
+    assert s
+    s.services["REPLICA"] = STOPPED
+    _start_failing(s, state)
+
+
 @scenario("share-acl-missing", "any")
 def _share_acl_missing(state: LabState, s: LabServer | None) -> None:
     """Seed scenario 3: the xds-replica share and folder lost their RTC Local Config Replicator ACEs."""

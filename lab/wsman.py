@@ -52,6 +52,8 @@ class Command:
     ready_at: float
     output: bytes | None = None
     sent: int = 0
+    stdin: bytearray = field(default_factory=bytearray)
+    stdin_open: bool = False  # the probe reads stdin: it answers once stdin is closed
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Lab:
             return self._command(server, shell, body_el, message_id)
         if action == SHELL_ACTION + "Receive":
             return await self._receive(server, shell, body_el, message_id, timeout)
+        if action == SHELL_ACTION + "Send":
+            return self._send(shell, body_el, message_id)
         if action == SHELL_ACTION + "Signal":
             command_id = body_el.find("rsp:Signal", NS).get("CommandId") if body_el is not None else None
             shell.commands.pop(command_id or "", None)
@@ -196,7 +200,8 @@ class Lab:
         self.stats.commands.append({"server": server.fqdn, "probe": probe, "params": params})
         command_id = str(uuid.uuid4()).upper()
         ready = time.monotonic() + self.latency
-        shell.commands[command_id] = Command(probe=probe, version=version, params=params, ready_at=ready)
+        shell.commands[command_id] = Command(probe=probe, version=version, params=params, ready_at=ready,
+                                             stdin_open=probe in answers.READS_STDIN)
         return _envelope(SHELL_ACTION + "Command", message_id,
                          f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>")
 
@@ -220,6 +225,17 @@ class Lab:
             params = json.loads(base64.b64decode(shell.env[params_var.group(1)]).decode("utf-8"))
         return header["name"], int(header["version"]), params
 
+    def _send(self, shell: Shell, body: ET.Element | None, message_id: str) -> str:
+        stream = body.find("rsp:Send/rsp:Stream", NS) if body is not None else None
+        cmd = shell.commands.get(stream.get("CommandId", "") if stream is not None else "")
+        if cmd is None or stream is None:
+            raise Fault("The command was not found.", code=2150858843, subcode="w:InvalidSelectors")
+        cmd.stdin += base64.b64decode(stream.text or "")
+        if stream.get("End", "false").lower() == "true":
+            cmd.stdin_open = False
+            cmd.ready_at = time.monotonic() + self.latency
+        return _envelope(SHELL_ACTION + "Send", message_id, "<rsp:SendResponse/>")
+
     async def _receive(self, server: LabServer, shell: Shell, body: ET.Element | None, message_id: str,
                        timeout: float) -> str:
         stream = body.find("rsp:Receive/rsp:DesiredStream", NS) if body is not None else None
@@ -227,14 +243,16 @@ class Lab:
         cmd = shell.commands.get(command_id)
         if cmd is None:
             raise Fault("The command was not found.", code=2150858843, subcode="w:InvalidSelectors")
-        wait = timeout if server.fault == "hang" else cmd.ready_at - time.monotonic()
+        waiting = server.fault == "hang" or cmd.stdin_open
+        wait = timeout if waiting else cmd.ready_at - time.monotonic()
         if wait > 0:
             await asyncio.sleep(min(wait, timeout))
-            if server.fault == "hang" or time.monotonic() < cmd.ready_at:
+            if server.fault == "hang" or cmd.stdin_open or time.monotonic() < cmd.ready_at:
                 raise Fault("The WS-Management service cannot complete the operation within the time specified in "
                             "OperationTimeout.", code=TIMED_OUT_CODE, subcode="w:TimedOut")
         if cmd.output is None:
-            cmd.output = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params).encode("utf-8") + b"\r\n"
+            cmd.output = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params,
+                                     bytes(cmd.stdin)).encode("utf-8") + b"\r\n"
         chunk = cmd.output[cmd.sent:cmd.sent + CHUNK]
         cmd.sent += len(chunk)
         done = cmd.sent >= len(cmd.output)

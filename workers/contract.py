@@ -7,6 +7,7 @@ to one Redis stream. Nothing pickled crosses a process boundary.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from datetime import datetime, timezone
@@ -32,6 +33,12 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return "r" + secrets.token_hex(8)
+
+
+def id_for_delivery(team: str, trigger_id: str) -> str:
+    """The same Slack delivery (same trigger) always maps to the same request,
+    so a retried or duplicated delivery cannot start a second execution."""
+    return "r" + hashlib.sha256(f"{team}:{trigger_id}".encode()).hexdigest()[:16]
 
 
 class Request(BaseModel):
@@ -99,15 +106,26 @@ def queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn, serializer=JSONSerializer)
 
 
-def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str, timeout: int, **job_options: Any) -> None:
-    """Store the request and enqueue its job in one pipelined round trip."""
+def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str, timeout: int,
+           accepted: dict[str, Any] | None = None, audit: dict[str, Any] | None = None, **job_options: Any) -> None:
+    """Store the request, enqueue its job and, when given, append its `accepted`
+    event and an audit entry: one pipelined round trip, all or nothing."""
     q = queue(conn, queue_name)
     with conn.pipeline() as pipe:
         # RQ opens the MULTI itself, so it must queue its commands first.
         q.enqueue_call(job, args=(req.id,), job_id=req.id, timeout=timeout, result_ttl=3600,
                        failure_ttl=7 * 24 * 3600, pipeline=pipe, **job_options)
         pipe.set(request_key(req.id), req.model_dump_json(), ex=REQUEST_TTL)
+        if accepted is not None:
+            append_event(pipe, req.id, "accepted", accepted)
+        if audit is not None:
+            append_audit(pipe, request=req.id, who=req.user, **audit)
         pipe.execute()
+
+
+def claim(conn: redis.Redis, request_id: str) -> bool:
+    """True for the first execution of a request only."""
+    return bool(conn.set(f"cmsbot:claim:{request_id}", 1, nx=True, ex=REQUEST_TTL))
 
 
 def load_request(conn: redis.Redis, request_id: str) -> Request:
@@ -125,8 +143,21 @@ return seq
 """
 
 
-def append_event(conn: redis.Redis, request_id: str, kind: str, body: dict[str, Any] | None = None) -> int:
+def append_event(conn: redis.Redis, request_id: str, kind: str, body: dict[str, Any] | None = None):
     """Append one event; `seq` is allocated atomically with the append so the
-    stream order and the seq order of a request always agree."""
+    stream order and the seq order of a request always agree. Returns the seq
+    (or the pipeline, when given one)."""
     payload = json.dumps(body or {}, default=str)
-    return int(conn.eval(_APPEND, 2, EVENTS_STREAM, f"cmsbot:seq:{request_id}", request_id, kind, payload, EVENTS_MAXLEN, REQUEST_TTL))
+    result = conn.eval(_APPEND, 2, EVENTS_STREAM, f"cmsbot:seq:{request_id}", request_id, kind, payload,
+                       EVENTS_MAXLEN, REQUEST_TTL)
+    return int(result) if isinstance(result, (int, bytes, str)) else result
+
+
+AUDIT_STREAM = "cmsbot:audit"
+
+
+def append_audit(conn: redis.Redis, **fields: Any) -> None:
+    """Append-only record of who asked for, approved or ran what, and the result."""
+    entry = {"at": utcnow().isoformat(timespec="seconds")}
+    entry.update({k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in fields.items() if v is not None})
+    conn.xadd(AUDIT_STREAM, entry)

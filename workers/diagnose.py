@@ -44,9 +44,24 @@ def when(moment: datetime | None) -> str:
 def finding(code: str, severity: Severity, subject: str, summary: str, evidence: list[Evidence],
             unchecked: list[str] | None = None, actions: list[Action] | None = None,
             fix: list[str] | None = None) -> Finding:
+    if code.startswith("replica.") and severity is Severity.error and not any(
+            a.kind == "force-replication" for a in actions or []):
+        actions = [*(actions or []), force_button(subject)]
     return Finding(code=code, severity=severity, subject=subject, summary=summary, evidence=evidence,
                    fix=fix if fix is not None else list(KNOWLEDGE[code].fix), unchecked=unchecked or [],
                    actions=actions or [])
+
+
+def force_button(server: str) -> Action:
+    return Action(kind="force-replication", target=server, label="Force replication and re-check")
+
+
+def start_button(server: str) -> Action:
+    return Action(kind="start-replica", target=server, label="Start REPLICA")
+
+
+def reseed_button(server: str) -> Action:
+    return Action(kind="reseed", target=server, label="Re-seed local store")
 
 
 @dataclass
@@ -180,7 +195,7 @@ def edge_findings(clues: _Clues, report: StatusReport, fe_root: str | None) -> l
     if replica_state is not None and replica_state is not ServiceState.running:
         found.append(finding("replica.replica-stopped", Severity.error, subject,
                              f"REPLICA (Replica Replicator Agent) is {replica_state.value} on the Edge {subject}",
-                             evidence, actions=[Action(kind="start-replica", target=subject, label="Start REPLICA")]))
+                             evidence, actions=[start_button(subject)]))
     elif port is not None and not port.connected and port.error == "ConnectionRefused":
         found.append(finding("replica.replica-stopped", Severity.error, subject,
                              f"Nothing listens on TCP 4443 on the Edge {subject}: REPLICA is most likely stopped",
@@ -297,7 +312,7 @@ def internal_findings(clues: _Clues, report: StatusReport, not_member: list[str]
                              f"REPLICA (Replica Replicator Agent) is {replica_state.value} on {subject}",
                              [Evidence(text=f"REPLICA is {replica_state.value}", source=f"Get-Service on {subject}",
                                        at=clues.health.collected_at)],
-                             actions=[Action(kind="start-replica", target=subject, label="Start REPLICA")]))
+                             actions=[start_button(subject)]))
     if port is not None and not port.connected:
         found.append(finding("replica.smb-unreachable", Severity.error, subject,
                              f"TCP 445 from the FTA host to {subject} fails: {_socket_error(port.error)}",
@@ -409,7 +424,7 @@ def behind(clues: _Clues, report: StatusReport) -> Finding:
                    f"{s.fqdn} is behind the Central Management Store and no known failure explains it", evidence,
                    unchecked=unchecked,
                    fix=[step.replace("<replica>", s.fqdn) for step in KNOWLEDGE["replica.behind"].fix],
-                   actions=[Action(kind="force-replication", target=s.fqdn, label="Force replication")])
+                   actions=[force_button(s.fqdn)] + ([reseed_button(s.fqdn)] if clues.health else []))
 
 
 def stopped_service_warnings(clues: _Clues) -> list[Finding]:
@@ -421,7 +436,7 @@ def stopped_service_warnings(clues: _Clues) -> list[Finding]:
                     f"REPLICA is {state.value} on {clues.status.fqdn}: it is up to date now but will miss the next change",
                     [Evidence(text=f"REPLICA is {state.value}", source=f"Get-Service on {clues.status.fqdn}",
                               at=clues.health.collected_at)],
-                    actions=[Action(kind="start-replica", target=clues.status.fqdn, label="Start REPLICA")])]
+                    actions=[start_button(clues.status.fqdn)])]
 
 
 # -- CMS level ----------------------------------------------------------------------------

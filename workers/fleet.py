@@ -71,7 +71,7 @@ class Fleet:
                                              env, deadline=0.0)
         return self._shells[server]
 
-    def run(self, server: str, names: list[str]) -> HostRun:
+    def run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
         """Run probes on one server in order; stop at its first failure."""
         run = HostRun(server)
         shell = self._shell(server)
@@ -79,7 +79,7 @@ class Fleet:
         for name in names:
             try:
                 cmd, args = probes.command(name)
-                run.results[name] = probes.decode(name, shell.run(cmd, args))
+                run.results[name] = probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name)))
             except HostFailure as f:
                 run.error = HostError(server=server, kind=f.kind, reason=f.reason, probe=name)
                 break

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     host_deadline: float = Field(30.0, gt=0, description="seconds one server may take for its probes in one job")
     fanout: int = Field(32, ge=1, le=512, description="servers probed at once")
     chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
+    replication_wait: float = Field(150.0, ge=0, description="seconds between forcing replication and re-checking")
 
     @model_validator(mode="after")
     def _password_from_file(self) -> "Settings":
@@ -46,3 +47,8 @@ class Settings(BaseSettings):
     def job_timeout(self) -> int:
         """RQ's hard limit for a status job: every stage's deadline plus slack."""
         return int(self.host_deadline * 3 + 60)
+
+    @property
+    def change_timeout(self) -> int:
+        """RQ's hard limit for a remediation: its steps, the replication wait and a re-check."""
+        return int(self.host_deadline * 6 + self.replication_wait + 60)

@@ -37,6 +37,7 @@ T = TypeVar("T")
 # Longest single Receive long-poll; keeps deadline checks frequent enough.
 MAX_OPERATION_TIMEOUT = 10
 CLEANUP_TIMEOUT = 3.0
+STDIN_CHUNK = 96 * 1024  # base64 text per Send, well inside WinRM's default MaxEnvelopeSize
 
 
 class HostFailure(Exception):
@@ -108,11 +109,17 @@ class HostShell:
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------
-    def run(self, command: str, arguments: list[str]) -> Output:
-        """Run one command to completion within the host's deadline."""
+    def run(self, command: str, arguments: list[str], stdin: bytes | None = None) -> Output:
+        """Run one command to completion within the host's deadline; `stdin`, when
+        given, is sent in chunks and then closed."""
         with self._lock:
             shell_id = self._open()
             command_id = self._call(lambda p: p.run_command(shell_id, command, arguments))
+            if stdin is not None:
+                chunks = [stdin[i:i + STDIN_CHUNK] for i in range(0, len(stdin), STDIN_CHUNK)] or [b""]
+                for i, chunk in enumerate(chunks):
+                    last = i == len(chunks) - 1
+                    self._call(lambda p, c=chunk, e=last: p.send_command_input(shell_id, command_id, c, end=e))
             out: list[bytes] = []
             err: list[bytes] = []
             try:

@@ -54,7 +54,7 @@ def test_edge_replica_stopped_confirmed_on_the_edge(edge_status):
     outcome, _ = edge_status(f"edge-replica-stopped:{EDGE2}")
     f = the(outcome, "replica.replica-stopped", EDGE2)
     assert "REPLICA is stopped" in evidence(f)
-    assert [a.kind for a in f.actions] == ["start-replica"]
+    assert [a.kind for a in f.actions] == ["start-replica", "force-replication"]
 
 
 def test_edge_cert_from_the_event_alone_names_the_scenario(status):
@@ -145,7 +145,7 @@ def test_replica_behind_without_evidence_says_what_was_checked(status):
     ev = evidence(f)
     assert "no File Transfer Agent event names it" in ev and "TCP 445 from the FTA host connects" in ev
     assert "REPLICA is running" in ev
-    assert [a.kind for a in f.actions] == ["force-replication"]
+    assert [a.kind for a in f.actions] == ["force-replication", "reseed"]
 
 
 def test_one_event_naming_both_edges_gives_a_finding_each(status):

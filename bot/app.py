@@ -1,0 +1,60 @@
+"""The Bolt app, built by a factory from settings."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from bot.config import SlackSettings
+from bot.handlers import SAFE_ERROR, Deps
+from bot.handlers import explain, help, remediate, replicate, status
+
+log = logging.getLogger("cmsbot.slack")
+
+
+def web_client(slack: SlackSettings) -> WebClient:
+    """Slack Web API client that rides out rate limits (honouring Retry-After),
+    5xx answers and dropped connections."""
+    return WebClient(
+        token=slack.bot_token.get_secret_value(),
+        base_url=slack.api_url,
+        timeout=15,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=5),
+            ServerErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def build_app(deps: Deps, client: WebClient) -> App:
+    app = App(
+        client=client,
+        signing_secret=deps.slack.signing_secret.get_secret_value() or None,
+        process_before_response=False,
+        raise_error_for_unhandled_request=False,
+    )
+    for module in (status, explain, replicate, help, remediate):
+        module.register(app, deps)
+
+    @app.error
+    def on_error(error, body, logger):  # anything a listener did not handle itself
+        ref = secrets.token_hex(4)
+        logger.error("unhandled error (ref %s): %s", ref, type(error).__name__, exc_info=error)
+        response_url = (body or {}).get("response_url")
+        if response_url:
+            try:
+                from slack_sdk.webhook import WebhookClient
+
+                WebhookClient(response_url, timeout=5).send(text=SAFE_ERROR.format(ref=ref), response_type="ephemeral")
+            except Exception:  # noqa: BLE001 - best effort
+                logger.warning("could not tell the user about error %s", ref)
+    return app

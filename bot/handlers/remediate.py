@@ -1,0 +1,55 @@
+"""The remediation buttons on findings: operators only, each as a job."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from bot.blocks import ACTION_PREFIX
+from bot.handlers import Deps, guarded, slack_request
+from bot.slack_threads import parent_key
+from workers.contract import load_request
+from bot.roles import Role
+from workers.jobs import REMEDIATE_JOB
+from workers.remediate import KINDS, describe
+from workers.topology import UnknownTarget
+
+INVALID = "This button is no longer valid; run /cms-status again for fresh ones."
+
+
+def thread_scope(deps: Deps, channel: str, thread: str | None) -> str:
+    """What the command owning this thread checked, so the re-check covers the same ground."""
+    owner = deps.conn.get(parent_key(channel, thread or ""))
+    if owner:
+        try:
+            return load_request(deps.conn, owner.decode()).args.get("target") or "all"
+        except LookupError:
+            pass
+    return "all"
+
+
+def register(app, deps: Deps) -> None:
+    @app.action(re.compile(f"^{ACTION_PREFIX}"))
+    @guarded
+    def on_remediate(ack, body, respond):
+        ack()
+        user = str((body.get("user") or {}).get("id") or "")
+        channel = str((body.get("channel") or {}).get("id") or "")
+        container = body.get("container") or {}
+        thread = container.get("thread_ts") or container.get("message_ts")
+        try:
+            value = json.loads((body.get("actions") or [{}])[0].get("value") or "")
+            kind, target = str(value["a"]), str(value["t"])
+            server = deps.topology.resolve(target)
+        except (ValueError, KeyError, TypeError, AttributeError, UnknownTarget):
+            return respond(text=INVALID, response_type="ephemeral", replace_original=False)
+        if kind not in KINDS or server.kind != "server" or not channel:
+            return respond(text=INVALID, response_type="ephemeral", replace_original=False)
+        if not deps.roles.has(user, Role.operator):
+            return respond(text=deps.roles.refusal(Role.operator, "run remediations"),
+                           response_type="ephemeral", replace_original=False)
+        action = describe(kind, server.name)
+        args = {"action": kind, "target": server.name, "scope": thread_scope(deps, channel, thread)}
+        req = slack_request(body, "remediate", args, user=user, channel=channel, thread=thread)
+        deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"<@{user}> started: {action}"},
+                     audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})

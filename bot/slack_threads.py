@@ -1,0 +1,184 @@
+"""Slack delivery of a request's events: its thread, exactly once per call.
+
+The parent message is posted when the request's `accepted` event arrives
+(after the slash command was acked), progress is one message edited in place,
+the result goes into the thread and the verdict back into the parent. Each
+Slack call is recorded under (request, seq, step) before the event is
+acknowledged, so a restart or a redelivery never posts twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from typing import Callable
+
+import redis
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks, render
+from workers.contract import REQUEST_TTL, Event, Request, load_request
+from workers.models import StatusReport
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+
+
+def parent_key(channel: str, ts: str) -> str:
+    return f"cmsbot:slack:parent:{channel}:{ts}"
+
+
+class SlackThreads:
+    def __init__(self, conn: redis.Redis, client: WebClient, workers_listening: Callable[[str], int]):
+        self.conn, self.client = conn, client
+        self._workers_listening = workers_listening
+        self._requests: OrderedDict[str, Request | None] = OrderedDict()
+
+    # -- reporter hooks ---------------------------------------------------------------
+    def wants(self, event: Event) -> bool:
+        req = self._request(event.request)
+        return req is not None and req.origin == "slack" and bool(req.channel)
+
+    def deliver(self, event: Event) -> bool:
+        """True: done with this event (delivered, or permanently undeliverable)."""
+        req = self._request(event.request)
+        assert req is not None
+        try:
+            handler = getattr(self, f"_on_{event.kind}", None)
+            if handler is not None:
+                handler(req, event)
+            return True
+        except SlackApiError as e:
+            status = e.response.status_code if e.response is not None else 0
+            error = (e.response.get("error") if e.response is not None else "") or ""
+            if status == 429 or status >= 500 or error in TRANSIENT_ERRORS:
+                log.warning("Slack is busy (%s %s); will retry event %s/%s", status, error, req.id, event.seq)
+                return False
+            log.error("Slack refused event %s/%s (%s): giving up on it", req.id, event.seq, error)
+            return True
+        except OSError as e:
+            log.warning("cannot reach Slack (%s); will retry event %s/%s", type(e).__name__, req.id, event.seq)
+            return False
+
+    # -- state ------------------------------------------------------------------------------
+    def _request(self, request_id: str) -> Request | None:
+        if request_id not in self._requests:
+            try:
+                self._requests[request_id] = load_request(self.conn, request_id)
+            except LookupError:
+                self._requests[request_id] = None
+            while len(self._requests) > 2000:
+                self._requests.popitem(last=False)
+        return self._requests[request_id]
+
+    def _state_key(self, req: Request) -> str:
+        return f"cmsbot:slack:thread:{req.id}"
+
+    def _state(self, req: Request) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.conn.hgetall(self._state_key(req)).items()}
+
+    def _save(self, req: Request, **fields: str) -> None:
+        key = self._state_key(req)
+        with self.conn.pipeline() as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, REQUEST_TTL)
+            pipe.execute()
+
+    def _once(self, req: Request, event: Event, step: str, call: Callable[[], str]) -> str:
+        """Run one Slack call for (event, step) at most once; returns its ts."""
+        key, field = f"cmsbot:slack:steps:{req.id}", f"{event.seq}:{step}"
+        done = self.conn.hget(key, field)
+        if done is not None:
+            return done.decode()
+        ts = call() or ""
+        with self.conn.pipeline() as pipe:
+            pipe.hset(key, field, ts)
+            pipe.expire(key, REQUEST_TTL)
+            pipe.execute()
+        return ts
+
+    def _post(self, req: Request, message: blocks.Message, thread: str | None) -> str:
+        kwargs = {"thread_ts": thread} if thread else {}
+        return self.client.chat_postMessage(channel=req.channel, **message.payload(), **kwargs)["ts"]
+
+    def _update(self, req: Request, ts: str, message: blocks.Message) -> str:
+        self.client.chat_update(channel=req.channel, ts=ts, **message.payload())
+        return ts
+
+    # -- events ------------------------------------------------------------------------------
+    def _on_accepted(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        if req.thread:  # started from a button or command inside an existing thread
+            if not state:
+                owner = self.conn.get(parent_key(req.channel or "", req.thread))
+                self._save(req, parent=req.thread, owner=owner.decode() if owner else "")
+            self._once(req, event, "note", lambda: self._post(
+                req, blocks.note(event.body.get("text", f"{req.command} started"), ":hammer_and_wrench:"), req.thread))
+        elif "parent" not in state:
+            target = req.args.get("target")
+            ts = self._once(req, event, "parent", lambda: self._post(req, blocks.parent(req.command, req.user, target), None))
+            self._save(req, parent=ts, owner=req.id)
+            self.conn.set(parent_key(req.channel or "", ts), req.id, ex=REQUEST_TTL)
+        else:
+            return  # a duplicate delivery of the same command: its thread exists already
+        queue = event.body.get("queue")
+        if queue and not self._workers_listening(queue):
+            parent = self._state(req)["parent"]
+            self._once(req, event, "no-worker", lambda: self._post(req, blocks.note(
+                "No worker is listening right now, so this waits in the queue until one starts "
+                "(ask the team running cms-chatops to check `cmsbot worker`).", ":warning:"), parent))
+
+    def _on_progress(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        message = blocks.progress(event.body.get("text", "working"))
+        if "progress" in state:
+            self._once(req, event, "edit", lambda: self._update(req, state["progress"], message))
+        else:
+            ts = self._once(req, event, "post", lambda: self._post(req, message, state.get("parent")))
+            self._save(req, progress=ts)
+
+    def _on_result(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        parent = state.get("parent")
+        report = StatusReport.model_validate(event.body["report"]) if event.body.get("report") else None
+        if "action" in event.body:
+            rendered = blocks.action_result(event.body["action"], report)
+        else:
+            assert report is not None
+            rendered = blocks.report(report)
+        for i, message in enumerate(rendered.messages):
+            self._once(req, event, f"message-{i}", lambda m=message: self._post(req, m, parent))
+        if rendered.attachment:
+            self._once(req, event, "file", lambda: self._upload(req, rendered.attachment, parent))
+        if "progress" in state:
+            self._once(req, event, "progress-done", lambda: self._update(
+                req, state["progress"], blocks.progress("finished", done=True)))
+        if report is not None and parent:
+            verdict = render.verdict(report)
+            self._once(req, event, "verdict", lambda: self._update_parent(req, parent, verdict, report.healthy))
+
+    def _on_failed(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        parent = state.get("parent")
+        reason = event.body.get("reason", "the command failed")
+        self._once(req, event, "message", lambda: self._post(req, blocks.failed(reason), parent))
+        if parent and state.get("owner") == req.id:
+            self._once(req, event, "verdict", lambda: self._update_parent(req, parent, f"FAILED: {reason}", False))
+
+    def _update_parent(self, req: Request, parent: str, verdict: str, ok: bool) -> str:
+        owner = self._owner(req)
+        return self._update(req, parent, blocks.parent_verdict(owner.command, owner.user, owner.args.get("target"),
+                                                               verdict, ok))
+
+    def _owner(self, req: Request) -> Request:
+        """The request whose parent message this thread hangs under."""
+        owner_id = self._state(req).get("owner") or req.id
+        return self._request(owner_id) or req
+
+    def _upload(self, req: Request, text: str, thread: str | None) -> str:
+        response = self.client.files_upload_v2(channel=req.channel, thread_ts=thread, content=text,
+                                               filename=f"cms-status-{req.id}.txt", title="Full CMS status report")
+        return json.dumps([f.get("id") for f in response.get("files", [])])

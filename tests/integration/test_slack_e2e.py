@@ -1,0 +1,285 @@
+"""The Slack app end to end: the real `cmsbot bot` over its HTTP endpoint with
+signed requests, its real WebClient against a local fake of the Slack Web API,
+a real worker on real Redis, pywinrm against the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+from slack_sdk.signature import SignatureVerifier
+
+from bot.local_redis import free_port
+from tests.conftest import HOST_DEADLINE, WorkerProcess, _wait
+from tests.slack_fake import SlackFake
+from workers.contract import AUDIT_STREAM, EVENTS_STREAM
+
+SECRET = "test-signing-secret"
+TOKEN = "xoxb-test-token"
+CHANNEL = "C0OPS"
+OPERATOR, VIEWER, GROUP_OPERATOR = "U0OPERATOR", "U0VIEWER", "U0GROUPOP"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with SlackFake(usergroups={"S0OPS": [GROUP_OPERATOR]}) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def slack_redis(redis_server) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + "/2"
+
+
+@pytest.fixture(scope="module")
+def slack_worker(tmp_path_factory, slack_redis, edge_lab):
+    from bot.console import workers_listening
+    from workers.settings import Settings
+
+    w = WorkerProcess(tmp_path_factory.mktemp("slackworker"), slack_redis, edge_lab.topology,
+                      host_deadline=str(HOST_DEADLINE), replication_wait="1")
+    _wait(lambda: workers_listening(redis.Redis.from_url(slack_redis), Settings()) > 0 or w.proc.poll() is not None,
+          30, "worker did not register")
+    yield w
+    w.stop()
+
+
+class BotProcess:
+    def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake):
+        self.port = free_port()
+        self.log = workdir / f"bot-{time.monotonic_ns()}.log"
+        self.env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
+                        CMSBOT_SLACK_BOT_TOKEN=TOKEN, CMSBOT_SLACK_SIGNING_SECRET=SECRET,
+                        CMSBOT_SLACK_API_URL=fake.base_url, CMSBOT_HTTP_PORT=str(self.port),
+                        CMSBOT_HTTP_HOST="127.0.0.1", CMSBOT_SLACK_OPERATORS=f"{OPERATOR},S0OPS",
+                        CMSBOT_SLACK_CHANNELS=CHANNEL, CMSBOT_LOG_LEVEL="INFO")
+        self.env.pop("CMSBOT_SLACK_APP_TOKEN", None)
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "bot"], env=self.env,
+                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
+        _wait(lambda: "listening on" in self.log.read_text() or self.proc.poll() is not None, 30, "bot did not start")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    # -- Slack's side of the HTTP endpoint ------------------------------------------
+    def post(self, body: str, *, secret: str = SECRET, timestamp: int | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, str]:
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/slack/events", data=body.encode(), method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
+                     "X-Slack-Signature": signature, **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def command(self, name: str, text: str = "", *, user: str = OPERATOR, channel: str = CHANNEL,
+                trigger: str | None = None, **kw) -> tuple[int, str]:
+        body = urllib.parse.urlencode({
+            "token": "legacy", "team_id": "T0001", "team_domain": "contoso", "channel_id": channel,
+            "channel_name": "ops", "user_id": user, "user_name": user.lower(), "command": name, "text": text,
+            "api_app_id": "A0001", "response_url": "",
+            "trigger_id": trigger or f"trig-{time.monotonic_ns()}"})
+        return self.post(body, **kw)
+
+    def click(self, fake: SlackFake, action_id: str, value: str, *, user: str, thread: str) -> tuple[int, str]:
+        payload = {
+            "type": "block_actions", "team": {"id": "T0001"}, "user": {"id": user}, "api_app_id": "A0001",
+            "trigger_id": f"trig-{time.monotonic_ns()}", "channel": {"id": CHANNEL},
+            "container": {"type": "message", "message_ts": thread, "channel_id": CHANNEL, "thread_ts": thread},
+            "response_url": f"{fake.root}/api/response_url",
+            "actions": [{"action_id": action_id, "block_id": "b1", "type": "button", "value": value,
+                         "action_ts": str(time.time())}],
+        }
+        return self.post(urllib.parse.urlencode({"payload": json.dumps(payload)}))
+
+
+@pytest.fixture
+def bot(tmp_path, slack_redis, edge_lab, slack_worker, fake):
+    fake.reset()
+    edge_lab.scenarios()
+    b = BotProcess(tmp_path, slack_redis, edge_lab.topology, fake)
+    yield b
+    b.stop()
+
+
+def ack_body(body: str) -> dict:
+    """Bolt answers ack(text=...) as plain text (Slack shows it only to the user), richer acks as JSON."""
+    return json.loads(body) if body.startswith("{") else {"text": body}
+
+
+def parents(fake: SlackFake) -> list[dict]:
+    return [m for m in fake.messages(CHANNEL) if not m.get("thread_ts")]
+
+
+def wait_for_verdict(fake: SlackFake, timeout: float = 40) -> dict:
+    """The one parent message, once its verdict has been written into it."""
+    _wait(lambda: any(p["edits"] and not p["text"].endswith("checking") for p in parents(fake)), timeout,
+          f"no verdict; messages: {[(m['text'], m.get('thread_ts')) for m in fake.messages(CHANNEL)]}")
+    (parent,) = parents(fake)
+    return parent
+
+
+def blocks_text(message: dict) -> str:
+    return json.dumps(message.get("blocks") or [])
+
+
+def buttons(message: dict) -> list[dict]:
+    return [e for b in message.get("blocks") or [] if b.get("type") == "actions" for e in b["elements"]]
+
+
+def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
+    started = time.monotonic()
+    status, body = bot.command("/cms-status")
+    ack_seconds = time.monotonic() - started
+    assert status == 200 and body == ""
+    parent = wait_for_verdict(fake)
+    assert parent["text"].startswith("OK: 8/8 replicas up to date")
+    thread = fake.thread(parent["ts"])[1:]
+    assert thread and all(m["thread_ts"] == parent["ts"] for m in thread)
+    progress = [m for m in thread if m["text"].endswith("answered") or m["text"] == "finished"]
+    assert len(progress) == 1 and progress[0]["edits"] >= 1, "one progress message, edited in place"
+    results = [m for m in thread if "CMS status" in blocks_text(m)]
+    assert len(results) == 1 and "8/8 replicas up to date" in blocks_text(results[0])
+    print(f"ack took {ack_seconds * 1000:.0f} ms")
+
+
+def test_wrong_or_stale_signature_is_refused(bot, fake, slack_redis):
+    conn = redis.Redis.from_url(slack_redis)
+    before = conn.xlen(EVENTS_STREAM) if conn.exists(EVENTS_STREAM) else 0
+    assert bot.command("/cms-status", secret="not-the-secret")[0] == 401
+    assert bot.command("/cms-status", timestamp=int(time.time()) - 600)[0] == 401
+    time.sleep(1)
+    assert fake.calls("chat.postMessage") == []
+    assert (conn.xlen(EVENTS_STREAM) if conn.exists(EVENTS_STREAM) else 0) == before
+
+
+def test_retried_delivery_runs_once(bot, fake, edge_lab):
+    edge_lab.scenarios()
+    first = bot.command("/cms-status", trigger="trig-same")
+    again = bot.command("/cms-status", trigger="trig-same", headers={"X-Slack-Retry-Num": "1",
+                                                                     "X-Slack-Retry-Reason": "http_timeout"})
+    assert first[0] == again[0] == 200
+    wait_for_verdict(fake)
+    time.sleep(1.5)
+    assert len(parents(fake)) == 1
+    assert [c["probe"] for c in edge_lab.stats()["commands"]].count("cms-status") == 1
+
+
+def test_rate_limits_are_retried_and_nothing_is_lost(bot, fake):
+    # more 429s than the client's retry handler absorbs: the reporter retries the event later
+    fake.fail("chat.postMessage", status=429, retry_after=1, times=7)
+    bot.command("/cms-status")
+    parent = wait_for_verdict(fake, timeout=60)
+    posts = fake.calls("chat.postMessage")
+    assert sum(c.status == 429 for c in posts) == 7
+    thread = fake.thread(parent["ts"])[1:]
+    assert len([m for m in thread if "CMS status" in blocks_text(m)]) == 1
+    assert len(parents(fake)) == 1
+
+
+def test_bot_restarted_mid_request_completes_the_thread_once(bot, fake, edge_lab, slack_redis):
+    edge_lab.scenarios("hang:fe03.contoso.com")  # the job takes a host deadline
+    bot.command("/cms-status")
+    _wait(lambda: len(parents(fake)) == 1, 20, "no parent")
+    bot.kill()
+    conn = redis.Redis.from_url(slack_redis)
+    _wait(lambda: any(f[b"kind"] == b"result" for _, f in conn.xrevrange(EVENTS_STREAM, count=20)), 30,
+          "the job did not finish")
+    bot.start()
+    parent = wait_for_verdict(fake)
+    assert "could not be checked" in parent["text"]
+    thread = fake.thread(parent["ts"])[1:]
+    assert len([m for m in thread if "CMS status" in blocks_text(m)]) == 1
+    assert len(parents(fake)) == 1
+    assert len([m for m in thread if m["text"].endswith("answered") or m["text"] == "finished"]) == 1
+
+
+def test_unknown_target_lists_known_names_ephemerally(bot, fake):
+    status, body = bot.command("/cms-status", "pool99.contoso.com")
+    assert status == 200
+    doc = ack_body(body)
+    assert "pool99.contoso.com" in doc["text"] and "pool01.contoso.com" in doc["text"]
+    assert doc.get("response_type") in (None, "ephemeral")
+    time.sleep(1)
+    assert fake.calls("chat.postMessage") == []
+
+
+def test_channel_not_allowed_and_operator_only_commands_are_refused(bot, fake):
+    status, body = bot.command("/cms-status", channel="C0RANDOM")
+    assert "channel allowed for cms-chatops" in ack_body(body)["text"]
+    status, body = bot.command("/cms-replicate", user=VIEWER)
+    assert "operator" in ack_body(body)["text"]
+    time.sleep(1)
+    assert fake.calls("chat.postMessage") == []
+
+
+def test_explain_and_help_answer_in_the_ack(bot):
+    seed = (Path(__file__).parent.parent / "fixtures" / "events" / "seed-1017.txt").read_text()
+    status, body = bot.command("/cms-explain", seed.replace("<", "&lt;").replace(">", "&gt;"))
+    doc = json.loads(body)
+    assert doc["response_type"] == "in_channel"
+    assert "Edge replica unreachable over HTTPS 4443: sever05.contoso.com" in doc["text"]
+    doc = json.loads(bot.command("/cms-help")[1])
+    for name in ("/cms-status", "/cms-explain", "/cms-replicate", "/cms-help"):
+        assert name in json.dumps(doc["blocks"])
+
+
+def test_viewer_pressing_an_operator_button_is_refused(bot, fake, slack_redis):
+    conn = redis.Redis.from_url(slack_redis)
+    audits = conn.xlen(AUDIT_STREAM) if conn.exists(AUDIT_STREAM) else 0
+    value = json.dumps({"a": "start-replica", "t": "edge02.contoso.com"})
+    assert bot.click(fake, "remediate-start-replica", value, user=VIEWER, thread="1700000000.000001")[0] == 200
+    _wait(lambda: fake.calls("response_url"), 10, "no ephemeral answer")
+    answer = fake.calls("response_url")[0].params
+    assert "operator" in answer["text"] and answer["response_type"] == "ephemeral"
+    time.sleep(1)
+    assert (conn.xlen(AUDIT_STREAM) if conn.exists(AUDIT_STREAM) else 0) == audits
+    assert fake.calls("chat.postMessage") == []
+
+
+def test_remediation_button_fixes_the_lab_and_the_recheck_shows_it(bot, fake, edge_lab, slack_redis):
+    edge_lab.scenarios("edge-replica-stopped:edge02.contoso.com")
+    bot.command("/cms-status")
+    parent = wait_for_verdict(fake)
+    assert parent["text"].startswith("PROBLEMS")
+    result = next(m for m in fake.thread(parent["ts"])[1:] if "CMS status" in blocks_text(m))
+    start = next(b for b in buttons(result) if b["action_id"] == "remediate-start-replica")
+    assert "Start-CsWindowsService -Name REPLICA on edge02.contoso.com" in json.dumps(start["confirm"])
+    # a member of the operators' user group clicks it
+    assert bot.click(fake, start["action_id"], start["value"], user=GROUP_OPERATOR, thread=parent["ts"])[0] == 200
+    _wait(lambda: any("Re-check after the action" in blocks_text(m) for m in fake.thread(parent["ts"])), 60,
+          "no re-check in the thread")
+    recheck = next(m for m in fake.thread(parent["ts"]) if "Re-check after the action" in blocks_text(m))
+    assert "8/8 replicas up to date" in blocks_text(recheck)
+    _wait(lambda: fake.thread(parent["ts"])[0]["text"].startswith("OK: 8/8"), 10, "parent verdict not updated")
+    conn = redis.Redis.from_url(slack_redis)
+    entries = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
+    mine = [e for e in entries if e.get("who") == GROUP_OPERATOR and e.get("target") == "edge02.contoso.com"]
+    assert [e["result"] for e in mine][-3:] == ["requested", "started", "ok"]

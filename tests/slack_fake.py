@@ -1,0 +1,321 @@
+"""A local fake of the Slack Web API for tests (standard library only).
+
+The real `slack_sdk.WebClient` runs against it unmodified:
+
+    with SlackFake() as fake:
+        client = WebClient(token="xoxb-test", base_url=fake.base_url)
+        client.chat_postMessage(channel="C1", text="hi")
+        assert fake.messages("C1")[0]["text"] == "hi"
+
+As a pytest fixture:  `slack = pytest.fixture(tests.slack_fake.fixture, name="slack")`.
+
+Every request is recorded as a `Call`. `fail()` and `delay()` inject rate limits,
+server errors, `{"ok": false}` errors and slowness. `messages()` / `thread()` show
+the channel state after `chat.update` edits; `uploads()` shows files_upload_v2 shares.
+The file bytes POSTed to an upload URL are recorded as a call of method "upload"
+(fault it with `fail("upload", status=500)`).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+TEAM = {"team": "Contoso", "user": "cmsbot", "team_id": "T0001", "user_id": "U0BOT", "bot_id": "B0001"}
+# Form fields slack_sdk sends as JSON strings; recorded decoded.
+JSON_FIELDS = {"blocks", "attachments", "files", "metadata", "user_auth_blocks", "view", "outputs", "unfurls"}
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict
+    headers: dict
+    token: str | None
+    at: float  # time.time() when the request arrived
+    status: int = 200  # HTTP status answered
+    error: str | None = None  # "error" of an {"ok": false} answer
+
+
+@dataclass
+class _Fault:
+    status: int
+    error: str
+    retry_after: int | None
+    times: int
+
+
+@dataclass
+class _Message:
+    channel: str
+    ts: str
+    text: str | None
+    thread_ts: str | None = None
+    blocks: list | None = None
+    attachments: list | None = None
+    history: list = field(default_factory=list)  # earlier versions' text
+
+    def view(self) -> dict:
+        return {"channel": self.channel, "ts": self.ts, "thread_ts": self.thread_ts, "text": self.text,
+                "blocks": self.blocks, "attachments": self.attachments, "user": TEAM["user_id"],
+                "edits": len(self.history), "history": list(self.history)}
+
+
+class SlackFake:
+    def __init__(self, usergroups: dict[str, list[str]] | None = None):
+        self.usergroups: dict[str, list[str]] = dict(usergroups or {})
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "SlackFake":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                try:
+                    fake._handle(self)
+                except Exception as e:  # a bug in the fake: answer, don't drop the connection
+                    _reply(self, 500, {"ok": False, "error": f"fake_error: {e!r}"})
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="slack-fake",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "SlackFake":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root + "/api/"
+
+    # -- configuration ---------------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self._calls: list[Call] = []
+            self._faults: dict[str, list[_Fault]] = {}
+            self._delays: dict[str, float] = {}
+            self._messages: dict[str, _Message] = {}
+            self._ephemeral: list[dict] = []
+            self._files: dict[str, dict] = {}
+            self._seq = 0
+
+    def fail(self, method: str, status: int | None = None, *, error: str | None = None,
+             retry_after: int | None = 1, times: int = 1) -> None:
+        """Fault the next `times` calls of `method`: HTTP 429 (default) with Retry-After, another
+        HTTP status (body {"ok": false, "error": error or "internal_error"}), or with only `error`
+        given, HTTP 200 {"ok": false, "error": error}."""
+        status = status or (200 if error else 429)
+        error = error or {429: "ratelimited", 200: "fatal_error"}.get(status, "internal_error")
+        with self._lock:
+            self._faults.setdefault(method, []).append(
+                _Fault(status, error, retry_after if status == 429 else None, times))
+
+    def delay(self, method: str, seconds: float) -> None:
+        with self._lock:
+            self._delays[method] = seconds
+
+    def set_usergroup(self, usergroup: str, users: list[str]) -> None:
+        with self._lock:
+            self.usergroups[usergroup] = list(users)
+
+    # -- inspection ------------------------------------------------------------------------
+    def calls(self, method: str | None = None) -> list[Call]:
+        with self._lock:
+            return [c for c in self._calls if method is None or c.method == method]
+
+    def messages(self, channel: str | None = None) -> list[dict]:
+        with self._lock:
+            return [m.view() for m in self._messages.values() if channel is None or m.channel == channel]
+
+    def thread(self, ts: str) -> list[dict]:
+        """The parent message then its replies, in posting order."""
+        with self._lock:
+            return [m.view() for m in self._messages.values() if m.ts == ts or m.thread_ts == ts]
+
+    def ephemeral(self) -> list[dict]:
+        with self._lock:
+            return list(self._ephemeral)
+
+    def uploads(self, thread_ts: str | None = None) -> list[dict]:
+        """Completed file uploads: file_id, filename, title, content (bytes), channel, thread_ts..."""
+        with self._lock:
+            return [dict(f) for f in self._files.values()
+                    if f["shared"] and (thread_ts is None or f["thread_ts"] == thread_ts)]
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(req.path)
+        body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        headers = dict(req.headers.items())
+        if url.path.startswith("/upload/"):  # the URL files.getUploadURLExternal handed out
+            method, params = "upload", {"file_id": url.path.rsplit("/", 1)[-1], "length": len(body)}
+        elif url.path.startswith("/api/"):
+            method = url.path[len("/api/"):]
+            params = dict(parse_qsl(url.query, keep_blank_values=True))
+            params.update(_parse_body(headers.get("Content-Type", ""), body))
+        else:
+            return _reply(req, 404, {"ok": False, "error": "not_found"})
+        auth = headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else params.pop("token", None)
+        call = Call(method, params, headers, token, time.time())
+        with self._lock:
+            self._calls.append(call)
+            pause = self._delays.get(method, 0)
+            faults = self._faults.get(method)
+            fault = faults[0] if faults else None
+            if fault:
+                fault.times -= 1
+                if fault.times <= 0:
+                    faults.pop(0)
+        if pause:
+            time.sleep(pause)
+        if fault:
+            call.status, call.error = fault.status, fault.error
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            return _reply(req, fault.status, {"ok": False, "error": fault.error}, extra)
+        with self._lock:
+            status, answer = self._answer(method, params, body)
+        if isinstance(answer, dict) and not answer.get("ok", True):
+            call.error = answer.get("error")
+        call.status = status
+        _reply(req, status, answer)
+
+    def _next_ts(self) -> str:
+        self._seq += 1
+        micros = 1_700_000_000_000_000 + self._seq * 100
+        return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+    def _answer(self, method: str, p: dict, body: bytes) -> tuple[int, Any]:  # called with the lock held
+        if method == "upload":
+            f = self._files.get(p["file_id"])
+            if f is None:
+                return 404, {"ok": False, "error": "file_not_found"}
+            f["content"] = body
+            return 200, f"OK - {len(body)}"
+        if method == "auth.test":
+            return 200, {"ok": True, "url": self.root + "/", **TEAM}
+        if method == "chat.postMessage":
+            if not p.get("channel"):
+                return 200, {"ok": False, "error": "channel_not_found"}
+            m = _Message(p["channel"], self._next_ts(), p.get("text"), p.get("thread_ts"),
+                         p.get("blocks"), p.get("attachments"))
+            self._messages[m.ts] = m
+            message = {"type": "message", "text": m.text, "user": TEAM["user_id"], "bot_id": TEAM["bot_id"],
+                       "ts": m.ts}
+            message.update({k: v for k, v in (("thread_ts", m.thread_ts), ("blocks", m.blocks)) if v})
+            return 200, {"ok": True, "channel": m.channel, "ts": m.ts, "message": message}
+        if method == "chat.update":
+            m = self._messages.get(p.get("ts", ""))
+            if m is None or m.channel != p.get("channel"):
+                return 200, {"ok": False, "error": "message_not_found"}
+            m.history.append(m.text)
+            m.text = p.get("text", m.text)
+            m.blocks = p.get("blocks", m.blocks)  # Slack keeps fields an update leaves out
+            m.attachments = p.get("attachments", m.attachments)
+            return 200, {"ok": True, "channel": m.channel, "ts": m.ts, "text": m.text,
+                         "message": {"text": m.text, "blocks": m.blocks, "user": TEAM["user_id"]}}
+        if method == "chat.postEphemeral":
+            ts = self._next_ts()
+            self._ephemeral.append({**p, "message_ts": ts})
+            return 200, {"ok": True, "message_ts": ts}
+        if method == "usergroups.users.list":
+            return 200, {"ok": True, "users": list(self.usergroups.get(p.get("usergroup", ""), []))}
+        if method == "conversations.info":
+            ch = p.get("channel", "")
+            return 200, {"ok": True, "channel": {"id": ch, "name": ch.lower(), "is_channel": True, "is_member": True}}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{len(self._files) + 1:08d}"
+            self._files[file_id] = {"file_id": file_id, "filename": p.get("filename"), "length": p.get("length"),
+                                    "title": None, "content": None, "channel": None, "thread_ts": None,
+                                    "initial_comment": None, "shared": False}
+            return 200, {"ok": True, "upload_url": f"{self.root}/upload/v1/{file_id}", "file_id": file_id}
+        if method == "files.completeUploadExternal":
+            done = []
+            for item in p.get("files") or []:
+                f = self._files.get(item.get("id"))
+                if f is None or f["content"] is None:
+                    return 200, {"ok": False, "error": "file_not_found"}
+                f.update(title=item.get("title") or f["filename"], channel=p.get("channel_id") or p.get("channels"),
+                         thread_ts=p.get("thread_ts"), initial_comment=p.get("initial_comment"), shared=True)
+                done.append({"id": f["file_id"], "title": f["title"], "name": f["filename"], "size": len(f["content"])})
+            return 200, {"ok": True, "files": done}
+        return 200, {"ok": True}
+
+
+def _parse_body(content_type: str, body: bytes) -> dict:
+    ctype = content_type.split(";")[0].strip().lower()
+    if not body:
+        return {}
+    if ctype == "application/json":
+        return json.loads(body)
+    if ctype == "multipart/form-data":
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+        out = {}
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            data = part.get_payload(decode=True)
+            out[name] = data if part.get_filename() else data.decode("utf-8")
+        return _decode_json_fields(out)
+    return _decode_json_fields(dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
+
+
+def _decode_json_fields(params: dict) -> dict:
+    for key in JSON_FIELDS & params.keys():
+        if isinstance(params[key], str):
+            try:
+                params[key] = json.loads(params[key])
+            except ValueError:
+                pass
+    return params
+
+
+def _reply(req: BaseHTTPRequestHandler, status: int, answer: Any, headers: dict | None = None) -> None:
+    text = isinstance(answer, str)
+    data = (answer if text else json.dumps(answer)).encode("utf-8")
+    req.send_response(status)
+    req.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json; charset=utf-8")
+    req.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        req.send_header(k, v)
+    req.end_headers()
+    req.wfile.write(data)
+
+
+def fixture() -> Iterator[SlackFake]:
+    """pytest fixture body: `slack = pytest.fixture(fixture, name="slack")` in a conftest or test module."""
+    with SlackFake() as fake:
+        yield fake

@@ -1,0 +1,81 @@
+# probe: force-replication v1
+# CHANGES THE CMS: run on a Front End of the CMS pool. Forces a full
+# replication with Invoke-CsManagementStoreReplication, which deletes the
+# replicas' replication status in the Central Management Store so the Master
+# Replicator sends each of them a complete snapshot. For 2-3 minutes
+# afterwards UpToDate is legitimately False: the caller re-checks later.
+# Each replica is requested on its own; one that fails is reported in Errors
+# and the others are still requested. An invalid FQDN fails the whole probe
+# before anything is requested.
+# Parameters:
+#   replicas  [string]  replica FQDNs; an empty list means all replicas (one
+#                       call without -ReplicaFqdn). Required: a missing
+#                       parameter fails the probe rather than meaning "all".
+# Data: CollectedAt (UTC, the moment replication was requested), Replicas
+# (what was requested, ["*"] for all), Errors ([{Replica, Message}]).
+Invoke-Probe -Name 'force-replication' -Version 1 -Body {
+    param($Params)
+
+    function Get-ErrorMessage {
+        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
+        param($ErrorRecord)
+        $ex = $ErrorRecord.Exception
+        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
+            $ex = $ex.InnerException
+        }
+        return [string]$ex.Message
+    }
+
+    # \z, not $: in .NET '$' also matches before a trailing newline.
+    $fqdnPattern = '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\z'
+
+    # -- the parameter: present, a list of valid FQDNs --
+    $property = $null
+    if ($null -ne $Params) { $property = $Params.PSObject.Properties['replicas'] }
+    if ($null -eq $property -or $null -eq $property.Value) {
+        throw 'parameter replicas is required: a list of replica FQDNs, or an empty list for all replicas'
+    }
+    $requested = New-Object -TypeName System.Collections.Generic.List[string]
+    foreach ($item in @($property.Value)) {
+        if ($item -isnot [string]) {
+            throw 'parameter replicas must hold only strings (replica FQDNs)'
+        }
+        if ($item.Length -gt 253 -or $item -notmatch $fqdnPattern) {
+            throw ('parameter replicas holds an invalid FQDN: "' + $item + '"')
+        }
+        $seen = $false
+        foreach ($previous in $requested) {
+            if ([string]::Equals($previous, $item, [StringComparison]::OrdinalIgnoreCase)) { $seen = $true }
+        }
+        if (-not $seen) { $requested.Add($item) }
+    }
+
+    $errors = New-Object -TypeName System.Collections.Generic.List[object]
+    # The moment replication was requested: the caller's 2-3 minute grace
+    # period for UpToDate=False counts from here.
+    $collectedAt = [DateTime]::UtcNow
+
+    if ($requested.Count -eq 0) {
+        $replicas = @('*')
+        try {
+            $null = Invoke-CsManagementStoreReplication -ErrorAction Stop
+        } catch {
+            $errors.Add([ordered]@{ Replica = '*'; Message = Get-ErrorMessage $_ })
+        }
+    } else {
+        $replicas = $requested.ToArray()
+        foreach ($fqdn in $replicas) {
+            try {
+                $null = Invoke-CsManagementStoreReplication -ReplicaFqdn $fqdn -ErrorAction Stop
+            } catch {
+                $errors.Add([ordered]@{ Replica = $fqdn; Message = Get-ErrorMessage $_ })
+            }
+        }
+    }
+
+    return [ordered]@{
+        CollectedAt = $collectedAt
+        Replicas    = ConvertTo-StringList $replicas
+        Errors      = @($errors.ToArray())
+    }
+}
