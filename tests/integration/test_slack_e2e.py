@@ -283,3 +283,14 @@ def test_remediation_button_fixes_the_lab_and_the_recheck_shows_it(bot, fake, ed
     entries = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
     mine = [e for e in entries if e.get("who") == GROUP_OPERATOR and e.get("target") == "edge02.contoso.com"]
     assert [e["result"] for e in mine][-3:] == ["requested", "started", "ok"]
+
+
+def test_replicate_forces_replication_waits_rechecks_and_reports_the_difference(bot, fake, edge_lab, slack_redis):
+    edge_lab.scenarios("transient:fe04.contoso.com")
+    status, body = bot.command("/cms-replicate", "pool02.contoso.com")
+    assert status == 200
+    parent = wait_for_verdict(fake)
+    assert parent["text"].startswith("OK: 2/2 replicas up to date in pool02.contoso.com")
+    result = next(m for m in fake.thread(parent["ts"])[1:] if "force-replication" in blocks_text(m))
+    assert "fe04.contoso.com: UpToDate False -&gt; True" in blocks_text(result)
+    assert [c["probe"] for c in edge_lab.stats()["commands"]].count("force-replication") == 1
