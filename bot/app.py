@@ -15,7 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from bot.config import SlackSettings
 from bot.handlers import SAFE_ERROR, Deps
-from bot.handlers import explain, help, remediate, replicate, status
+from bot.handlers import approval, explain, failover, help, remediate, replicate, status
 
 log = logging.getLogger("cmsbot.slack")
 
@@ -42,7 +42,7 @@ def build_app(deps: Deps, client: WebClient) -> App:
         process_before_response=False,
         raise_error_for_unhandled_request=False,
     )
-    for module in (status, explain, replicate, help, remediate):
+    for module in (status, explain, replicate, failover, approval, help, remediate):
         module.register(app, deps)
 
     @app.error

@@ -39,6 +39,13 @@ ICON = {Severity.critical: ":rotating_light:", Severity.error: ":red_circle:", S
         Severity.pending: ":hourglass_flowing_sand:", Severity.info: ":information_source:"}
 
 
+CONFIRM_MAX = 300  # Slack's limit for a confirmation dialog's text
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= CONFIRM_MAX else text[:CONFIRM_MAX - 1] + "…"
+
+
 def esc(text: str) -> str:
     """Text from servers or users, made inert in mrkdwn (no mentions, no links)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -107,8 +114,16 @@ def progress(text: str, done: bool = False) -> Message:
     return Message(text=text, blocks=[ContextBlock(elements=[MarkdownTextObject(text=f"{icon} {esc(text)}")])])
 
 
-def note(text: str, icon: str = ":information_source:") -> Message:
-    return Message(text=text, blocks=sections(f"{icon} {esc(text)}"))
+def note(text: str, icon: str = ":information_source:", mention: str | None = None) -> Message:
+    who = f"<@{mention}> " if mention and mention.isalnum() else ""
+    return Message(text=text, blocks=sections(f"{icon} {who}{esc(text)}"))
+
+
+def plain(text: str) -> Message:
+    """A fallback when Slack rejects blocks: the text in code blocks."""
+    chunks = [text[i:i + MAX_SECTION - 10] for i in range(0, len(text), MAX_SECTION - 10)] or [""]
+    return Message(text=text[:300], blocks=[SectionBlock(text=MarkdownTextObject(text=f"```{esc(c)}```"))
+                                            for c in chunks[:MAX_BLOCKS]])
 
 
 def failed(reason: str) -> Message:
@@ -159,8 +174,8 @@ def report(r: StatusReport, *, operator_buttons: bool = True, heading: str | Non
 def cms_summary(r: StatusReport) -> str:
     cms = r.cms
     assert cms is not None
-    active = ", ".join(f"`{s.pool_fqdn}`" for s in cms.services if s.active) or "none"
-    standby = ", ".join(f"`{s.pool_fqdn}`" for s in cms.services if not s.active) or "none"
+    active = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active) or "none"
+    standby = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if not s.active) or "none"
     return (f"*CMS master* `{esc(cms.store.active_master_fqdn or '(none)')}` · *file transfer agents* "
             f"{', '.join(f'`{esc(f)}`' for f in cms.store.active_file_transfer_agents) or '(none)'}\n"
             f"*Active pool* {active} · *backup* {standby} · read on `{esc(r.cms_source or '?')}` at "
@@ -209,15 +224,15 @@ def action_button(kind: str, target: str, label: str) -> ButtonElement:
         style="primary",
         confirm=ConfirmObject(
             title=PlainTextObject(text="Run this remediation?"),
-            text=MarkdownTextObject(text=f"*{esc(label)}* on `{esc(target)}`:\n`{esc(describe(kind, target))}`\n"
-                                         "It runs as a job and reports in this thread; it is written to the audit log."),
+            text=MarkdownTextObject(text=_short(f"`{esc(describe(kind, target))}`. It runs as a job, reports in this "
+                                                "thread and is written to the audit log.")),
             confirm=PlainTextObject(text="Run it"),
             deny=PlainTextObject(text="Cancel"),
         ),
     )
 
 
-def action_result(action: dict, r: StatusReport | None) -> Rendered:
+def action_result(action: dict, r: StatusReport | None, findings: list[Finding] | None = None) -> Rendered:
     ok = bool(action.get("ok"))
     head = (f"{':white_check_mark:' if ok else ':x:'} *{esc(action.get('kind', 'action'))}* on "
             f"`{esc(action.get('target', ''))}`: {esc(action.get('text', ''))}")
@@ -225,7 +240,7 @@ def action_result(action: dict, r: StatusReport | None) -> Rendered:
     if changes:
         head += "\n*Changes:*\n" + "\n".join(f"• {esc(c)}" for c in changes)
     if r is None:
-        return Rendered(messages=[Message(text=action.get("text", "done"), blocks=sections(head))])
+        return Rendered(messages=paginate(list(sections(head)) + finding_list(findings or []), action.get("text", "done")))
     rendered = report(r, heading="Re-check after the action")
     first = rendered.messages[0]
     first.blocks = list(sections(head)) + first.blocks
@@ -244,3 +259,71 @@ def help_message(lines: list[tuple[str, str, str]]) -> Message:
     text = "*cms-chatops* checks and repairs Central Management Store replication.\n"
     text += "\n".join(f"• `{u}`: {d}. Example: `{esc(ex)}`" for u, d, ex in lines)
     return Message(text="cms-chatops commands", blocks=sections(text))
+
+
+# -- approval cards --------------------------------------------------------------------------
+
+VERDICT_ICON = {"GO": ":large_green_circle:", "WARN": ":large_yellow_circle:", "BLOCK": ":red_circle:"}
+APPROVE_ACTION, DENY_ACTION = "approval-approve", "approval-deny"
+
+
+def card(a, status_line: str | None = None) -> Message:
+    """The approval card for a failover or recovery (`a` is a workers.approvals.Approval)."""
+    from datetime import datetime, timezone
+
+    plan = a.plan
+    title = "CMS failover" if a.kind == "failover" else "CMS recovery runbook"
+    expires = datetime.fromtimestamp(a.expires, tz=timezone.utc).strftime("%H:%M UTC")
+    lines = [f":arrows_counterclockwise: *{title}* requested by <@{a.requester}> · card expires {expires}"]
+    if a.kind == "failover":
+        lines.append(f"*Plan:* {esc(str(plan.get('mode')))} failover from `{esc(str(plan.get('source')))}` to "
+                     f"`{esc(str(plan.get('target')))}`, run on `{esc(str(plan.get('run_on')))}`:\n"
+                     f"`{esc(str(plan.get('cmdlet')))}`")
+    else:
+        lines.append(f"*Plan:* restore the CMS in `{esc(str(plan.get('target')))}`, in this order:")
+        lines += [f"{i}. `{esc(s['detail'])}` on `{esc(s['server'])}`" for i, s in enumerate(plan.get("steps", []), 1)]
+    lines.append("*Preflight*")
+    lines += [f"{VERDICT_ICON.get(c['verdict'], '')} *{c['verdict']}* {esc(c['name'])}: {esc(c['reason'])}"
+              for c in a.checks]
+    if status_line is None:
+        status_line = approval_status(a)
+    lines.append(f"*Status:* {status_line}")
+    body: list[Block] = list(sections("\n".join(lines)))
+    if a.status == "pending":
+        body.append(ActionsBlock(elements=[
+            ButtonElement(text=PlainTextObject(text="Approve"), action_id=APPROVE_ACTION, value=a.id, style="primary",
+                          confirm=ConfirmObject(
+                              title=PlainTextObject(text=f"Approve this {a.kind}?"),
+                              text=MarkdownTextObject(text=_short(f"This starts: {esc(describe_change(plan))}")),
+                              confirm=PlainTextObject(text="Approve"), deny=PlainTextObject(text="Cancel"))),
+            ButtonElement(text=PlainTextObject(text="Deny"), action_id=DENY_ACTION, value=a.id, style="danger"),
+        ]))
+    return Message(text=f"{title}: {status_line}", blocks=body)
+
+
+def approval_status(a) -> str:
+    if a.status == "blocked":
+        return ":no_entry: preflight says BLOCK: approval is disabled. Fix the blocking checks and request again."
+    if a.status == "pending":
+        have = f" ({len(a.approvers)} of {a.needed}: {', '.join(f'<@{u}>' for u in a.approvers)})" if a.approvers else ""
+        return f"waiting for {a.needed} approval{'s' if a.needed > 1 else ''} from an approver other than the requester{have}"
+    if a.status in ("approved", "consumed"):
+        return f":white_check_mark: approved by {', '.join(f'<@{u}>' for u in a.approvers)}: executing (see the thread)"
+    if a.status == "denied":
+        return f":x: denied by <@{a.decided_by}>; nothing was changed"
+    if a.status == "expired":
+        return ":hourglass: expired without enough approvals; nothing was changed"
+    return esc(a.status)
+
+
+def describe_change(plan: dict) -> str:
+    if plan.get("action") == "failover":
+        return f"{plan.get('cmdlet')} on {plan.get('run_on')}"
+    return f"{len(plan.get('steps', []))} recovery steps in {plan.get('target')}"
+
+
+def finding_list(findings: list[Finding]) -> list[Block]:
+    out: list[Block] = []
+    for f in findings:
+        out += finding_blocks(f, operator_buttons=False)
+    return out

@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     explain.set_defaults(func=cmd_explain)
 
+    audit = sub.add_parser("audit", help="print the append-only audit log (requests, decisions, executions)")
+    audit.add_argument("--since", default=None,
+                       help="only entries newer than this: a duration (90m, 24h, 7d) or an ISO date/time")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(func=cmd_audit)
+
     bot = sub.add_parser("bot", help="run the Slack app (Socket Mode or HTTP /slack/events) and its reporter")
     bot.set_defaults(func=cmd_bot)
 
@@ -69,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--servers", type=int, default=8, help="number of servers (default 8; more adds Front End pools)")
     lab.add_argument("--edge-winrm", action="store_true",
                      help="Edge servers answer WinRM (by default they do not, as in perimeter networks)")
+    lab.add_argument("--convergence-s", type=float, default=2.0,
+                     help="seconds a CMS failover takes to converge (default 2)")
     lab.add_argument("--latency-ms", type=int, default=0, help="each probe takes this long")
     lab.add_argument("--scenario", action="append", default=[], metavar="NAME[:target]", help="repeatable")
     lab.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -163,6 +171,42 @@ def cmd_explain(args) -> int:
     return 0 if e.code else 1
 
 
+def cmd_audit(args) -> int:
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from workers.contract import AUDIT_STREAM
+
+    try:
+        settings = _settings()
+        conn = _redis(settings.redis_url)
+        start = "-"
+        if args.since:
+            units = {"m": "minutes", "h": "hours", "d": "days"}
+            text = args.since.strip()
+            try:
+                if text[-1:] in units and text[:-1].isdigit():
+                    since = datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+                else:
+                    since = datetime.fromisoformat(text)
+                    since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise SetupError(f"--since {text!r}: give a duration like 90m, 24h, 7d or an ISO date") from None
+            start = str(int(since.timestamp() * 1000))
+    except SetupError as e:
+        return _fail(e)
+    for entry_id, fields in conn.xrange(AUDIT_STREAM, min=start):
+        entry = {k.decode(): v.decode() for k, v in fields.items()}
+        if args.json:
+            print(json.dumps({"id": entry_id.decode(), **entry}))
+            continue
+        at = entry.pop("at", "?")
+        head = " ".join(f"{entry.pop(k)}" for k in ("who", "what", "target", "result") if k in entry)
+        rest = " ".join(f"{k}={v}" for k, v in entry.items() if len(v) < 200)
+        print(f"{at}  {head}  {rest}".rstrip())
+    return 0
+
+
 def cmd_bot(args) -> int:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
@@ -201,7 +245,10 @@ def cmd_worker(args) -> int:
         _topology(settings.topology)
     except SetupError as e:
         return _fail(e)
-    worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60)
+    from workers.jobs import on_work_horse_killed
+
+    worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60,
+                    work_horse_killed_handler=on_work_horse_killed)
     worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
     return 0
 

@@ -77,6 +77,10 @@ def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: st
     except commands.CommandError as e:
         print(str(e), file=out)
         return Outcome(EXIT_CANNOT_RUN)
+    if command.name != "/cms-status":
+        print(f"`{command.name}` changes the deployment and runs only from Slack, where roles and the audit "
+              "apply. The console runs `/cms-status [pool|server]`.", file=out)
+        return Outcome(EXIT_CANNOT_RUN)
     if not workers_listening(conn, settings):
         print(f"No worker is listening on the `{queue_name(settings.queue_prefix, STATUS)}` queue of "
               f"{_redis_name(conn)}, so nothing would "

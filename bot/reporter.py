@@ -24,6 +24,7 @@ Deliver = Callable[[Event], bool]
 STALE_MS = 60_000  # another consumer's entry unacknowledged this long: that consumer is gone
 CLAIM_EVERY = 30.0
 RETRY_DELAY = 1.0
+MAX_ATTEMPTS = 30  # a transient failure this often in a row: give the event up, keep the others flowing
 
 
 class Reporter:
@@ -33,6 +34,7 @@ class Reporter:
         self._deliver, self._wants = deliver, wants
         self._backlog = True  # first read our own unacknowledged entries
         self._next_claim = 0.0
+        self._attempts: dict[bytes, int] = {}
         try:
             conn.xgroup_create(EVENTS_STREAM, group, id=start, mkstream=True)
         except redis.ResponseError as e:
@@ -66,7 +68,7 @@ class Reporter:
             if event.seq <= last:
                 self.conn.xack(EVENTS_STREAM, self.group, entry_id)
                 continue
-            if not self._deliver(event):
+            if not self._try(entry_id, event):
                 self._backlog = True  # keep order: retry this one first, a little later
                 time.sleep(RETRY_DELAY)
                 break
@@ -76,6 +78,25 @@ class Reporter:
                 pipe.execute()
             delivered += 1
         return delivered
+
+    def _try(self, entry_id: bytes, event: Event) -> bool:
+        """Deliver one event; True when done with it. A bug in delivering one event
+        must never stop delivery of the others, and nothing retries forever."""
+        try:
+            done = self._deliver(event)
+        except Exception:  # noqa: BLE001 - logged with the event, then given up
+            log.exception("delivering event %s/%s (%s) failed; giving it up", event.request, event.seq, event.kind)
+            done = True
+        if done:
+            self._attempts.pop(entry_id, None)
+            return True
+        attempts = self._attempts[entry_id] = self._attempts.get(entry_id, 0) + 1
+        if attempts >= MAX_ATTEMPTS:
+            log.error("event %s/%s (%s) still undeliverable after %d attempts; giving it up",
+                      event.request, event.seq, event.kind, attempts)
+            self._attempts.pop(entry_id, None)
+            return True
+        return False
 
     def _claim_stale(self) -> None:
         """Take over entries a dead consumer read but never acknowledged."""

@@ -24,13 +24,15 @@ from bot.handlers import Deps
 from bot.reporter import Reporter
 from bot.roles import Roles
 from bot.slack_threads import SlackThreads
-from workers.contract import queue
+from workers import approvals
+from workers.contract import append_audit, append_event, queue
 from workers.settings import Settings
 from workers.topology import Topology
 
 log = logging.getLogger("cmsbot.bot")
 
 REPORTER_GROUP = "slack"
+EXPIRY_EVERY = 2.0
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -53,7 +55,10 @@ def missing_settings(slack: SlackSettings) -> list[str]:
 def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: Topology) -> int:
     client = web_client(slack)
     roles = Roles(slack)
-    deps = Deps(conn=conn, settings=settings, slack=slack, topology=topology, roles=roles)
+    # the listeners' own client: short timeouts, no retries, so a struggling Redis costs at
+    # most about a second before the user gets a clear error instead of Slack's timeout
+    fast = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    deps = Deps(conn=fast, settings=settings, slack=slack, topology=topology, roles=roles)
     app = build_app(deps, client)
     stop = threading.Event()
 
@@ -62,7 +67,8 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
 
     threads = SlackThreads(conn, client, listening)
     workers = [threading.Thread(target=_report, args=(conn, threads, stop), name="reporter", daemon=True),
-               threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True)]
+               threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True),
+               threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True)]
     for t in workers:
         t.start()
 
@@ -120,6 +126,20 @@ def _report(conn: redis.Redis, threads: SlackThreads, stop: threading.Event) -> 
         except Exception:  # noqa: BLE001 - a bad event must not stop delivery of the others
             log.exception("reporter: unexpected error; continuing")
             stop.wait(1.0)
+
+
+def _expire_approvals(conn: redis.Redis, stop: threading.Event) -> None:
+    """Close approval cards whose time ran out, so the card says so."""
+    while not stop.wait(EXPIRY_EVERY):
+        try:
+            for approval_id in approvals.expire_due(conn):
+                a = approvals.load(conn, approval_id)
+                append_audit(conn, request=a.request, approval=approval_id, what="approval", result="expired")
+                append_event(conn, a.request, "approval", {"approval": approval_id, "outcome": "expired"})
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("expiry: Redis unavailable; retrying")
+        except Exception:  # noqa: BLE001
+            log.exception("expiry: unexpected error; continuing")
 
 
 def _refresh_groups(roles: Roles, client, slack: SlackSettings, stop: threading.Event) -> None:

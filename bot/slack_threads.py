@@ -19,12 +19,21 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks, render
+from workers import approvals
 from workers.contract import REQUEST_TTL, Event, Request, load_request
-from workers.models import StatusReport
+from workers.models import Finding, StatusReport
+
+CHANGE_COMMANDS = {"/cms-failover", "/cms-recover"}
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+
+
+def _transient(e: SlackApiError) -> bool:
+    status = e.response.status_code if e.response is not None else 0
+    error = (e.response.get("error") if e.response is not None else "") or ""
+    return status == 429 or status >= 500 or error in TRANSIENT_ERRORS
 
 
 def parent_key(channel: str, ts: str) -> str:
@@ -52,12 +61,10 @@ class SlackThreads:
                 handler(req, event)
             return True
         except SlackApiError as e:
-            status = e.response.status_code if e.response is not None else 0
-            error = (e.response.get("error") if e.response is not None else "") or ""
-            if status == 429 or status >= 500 or error in TRANSIENT_ERRORS:
-                log.warning("Slack is busy (%s %s); will retry event %s/%s", status, error, req.id, event.seq)
+            if _transient(e):
+                log.warning("Slack is busy (%s); will retry event %s/%s", e.response.status_code, req.id, event.seq)
                 return False
-            log.error("Slack refused event %s/%s (%s): giving up on it", req.id, event.seq, error)
+            log.error("Slack refused event %s/%s (%s): giving up on it", req.id, event.seq, e.response.get("error"))
             return True
         except OSError as e:
             log.warning("cannot reach Slack (%s); will retry event %s/%s", type(e).__name__, req.id, event.seq)
@@ -88,12 +95,21 @@ class SlackThreads:
             pipe.execute()
 
     def _once(self, req: Request, event: Event, step: str, call: Callable[[], str]) -> str:
-        """Run one Slack call for (event, step) at most once; returns its ts."""
+        """Run one Slack call for (event, step) at most once; returns its ts. A permanent
+        Slack refusal of this one step is logged and skipped, so the steps after it
+        (the verdict above all) still happen; transient errors propagate to be retried."""
         key, field = f"cmsbot:slack:steps:{req.id}", f"{event.seq}:{step}"
         done = self.conn.hget(key, field)
         if done is not None:
             return done.decode()
-        ts = call() or ""
+        try:
+            ts = call() or ""
+        except SlackApiError as e:
+            if _transient(e):
+                raise
+            log.error("Slack refused step %s of event %s/%s: %s", step, req.id, event.seq,
+                      e.response.get("error") if e.response is not None else e)
+            ts = ""
         with self.conn.pipeline() as pipe:
             pipe.hset(key, field, ts)
             pipe.expire(key, REQUEST_TTL)
@@ -115,11 +131,17 @@ class SlackThreads:
             if not state:
                 owner = self.conn.get(parent_key(req.channel or "", req.thread))
                 self._save(req, parent=req.thread, owner=owner.decode() if owner else "")
+            text = event.body.get("text", f"{req.command} started")
             self._once(req, event, "note", lambda: self._post(
-                req, blocks.note(event.body.get("text", f"{req.command} started"), ":hammer_and_wrench:"), req.thread))
+                req, blocks.note(text, ":hammer_and_wrench:", mention=req.user), req.thread))
         elif "parent" not in state:
             target = req.args.get("target")
             ts = self._once(req, event, "parent", lambda: self._post(req, blocks.parent(req.command, req.user, target), None))
+            if not ts:
+                self._once(req, event, "cannot-post", lambda: self._tell_user(
+                    req, "I cannot post in this channel, so the result has nowhere to go. Invite me with "
+                         "`/invite @cmsbot` (or use a channel I am in) and run the command again."))
+                return
             self._save(req, parent=ts, owner=req.id)
             self.conn.set(parent_key(req.channel or "", ts), req.id, ex=REQUEST_TTL)
         else:
@@ -144,29 +166,65 @@ class SlackThreads:
         state = self._state(req)
         parent = state.get("parent")
         report = StatusReport.model_validate(event.body["report"]) if event.body.get("report") else None
+        findings = [Finding.model_validate(f) for f in event.body.get("findings", [])]
         if "action" in event.body:
-            rendered = blocks.action_result(event.body["action"], report)
+            rendered = blocks.action_result(event.body["action"], report, findings)
         else:
             assert report is not None
             rendered = blocks.report(report)
         for i, message in enumerate(rendered.messages):
-            self._once(req, event, f"message-{i}", lambda m=message: self._post(req, m, parent))
-        if rendered.attachment:
-            self._once(req, event, "file", lambda: self._upload(req, rendered.attachment, parent))
+            ts = self._once(req, event, f"message-{i}", lambda m=message: self._post(req, m, parent))
+            if not ts and i == 0:  # Slack refused the blocks: the same report as plain text
+                text = render.report_text(report) if report is not None else event.body.get("action", {}).get("text", "")
+                self._once(req, event, "plain", lambda: self._post(req, blocks.plain(text), parent))
         if "progress" in state:
             self._once(req, event, "progress-done", lambda: self._update(
                 req, state["progress"], blocks.progress("finished", done=True)))
-        if report is not None and parent:
+        owner = self._owner(req)
+        if owner.command in CHANGE_COMMANDS and parent:
+            action = event.body.get("action", {})
+            line = (":white_check_mark: " if action.get("ok") else ":x: ") + blocks.esc(action.get("text", "finished"))
+            self._once(req, event, "card", lambda: self._update_card(req, parent, f"executed: {line}"))
+        elif report is not None and parent:
             verdict = render.verdict(report)
             self._once(req, event, "verdict", lambda: self._update_parent(req, parent, verdict, report.healthy))
+        if rendered.attachment:
+            self._once(req, event, "file", lambda: self._upload(req, rendered.attachment, parent))
 
     def _on_failed(self, req: Request, event: Event) -> None:
         state = self._state(req)
         parent = state.get("parent")
         reason = event.body.get("reason", "the command failed")
         self._once(req, event, "message", lambda: self._post(req, blocks.failed(reason), parent))
-        if parent and state.get("owner") == req.id:
+        if parent and self._owner(req).command in CHANGE_COMMANDS:
+            self._once(req, event, "card", lambda: self._update_card(req, parent, f":x: {blocks.esc(reason)}"))
+        elif parent and state.get("owner") == req.id:
             self._once(req, event, "verdict", lambda: self._update_parent(req, parent, f"FAILED: {reason}", False))
+
+    def _on_preflight(self, req: Request, event: Event) -> None:
+        """The preflight is done: the parent message becomes the approval card."""
+        state = self._state(req)
+        self._save(req, approval=event.body["approval"])
+        if "progress" in state:
+            self._once(req, event, "progress-done", lambda: self._update(
+                req, state["progress"], blocks.progress("preflight finished", done=True)))
+        self._once(req, event, "card", lambda: self._update_card(req, state["parent"]))
+
+    def _on_approval(self, req: Request, event: Event) -> None:
+        """A decision or an expiry: the card is edited in place."""
+        parent = self._state(req).get("parent")
+        if parent:
+            self._once(req, event, "card", lambda: self._update_card(req, parent))
+
+    def _update_card(self, req: Request, parent: str, status_line: str | None = None) -> str:
+        owner = self._owner(req)
+        approval_id = self._state(owner).get("approval")
+        if not approval_id:
+            return ""
+        return self._update(req, parent, blocks.card(approvals.load(self.conn, approval_id), status_line))
+
+    def _tell_user(self, req: Request, text: str) -> str:
+        return self.client.chat_postEphemeral(channel=req.channel, user=req.user, text=text).get("message_ts", "")
 
     def _update_parent(self, req: Request, parent: str, verdict: str, ok: bool) -> str:
         owner = self._owner(req)

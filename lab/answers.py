@@ -70,6 +70,7 @@ def run(state: LabState, server: LabServer, probe: str, version: int, params: di
         stdin: bytes = b"") -> str:
     if probe not in ANSWERS:
         raise UnknownProbe(probe)
+    state.tick()
     try:
         data = ANSWERS[probe](state, server, {**params, "_stdin": stdin} if probe in READS_STDIN else params)
     except ProbeError as e:
@@ -333,3 +334,111 @@ def _import_configuration(state: LabState, server: LabServer, params: dict[str, 
     server.failing_since, server.stuck = None, False
     return {"CollectedAt": ms_date(t), "Path": f"C:\\ProgramData\\cmsbot\\imports\\{params.get('fileName')}",
             "Bytes": len(blob), "Sha256": digest, "Imported": True}
+
+
+# -- CMS failover and recovery -------------------------------------------------------------
+
+BEING_MOVED = ("###50020:XDSForceReplication: This central management store is being moved to another location. "
+               "No changes can be made until this move is complete")
+AD_MISMATCH = "The Central Management Store database in Active Directory doesn't match the one in the topology"
+
+
+def _not_backup(pool: str) -> str:
+    return (f'Cannot fail over the Central Management Server. The new Central Management Store located at "{pool}" '
+            "is not in Backup mode.")
+
+
+def _in_progress(pool: str) -> str:
+    return (f"Central Management Server cannot be moved to pool {pool} because either a previous failover attempt "
+            "failover or there is already a failover in progress. If the central management server was recently "
+            "moved to another pool this condition might be caused by a delay in Active Directory Replication")
+
+
+@answers("cms-location")
+def _cms_location(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    owner_sql = state.sql.get(state.owner_pool, "")
+    pair = [state.cms_pool] + ([state.pairs[state.cms_pool]] if state.cms_pool in state.pairs else [])
+    _, build = state.product
+    return {
+        "CollectedAt": ms_date(now()),
+        "Connection": {"StoreProvider": "Sql", "SqlServer": owner_sql, "SqlInstance": "rtc",
+                       "Source": f"SQL Server: {owner_sql}\\rtc"},
+        "ConnectionError": None,
+        "Services": [{"PoolFqdn": p, "SiteId": state.sites[p], "Version": build.split(".")[0],
+                      "Active": p in state.active_pools} for p in pair],
+        "Pairs": [{"PoolFqdn": p, "BackupPoolFqdn": state.pairs.get(p)} for p in params.get("pools", [])],
+        "Pools": [{"PoolFqdn": p, "Computers": list(state.pools.get(p, [])), "BackendSql": state.sql.get(p)}
+                  for p in params.get("pools", [])],
+    }
+
+
+def _cmdlet_result(mode: str, command: str, started: datetime, errors: list[str], warnings: list[str],
+                   output: str = "") -> dict[str, Any]:
+    return {"CollectedAt": ms_date(now()), "StartedAt": ms_date(started), "Mode": mode, "Command": command,
+            "Succeeded": not errors, "Warnings": warnings, "Errors": errors, "Output": output}
+
+
+@answers("cms-failover")
+def _cms_failover(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    """Invoke-CsManagementServerFailover on a server of the pool that takes over."""
+    started, mode, target = now(), str(params.get("mode", "")), server.pool
+    if state.version.value == "lync2010":
+        raise ProbeError("The term 'Invoke-CsManagementServerFailover' is not recognized as the name of a cmdlet, "
+                         "function, script file, or operable program.")
+    if mode == "disaster":
+        sql = str(params.get("backupSqlServerFqdn", ""))
+        command = f"Invoke-CsManagementServerFailover -BackupSqlServerFqdn {sql} -Force -Confirm:$false"
+    elif mode == "normal":
+        command = "Invoke-CsManagementServerFailover -Confirm:$false"
+    else:
+        raise ProbeError(f"mode {mode!r} is not normal or disaster")
+    if state.forced_from and state.forced_from in state.active_pools:
+        return _cmdlet_result(mode, command, started, [BEING_MOVED], [AD_MISMATCH])
+    if state.moving_to:
+        return _cmdlet_result(mode, command, started, [_in_progress(target)], [])
+    if target == state.cms_pool:
+        return _cmdlet_result(mode, command, started, [f"The Central Management Store is already in pool {target}."], [])
+    if mode == "normal":
+        if not state.active_master:
+            return _cmdlet_result(mode, command, started, [
+                "Cannot contact the Central Management Store. To fail over while it is unavailable, use "
+                "-BackupSqlServerFqdn (disaster recovery)."], [])
+        if target in state.active_pools:
+            return _cmdlet_result(mode, command, started, [_not_backup(target)], [])
+        state.moving_to, state.moving_until = target, now() + state.convergence
+        return _cmdlet_result(mode, command, started, [], [], f"Central Management Server failover to {target} started.")
+    if sql != state.sql.get(target):
+        return _cmdlet_result(mode, command, started, [f"Cannot connect to SQL Server {sql}."], [])
+    source = state.cms_pool
+    state._make_cms(target)
+    state.forced_from = source
+    state.last_change = now()
+    state.replicate()
+    return _cmdlet_result(mode, command, started, [], [], f"Central Management Server moved to {target} (forced).")
+
+
+@answers("cms-restore")
+def _cms_restore(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    """Invoke-CsManagementServerFailover -Restore on a server of the pool that owns the CMS store."""
+    started, pool = now(), server.pool
+    command = "Invoke-CsManagementServerFailover -Restore -Confirm:$false"
+    if pool != state.owner_pool:
+        return _cmdlet_result("restore", command, started, [
+            f"Cannot restore the Central Management Store: pool {pool} does not host its database "
+            f"({state.sql.get(state.owner_pool)} does)."], [])
+    state._make_cms(pool)
+    state.forced_from, state.moving_to, state.moving_until = None, None, None
+    state.last_change = now()  # replicas catch up through export/import and replication
+    return _cmdlet_result("restore", command, started, [], [], f"Central Management Store restored in {pool}.")
+
+
+@answers("reseed-local")
+def _reseed_local(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    if not state.active_master:
+        raise ProbeError("Export-CsConfiguration: the Central Management Store is not available.")
+    blob = _export_bytes(state)
+    t = now()
+    server.synced_at = server.reported_at = t
+    server.failing_since, server.stuck = None, False
+    return {"CollectedAt": ms_date(t), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
+            "Sha256": hashlib.sha256(blob).hexdigest().upper(), "Imported": True}

@@ -86,8 +86,15 @@ class LabState:
     active_master: str | None
     ftas: list[str]
     last_change: datetime
-    active_pools: set[str]
+    active_pools: set[str]  # pools whose CMS database says "active" (Get-CsService -CentralManagement)
     backup_errors: set[str] = field(default_factory=set)  # pools whose CMS export is in ErrorState
+    owner_pool: str = ""  # the pool whose SQL store holds the CMS (Get-CsManagementConnection)
+    sql: dict[str, str] = field(default_factory=dict)  # pool -> back-end SQL server
+    forced_from: str | None = None  # a forced (disaster) failover left this pool's database saying "active"
+    moving_to: str | None = None  # a failover in progress towards this pool
+    moving_until: datetime | None = None  # when it converges (None: stuck)
+    down: set[str] = field(default_factory=set)  # pools that are down
+    convergence: timedelta = timedelta(seconds=2)
 
     @property
     def product(self) -> tuple[str, str]:
@@ -124,6 +131,23 @@ class LabState:
             return "stopped"
         return None
 
+    def tick(self) -> None:
+        """Advance what time alone changes: a failover in progress converges."""
+        if self.moving_to and self.moving_until and now() >= self.moving_until:
+            target, self.moving_to, self.moving_until = self.moving_to, None, None
+            self._make_cms(target)
+            self.replicate()
+
+    def _make_cms(self, pool: str) -> None:
+        """The CMS lives in `pool` now: its master and FTA run there, the pair reads backup."""
+        self.cms_pool = self.owner_pool = pool
+        master = next(s for s in self.pools[pool] if self.servers[s].fault != "unreachable")
+        self.active_master, self.ftas = master, [master]
+        self.active_pools = {pool}
+
+    def pool_up(self, pool: str) -> bool:
+        return pool not in self.down
+
     def up_to_date(self, s: LabServer) -> bool:
         return s.synced_at is not None and s.synced_at >= self.last_change
 
@@ -147,7 +171,8 @@ class LabState:
                 servers.append(Server(fqdn=fqdn, endpoint=endpoint(fqdn) if s.winrm else None,
                                       winrm=s.winrm, internal_address=s.internal_address))
             pools.append(Pool(fqdn=pool_fqdn, role=self.roles[pool_fqdn], site=self.sites[pool_fqdn],
-                              backup_pool=self.pairs.get(pool_fqdn), servers=servers))
+                              backup_pool=self.pairs.get(pool_fqdn), backend_sql=self.sql.get(pool_fqdn),
+                              backend_sql_instance="rtc" if pool_fqdn in self.sql else None, servers=servers))
         return Topology(deployment=Deployment(name="contoso lab", version=self.version, domain=DOMAIN),
                         cms_pool=self.cms_pool, pools=pools)
 
@@ -216,10 +241,11 @@ def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT), edge
     standby = f"pool02.{DOMAIN}"
     pairs = {cms_pool: standby, standby: cms_pool} if standby in pools and version is not Version.lync2010 else {}
     master = pools[cms_pool][0]
+    sql = {p: f"sql{p.split('.')[0].removeprefix('pool')}.{DOMAIN}" for p, r in roles.items() if r is Role.frontend}
     return LabState(
         version=version, pools=pools, roles=roles, sites=sites, pairs=pairs, servers=lab_servers,
         cms_pool=cms_pool, active_master=master, ftas=[master], last_change=t - timedelta(hours=2),
-        active_pools={cms_pool},
+        active_pools={cms_pool}, owner_pool=cms_pool, sql=sql,
     )
 
 
@@ -414,3 +440,46 @@ def _backup_error(state: LabState, s: LabServer | None) -> None:
     if state.cms_pool not in state.pairs:
         raise ScenarioError("backup-error needs a paired CMS pool (the default lab has one)")
     state.backup_errors.add(state.cms_pool)
+
+
+# -- CMS failover scenarios (seed cms-failover-fails.md) ------------------------------------
+
+
+def _standby(state: LabState) -> str:
+    if state.cms_pool not in state.pairs:
+        raise ScenarioError("this scenario needs a paired CMS pool (the default lab has one)")
+    return state.pairs[state.cms_pool]
+
+
+@scenario("cms-pool-down", None)
+def _cms_pool_down(state: LabState, s: LabServer | None) -> None:
+    """The CMS pool is down: its servers do not answer and the CMS is unavailable."""
+    _standby(state)
+    state.down.add(state.cms_pool)
+    for fqdn in state.pools[state.cms_pool]:
+        state.servers[fqdn].fault = "unreachable"
+    state.active_master, state.ftas = None, []
+
+
+@scenario("moving-after-forced-failover", None)
+def _moving_after_forced(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 1: a forced failover moved the CMS to the standby; the failed pool is back
+    and its database still says active, so a failback hits "being moved" (50020)."""
+    source, target = state.cms_pool, _standby(state)
+    state._make_cms(target)
+    state.active_pools = {source, target}
+    state.forced_from = source
+
+
+@scenario("failover-in-progress", None)
+def _failover_in_progress(state: LabState, s: LabServer | None) -> None:
+    """Seed scenarios 2 and 3: a failover started and never converged; the master is blank."""
+    target = _standby(state)
+    state.moving_to, state.moving_until = target, None
+    state.active_master, state.ftas = None, []
+
+
+@scenario("standby-not-backup", None)
+def _standby_not_backup(state: LabState, s: LabServer | None) -> None:
+    """Seed scenario 2: the standby pool's CMS database is not in Backup mode."""
+    state.active_pools = {state.cms_pool, _standby(state)}

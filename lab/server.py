@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +18,10 @@ DEFAULT_USER = "cmsbot"
 DEFAULT_PASSWORD = "lab-password"
 
 
-def make_state_factory(version: Version, servers: int, edge_winrm: bool = False):
+def make_state_factory(version: Version, servers: int, edge_winrm: bool = False, convergence_s: float = 2.0):
     def make(scenarios: list[str]) -> LabState:
         state = build(version, servers, edge_winrm)
+        state.convergence = timedelta(seconds=convergence_s)
         for spec in scenarios:
             apply(state, spec)
         return state
@@ -27,8 +29,9 @@ def make_state_factory(version: Version, servers: int, edge_winrm: bool = False)
 
 
 async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, edge_winrm: bool,
-                latency_ms: int, scenarios: list[str], topology_out: Path, username: str, password: str) -> None:
-    lab = Lab(make_state_factory(version, servers, edge_winrm), scenarios, username, password, latency_ms)
+                convergence_s: float, latency_ms: int, scenarios: list[str], topology_out: Path, username: str,
+                password: str) -> None:
+    lab = Lab(make_state_factory(version, servers, edge_winrm, convergence_s), scenarios, username, password, latency_ms)
     server = await asyncio.start_server(lab.handle, host, port, backlog=1024, limit=8 * 1024 * 1024)
     bound = server.sockets[0].getsockname()[1]
     topology = lab.state.topology(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
@@ -57,7 +60,8 @@ def main(args) -> int:
     advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     try:
         asyncio.run(serve(host=args.host, port=args.port, advertise=advertise, version=Version(args.version),
-                          servers=args.servers, edge_winrm=args.edge_winrm, latency_ms=args.latency_ms, scenarios=args.scenario,
+                          servers=args.servers, edge_winrm=args.edge_winrm,
+                          convergence_s=args.convergence_s, latency_ms=args.latency_ms, scenarios=args.scenario,
                           topology_out=Path(args.topology_out), username=username, password=password))
     except OSError as e:
         print(f"cmsbot lab: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)

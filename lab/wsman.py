@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape
 
 from lab import answers
 from lab.deployment import LabServer, LabState, ScenarioError
-from workers.probes import HEADER
+from workers.probes import HEADER, joined
 
 log = logging.getLogger("lab")
 
@@ -213,16 +213,16 @@ class Lab:
         except (ValueError, IndexError, binascii.Error, UnicodeDecodeError):
             raise Fault("The lab runs only cms-chatops probes (-EncodedCommand bootstrap expected).") from None
         script_var = re.search(r"'(CMSBOT_SCRIPT_[A-Z0-9_]+)'", bootstrap)
-        params_var = re.search(r"\$env:(CMSBOT_PARAMS_[A-Z0-9_]+);", bootstrap)
-        if not script_var or script_var.group(1) not in shell.env:
+        params_var = re.search(r"'(CMSBOT_PARAMS_[A-Z0-9_]+)'", bootstrap)
+        if not script_var or not joined(shell.env, script_var.group(1)):
             raise Fault("The bootstrap names no probe script present in the shell environment.")
-        script = base64.b64decode(shell.env[script_var.group(1)]).decode("utf-8")
+        script = base64.b64decode(joined(shell.env, script_var.group(1))).decode("utf-8")
         header = HEADER.match(script.splitlines()[0] if script else "")
         if not header or header["name"] not in answers.ANSWERS:
             raise Fault(f"The lab does not know the probe {script.splitlines()[0][:80] if script else '(empty)'!r}.")
         params: dict[str, Any] = {}
-        if params_var and shell.env.get(params_var.group(1)):
-            params = json.loads(base64.b64decode(shell.env[params_var.group(1)]).decode("utf-8"))
+        if params_var and joined(shell.env, params_var.group(1)):
+            params = json.loads(base64.b64decode(joined(shell.env, params_var.group(1))).decode("utf-8"))
         return header["name"], int(header["version"]), params
 
     def _send(self, shell: Shell, body: ET.Element | None, message_id: str) -> str:

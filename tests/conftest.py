@@ -180,7 +180,7 @@ def chat(redis_server, lab, worker, conn):
 @pytest.fixture(scope="session")
 def edge_lab(tmp_path_factory) -> LabProcess:
     """A lab whose Edge servers answer WinRM, so their certificates can be read."""
-    lab = LabProcess(tmp_path_factory.mktemp("edgelab"), "--edge-winrm")
+    lab = LabProcess(tmp_path_factory.mktemp("edgelab"), "--edge-winrm", "--convergence-s", "4")
     yield lab
     lab.stop()
 
@@ -226,3 +226,44 @@ def status(redis_server, lab, worker):
 @pytest.fixture
 def edge_status(redis_server, edge_lab, edge_worker):
     return _status_runner(redis_server.url.rsplit("/", 1)[0] + "/1", edge_lab)
+
+
+# -- Slack: the fake Web API, a worker on its own database, the bot process ------------------
+
+from tests.slack_fake import SlackFake  # noqa: E402
+from tests.slack_support import GROUP_OPERATOR, BotProcess  # noqa: E402
+
+@pytest.fixture(scope="session")
+def fake():
+    with SlackFake(usergroups={"S0OPS": [GROUP_OPERATOR]}) as f:
+        yield f
+
+
+@pytest.fixture(scope="session")
+def slack_redis(redis_server) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + "/2"
+
+
+@pytest.fixture(scope="session")
+def slack_worker(tmp_path_factory, slack_redis, edge_lab):
+    from bot.console import workers_listening
+    from workers.settings import Settings
+
+    w = WorkerProcess(tmp_path_factory.mktemp("slackworker"), slack_redis, edge_lab.topology,
+                      host_deadline=str(HOST_DEADLINE), replication_wait="1", approval_ttl="8",
+                      failover_poll="0.5", failover_deadline="20", cooldown="60")
+    _wait(lambda: workers_listening(redis.Redis.from_url(slack_redis), Settings()) > 0 or w.proc.poll() is not None,
+          30, "worker did not register")
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def bot(tmp_path, slack_redis, edge_lab, slack_worker, fake):
+    fake.reset()
+    edge_lab.scenarios()
+    b = BotProcess(tmp_path, slack_redis, edge_lab.topology, fake)
+    yield b
+    b.stop()
+
+

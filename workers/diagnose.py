@@ -30,6 +30,7 @@ from workers.models import (
 CMS_VIEW = "Get-CsManagementStoreReplicationStatus"
 PENDING_WINDOW = timedelta(minutes=5)  # domain: UpToDate is legitimately False 2-3 minutes after a change
 RECHECK_AFTER = timedelta(minutes=3)
+REPORTING_WINDOW = timedelta(minutes=15)
 EVENT_SLACK = timedelta(minutes=5)
 REPLICATOR_GROUP = "rtc local config replicator"
 CHANGE_SHARE_RIGHTS = {"full", "change"}
@@ -109,7 +110,7 @@ def diagnose(report: StatusReport) -> list[Finding]:
             findings += stopped_service_warnings(clues)
             continue
         found = edge_findings(clues, report, fe_root) if clues.role == "edge" else internal_findings(
-            clues, report, not_member)
+            clues, report, not_member if active_fta_not_member(report, not_member) else [])
         if found is None:  # explained by the FTA's group membership: reported once, below
             denied_for_group.append(status)
             continue
@@ -151,9 +152,16 @@ def front_end_root(report: StatusReport) -> str | None:
 
 
 def fta_not_in_group(report: StatusReport) -> list[str]:
+    """CMS Front End computer accounts missing from RTCUniversalConfigReplicator."""
     if report.membership is None or report.membership.group is None:
         return []
     return [m.computer for m in report.membership.computers if m.found and not m.member]
+
+
+def active_fta_not_member(report: StatusReport, not_member: list[str]) -> bool:
+    """Only the active File Transfer Agent's account explains other replicas' access denied."""
+    ftas = {f.split(".")[0].upper() for f in (report.cms.store.active_file_transfer_agents if report.cms else [])}
+    return any(c.upper() in ftas for c in not_member)
 
 
 def _unreachable_note(clues: _Clues, what: str) -> str:
@@ -271,6 +279,7 @@ def certificate_findings(clues: _Clues, cert_event: ReplicationEvent | None, fe_
     if subject.lower() not in names and (clues.pool or "").lower() not in names:
         out.append(finding("replica.edge-cert-name-mismatch", Severity.error, subject,
                            f"The Edge {subject}'s internal certificate does not name it: {cert.subject}", evidence))
+    root_note = [] if fe_root else ["the root CA was not compared: no Front End certificate was read in this check"]
     if fe_root and cert.root and cert.root != fe_root:
         out.append(finding("replica.edge-cert-other-root", Severity.error, subject,
                            f"The Edge {subject}'s internal certificate chains to {cert.root}, the Front Ends' to "
@@ -279,10 +288,11 @@ def certificate_findings(clues: _Clues, cert_event: ReplicationEvent | None, fe_
         out.append(finding("replica.edge-cert-expired", Severity.error, subject,
                            f"The Edge {subject}'s internal certificate expired on {when(cert.not_after)}", evidence))
     if not out and cert_event:
+        looked = "key, names and expiry" + ("" if root_note else ", root")
         out.append(finding("replica.edge-cert-invalid", Severity.error, subject,
                            f"The Edge {subject} presented a certificate the File Transfer Agent rejects, though its "
-                           "key, names, root and expiry look right", evidence,
-                           unchecked=["revocation and intermediate certificates: check the chain in the snap-in"]))
+                           f"{looked} look right", evidence,
+                           unchecked=root_note + ["revocation and intermediate certificates: check the chain in the snap-in"]))
     return out
 
 
@@ -331,13 +341,15 @@ def internal_findings(clues: _Clues, report: StatusReport, not_member: list[str]
         return None if not found else found  # the group finding names this replica
     if denied:
         unchecked = []
-        if acl is None:
+        if clues.health is None:
             unchecked.append(_unreachable_note(clues, "the xds-replica ACL"))
+        else:
+            unchecked += acl_unread(acl)
         if report.membership is None:
             unchecked.append("RTCUniversalConfigReplicator membership of the CMS Front Ends: not checked")
         summary = f"The File Transfer Agent is denied access to {subject}'s xds-replica share"
         fix = list(KNOWLEDGE["replica.share-access-denied"].fix)
-        if acl is not None and report.membership is not None:
+        if not unchecked:
             summary += "; its ACL and the group membership look right, so stale cached credentials are likely"
             fix = ["On the replica and the FTA host, purge the computer's Kerberos tickets (klist -li 0x3e7 purge) "
                    "or restart them", *fix[-2:]]
@@ -346,8 +358,19 @@ def internal_findings(clues: _Clues, report: StatusReport, not_member: list[str]
     return found
 
 
+def acl_unread(acl) -> list[str]:
+    """What of the ACL could not be read, and why (empty: both were read)."""
+    out = []
+    if acl is None or acl.share is None:
+        out.append(f"xds-replica share ACL: {(acl.share_error if acl else None) or 'not read'}")
+    if acl is None or acl.folder is None:
+        out.append(f"xds-replica folder ACL: {(acl.folder_error if acl else None) or 'not read'}")
+    return out
+
+
 def missing_aces(acl) -> list[str]:
-    """What the xds-replica share/folder lacks for RTC Local Config Replicator (empty: nothing)."""
+    """What the xds-replica share/folder lacks for RTC Local Config Replicator (empty: nothing
+    missing in what could be read; see acl_unread for what could not)."""
     problems = []
     if acl.share is not None:
         ok = any(a.allow and a.identity.lower().endswith(REPLICATOR_GROUP) and a.rights.lower() in CHANGE_SHARE_RIGHTS
@@ -390,7 +413,11 @@ def group_finding(report: StatusReport, computers: list[str], affected: list[Rep
 
 
 def is_pending(status: ReplicaStatus, now: datetime) -> bool:
-    return status.last_update_creation is not None and now - status.last_update_creation < PENDING_WINDOW
+    """Catching up: a change minutes ago, and the replica itself reported recently.
+    A replica silent for hours is behind, whatever changed a minute ago."""
+    fresh_change = status.last_update_creation is not None and now - status.last_update_creation < PENDING_WINDOW
+    reporting = status.last_status_report is not None and now - status.last_status_report < REPORTING_WINDOW
+    return fresh_change and reporting
 
 
 def pending(status: ReplicaStatus, now: datetime) -> Finding:
@@ -412,7 +439,7 @@ def behind(clues: _Clues, report: StatusReport) -> Finding:
         checked.append(f"TCP {clues.port.port} from the FTA host {'connects' if clues.port.connected else 'fails'}")
     if clues.health:
         checked.append(f"REPLICA is {clues.health.services.get('REPLICA', ServiceState.unknown).value}")
-        if clues.health.acl and not missing_aces(clues.health.acl):
+        if clues.health.acl and not missing_aces(clues.health.acl) and not acl_unread(clues.health.acl):
             checked.append("xds-replica share and folder ACLs grant 'RTC Local Config Replicator' change rights")
     unchecked = _event_note(report)
     if clues.health is None:
@@ -463,6 +490,12 @@ def cms_findings(report: StatusReport) -> list[Finding]:
                                      source=f"Get-CsService -CentralManagement on {report.cms_source}",
                                      at=cms.collected_at)]))
     for pool in report.backup:
+        if pool.error:
+            out.append(finding("backup.error", Severity.warning, pool.pool,
+                               f"The Backup Service state of {pool.pool} could not be read",
+                               [Evidence(text=pool.error, source=f"Get-CsBackupServiceStatus -PoolFqdn {pool.pool}")],
+                               fix=["Run Get-CsBackupServiceStatus -PoolFqdn " + pool.pool + " -Category CMS on a Front "
+                                    "End and check that LYNCBACKUP runs in both pools"]))
         for m in pool.modules:
             bad = [f"export {m.export_status}" for _ in [0] if (m.export_status or "").lower() == "errorstate"]
             bad += [f"import {m.import_status}" for _ in [0] if (m.import_status or "").lower() == "errorstate"]

@@ -83,6 +83,11 @@ class Fleet:
             except HostFailure as f:
                 run.error = HostError(server=server, kind=f.kind, reason=f.reason, probe=name)
                 break
+            except Exception:  # noqa: BLE001 - a bug reading one host's answer is that host's error
+                log.exception("probe %s on %s failed unexpectedly", name, server)
+                run.error = HostError(server=server, kind=HostErrorKind.probe_failed, probe=name,
+                                      reason="internal error while reading this server's answer")
+                break
         return run
 
     def run_all(self, plan: dict[str, list[str]], on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:

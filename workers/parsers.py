@@ -21,7 +21,7 @@ from workers.models import (
     ShareAcl,
     StoreStatus,
 )
-from workers.ps_json import as_bool, as_datetime, as_list, as_service_state, as_str, as_strings
+from workers.ps_json import as_bool, as_datetime, as_fqdn, as_list, as_service_state, as_str, as_strings
 
 
 class ParseError(ValueError):
@@ -40,7 +40,7 @@ def parse_cms_status(data: Any) -> CmsStatus:
     replicas = []
     for row in as_list(d.get("Replicas")):
         row = _mapping(row, "cms-status replica")
-        fqdn = as_str(row.get("ReplicaFqdn"))
+        fqdn = as_fqdn(row.get("ReplicaFqdn"))
         if not fqdn:
             continue
         replicas.append(ReplicaStatus(
@@ -52,7 +52,7 @@ def parse_cms_status(data: Any) -> CmsStatus:
         ))
     services = [
         CmsService(
-            pool_fqdn=as_str(s.get("PoolFqdn")) or "",
+            pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "",
             site_id=as_str(s.get("SiteId")),
             version=as_str(s.get("Version")),
             active=as_bool(s.get("Active")),
@@ -68,10 +68,10 @@ def parse_cms_status(data: Any) -> CmsStatus:
         product_version=as_str(d.get("ProductVersion")),
         replicas=replicas,
         store=StoreStatus(
-            active_master_fqdn=as_str(store.get("ActiveMasterFqdn")),
-            active_file_transfer_agents=as_strings(store.get("ActiveFileTransferAgents")),
-            active_replicas=as_strings(store.get("ActiveReplicas")),
-            deleted_replicas=as_strings(store.get("DeletedReplicas")),
+            active_master_fqdn=as_fqdn(store.get("ActiveMasterFqdn")),
+            active_file_transfer_agents=[f.lower() for f in as_strings(store.get("ActiveFileTransferAgents"))],
+            active_replicas=[f.lower() for f in as_strings(store.get("ActiveReplicas"))],
+            deleted_replicas=[f.lower() for f in as_strings(store.get("DeletedReplicas"))],
         ),
         services=services,
     )
@@ -156,7 +156,7 @@ def parse_reachability(server: str, data: Any) -> Reachability:
     results = []
     for r in as_list(d.get("Results")):
         r = _mapping(r, "reachability result")
-        fqdn = as_str(r.get("Fqdn"))
+        fqdn = as_fqdn(r.get("Fqdn"))
         if not fqdn:
             continue
         share = r.get("ShareWritable")
@@ -188,12 +188,12 @@ def parse_backup_status(data: Any) -> list[PoolBackup]:
     pools = []
     for p in as_list(d.get("Pools")):
         p = _mapping(p, "backup-status pool")
-        pool = as_str(p.get("PoolFqdn"))
+        pool = as_fqdn(p.get("PoolFqdn"))
         if not pool:
             continue
         modules = [BackupModule(identity=as_str(m.get("Identity")) or "?", export_status=as_str(m.get("ExportStatus")),
                                 import_status=as_str(m.get("ImportStatus")))
                    for m in (_mapping(x, "backup module") for x in as_list(p.get("Modules")))]
-        pools.append(PoolBackup(pool=pool, backup_pool=as_str(p.get("BackupPoolFqdn")), modules=modules,
+        pools.append(PoolBackup(pool=pool, backup_pool=as_fqdn(p.get("BackupPoolFqdn")), modules=modules,
                                 error=as_str(p.get("Error"))))
     return pools

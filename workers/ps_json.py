@@ -32,6 +32,12 @@ def as_str(value: Any) -> str | None:
     return text or None
 
 
+def as_fqdn(value: Any) -> str | None:
+    """A host name as we compare them everywhere: lower case, no trailing dot."""
+    text = as_str(value)
+    return text.rstrip(".").lower() if text else None
+
+
 def as_strings(value: Any) -> list[str]:
     return [s for s in (as_str(v) for v in as_list(value)) if s]
 

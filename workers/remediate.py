@@ -82,12 +82,14 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
         out: dict[str, dict[str, Any]] = {}
         if host == server and kind == "start-replica":
             out["start-service"] = {"name": "REPLICA"}
-        if host == server and kind == "reseed":
-            out["import-configuration"] = import_params  # filled in after the export, before this shell opens
         if host == cms:
             out["force-replication"] = {"replicas": [server]}
             out["export-configuration"] = {"fileName": export_name}
         return out
+
+    def import_calls(host: str) -> dict[str, dict[str, Any]]:
+        # its own shell: the parameters (the export's checksum) exist only after the export
+        return {"import-configuration": import_params} if host == server else {}
 
     with Fleet(topology, settings, calls) as fleet:
         if kind == "start-replica":
@@ -108,8 +110,9 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
             import_params["sha256"] = str(export.get("Sha256", ""))
             emit("progress", {"text": f"exported {export.get('Bytes')} bytes to {export.get('Path')} on {cms} "
                                       f"(kept there as a backup); importing into {server}'s local store"})
-            run = fleet.run(server, ["import-configuration"],
-                            stdin={"import-configuration": str(export.get("Content", "")).encode("ascii")})
+            with Fleet(topology, settings, import_calls) as importer:
+                run = importer.run(server, ["import-configuration"],
+                                   stdin={"import-configuration": str(export.get("Content", "")).encode("ascii")})
             if run.error:
                 return Outcome(False, f"Import-CsConfiguration -LocalStore on {server} failed: {run.error.reason}")
         emit("progress", {"text": f"forcing replication to {server} from {cms}"})
@@ -117,7 +120,13 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
         if run.error:
             return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.error.reason}")
     report = recheck(topology, settings, scope or topology.resolve(server), emit)
-    return Outcome(True, f"{describe(kind, server).split(', then')[0]}: done", report, _changes(None, report))
+    current = next((r.up_to_date for r in report.cms.replicas if r.fqdn == server), None) if report.cms else None
+    done = describe(kind, server).split(", then")[0]
+    if current:
+        return Outcome(True, f"{done}: {server} is up to date now", report, [f"{server}: UpToDate True"])
+    state = "could not be read" if current is None else "is still not up to date"
+    return Outcome(False, f"{done}; but {server} {state} after the re-check: see the findings below", report,
+                   [f"{server}: UpToDate {current}"])
 
 
 def replicate(topology: Topology, settings: Settings, target: Target, emit: Emit) -> Outcome:

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
     replication_wait: float = Field(150.0, ge=0, description="seconds between forcing replication and re-checking")
 
+    # CMS failover and recovery
+    approvals_required: int = Field(1, ge=1, le=5, description="distinct approvers needed")
+    approval_ttl: float = Field(900.0, gt=0, description="seconds an approval card stays open")
+    failover_deadline: float = Field(900.0, gt=0, description="seconds a failover may take to converge")
+    failover_poll: float = Field(10.0, gt=0, description="seconds between convergence checks")
+    cooldown: float = Field(900.0, ge=0, description="seconds after a CMS change before the next may start")
+
     @model_validator(mode="after")
     def _password_from_file(self) -> "Settings":
         if self.winrm_password_file and not self.winrm_password.get_secret_value():
@@ -47,6 +54,11 @@ class Settings(BaseSettings):
     def job_timeout(self) -> int:
         """RQ's hard limit for a status job: every stage's deadline plus slack."""
         return int(self.host_deadline * 3 + 60)
+
+    @property
+    def failover_timeout(self) -> int:
+        """RQ's hard limit for a failover or recovery job: preflight, the change, convergence."""
+        return int(self.host_deadline * 20 + self.failover_deadline + self.replication_wait + 120)
 
     @property
     def change_timeout(self) -> int:

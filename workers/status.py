@@ -64,7 +64,8 @@ def probe_params(topology: Topology, target: Target) -> Callable[[str], dict[str
             targets.append({"fqdn": fqdn, "address": s.internal_address or fqdn, "port": 4443, "share": False})
         else:
             targets.append({"fqdn": fqdn, "address": fqdn, "port": 445, "share": True})
-    cms_front_ends = [s.fqdn.split(".")[0].upper() for s in topology.cms.servers]
+    # both pools of the pair: after a failover the File Transfer Agent runs in the other one
+    cms_front_ends = [s.split(".")[0].upper() for s in candidates]
     paired = topology.paired_pool(topology.cms_pool)
     backup_pools = [topology.cms_pool] + ([paired.fqdn] if paired else [])
 
@@ -99,7 +100,8 @@ def run_status(topology: Topology, settings: Settings, target: Target, emit: Emi
     with Fleet(topology, settings, probe_params(topology, target)) as fleet:
         runs = fleet.run_all(plan, on_done=progress.host_done)
         attempts = [runs[candidates[0]]] if candidates else []
-        for fallback in candidates[1:1 + CMS_FALLBACKS]:
+        healthy = [c for c in candidates[1:] if not (runs.get(c) and runs[c].error)]
+        for fallback in healthy[:CMS_FALLBACKS]:
             if "cms-status" in attempts[-1].results:
                 break
             emit("progress", {"text": f"{attempts[-1].server} could not read the CMS; asking {fallback}",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Version(str, Enum):
@@ -49,11 +49,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _fqdn(value: str | None) -> str | None:
+    """One spelling everywhere: DNS names compare case-insensitively, Windows reports them in any case."""
+    return value.strip().rstrip(".").lower() if isinstance(value, str) else value
+
+
 class Server(_Strict):
     fqdn: str
     endpoint: str | None = None
     winrm: bool = True
     internal_address: str | None = None
+
+    _lower = field_validator("fqdn")(_fqdn)
 
 
 class Pool(_Strict):
@@ -61,7 +68,11 @@ class Pool(_Strict):
     role: Role
     site: str | None = None
     backup_pool: str | None = None
+    backend_sql: str | None = None  # the pool's back-end SQL Server (disaster failover targets it)
+    backend_sql_instance: str | None = None
     servers: list[Server] = Field(min_length=1)
+
+    _lower = field_validator("fqdn", "backup_pool", "backend_sql")(_fqdn)
 
 
 class WinrmDefaults(_Strict):
@@ -80,6 +91,8 @@ class Topology(_Strict):
     cms_pool: str
     winrm: WinrmDefaults = WinrmDefaults()
     pools: list[Pool] = Field(min_length=1)
+
+    _lower = field_validator("cms_pool")(_fqdn)
 
     # -- lookups -----------------------------------------------------------
     def pool(self, fqdn: str) -> Pool:

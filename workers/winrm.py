@@ -188,7 +188,9 @@ class HostShell:
         try:
             return fn(p)
         except WinRMOperationTimeoutError:
-            raise
+            if receive:
+                raise  # the command is still running: the caller polls again
+            raise TimedOut("no answer within the host deadline (WS-Management operation timeout)") from None
         except HostFailure:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is mapped below

@@ -39,10 +39,10 @@ class Deps:
     roles: Roles
 
     def enqueue(self, req: Request, job: str, *, change: bool, accepted: dict[str, Any] | None = None,
-                audit: dict[str, Any] | None = None) -> None:
+                audit: dict[str, Any] | None = None, timeout: int | None = None) -> None:
         name = queue_name(self.settings.queue_prefix, CHANGE if change else STATUS)
         submit(self.conn, req, job, queue_name=name,
-               timeout=self.settings.change_timeout if change else self.settings.job_timeout,
+               timeout=timeout or (self.settings.change_timeout if change else self.settings.job_timeout),
                on_failure=Callback(FAILURE_CALLBACK), accepted={"queue": name, **(accepted or {})}, audit=audit)
 
 

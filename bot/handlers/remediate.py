@@ -15,6 +15,7 @@ from workers.remediate import KINDS, describe
 from workers.topology import UnknownTarget
 
 INVALID = "This button is no longer valid; run /cms-status again for fresh ones."
+REMEDIATION_GUARD = 600  # seconds; released when the job finishes
 
 
 def thread_scope(deps: Deps, channel: str, thread: str | None) -> str:
@@ -48,8 +49,15 @@ def register(app, deps: Deps) -> None:
         if not deps.roles.has(user, Role.operator):
             return respond(text=deps.roles.refusal(Role.operator, "run remediations"),
                            response_type="ephemeral", replace_original=False)
+        if not deps.roles.channel_allowed(channel):
+            return respond(text=deps.roles.refusal(Role.viewer, "run remediations here"),
+                           response_type="ephemeral", replace_original=False)
+        # one run of an action on a server at a time: a double click or two operators
+        if not deps.conn.set(f"cmsbot:remediating:{kind}:{server.name}", user, nx=True, ex=REMEDIATION_GUARD):
+            return respond(text=f"{kind} on {server.name} is already running; its result will appear in the thread.",
+                           response_type="ephemeral", replace_original=False)
         action = describe(kind, server.name)
         args = {"action": kind, "target": server.name, "scope": thread_scope(deps, channel, thread)}
         req = slack_request(body, "remediate", args, user=user, channel=channel, thread=thread)
-        deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"<@{user}> started: {action}"},
+        deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"started: {action}"},
                      audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})

@@ -19,140 +19,18 @@ import pytest
 import redis
 from slack_sdk.signature import SignatureVerifier
 
-from bot.local_redis import free_port
-from tests.conftest import HOST_DEADLINE, WorkerProcess, _wait
-from tests.slack_fake import SlackFake
+from tests.conftest import _wait
+from tests.slack_support import (
+    CHANNEL,
+    GROUP_OPERATOR,
+    VIEWER,
+    ack_body,
+    blocks_text,
+    buttons,
+    parents,
+    wait_for_verdict,
+)
 from workers.contract import AUDIT_STREAM, EVENTS_STREAM
-
-SECRET = "test-signing-secret"
-TOKEN = "xoxb-test-token"
-CHANNEL = "C0OPS"
-OPERATOR, VIEWER, GROUP_OPERATOR = "U0OPERATOR", "U0VIEWER", "U0GROUPOP"
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with SlackFake(usergroups={"S0OPS": [GROUP_OPERATOR]}) as f:
-        yield f
-
-
-@pytest.fixture(scope="module")
-def slack_redis(redis_server) -> str:
-    return redis_server.url.rsplit("/", 1)[0] + "/2"
-
-
-@pytest.fixture(scope="module")
-def slack_worker(tmp_path_factory, slack_redis, edge_lab):
-    from bot.console import workers_listening
-    from workers.settings import Settings
-
-    w = WorkerProcess(tmp_path_factory.mktemp("slackworker"), slack_redis, edge_lab.topology,
-                      host_deadline=str(HOST_DEADLINE), replication_wait="1")
-    _wait(lambda: workers_listening(redis.Redis.from_url(slack_redis), Settings()) > 0 or w.proc.poll() is not None,
-          30, "worker did not register")
-    yield w
-    w.stop()
-
-
-class BotProcess:
-    def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake):
-        self.port = free_port()
-        self.log = workdir / f"bot-{time.monotonic_ns()}.log"
-        self.env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
-                        CMSBOT_SLACK_BOT_TOKEN=TOKEN, CMSBOT_SLACK_SIGNING_SECRET=SECRET,
-                        CMSBOT_SLACK_API_URL=fake.base_url, CMSBOT_HTTP_PORT=str(self.port),
-                        CMSBOT_HTTP_HOST="127.0.0.1", CMSBOT_SLACK_OPERATORS=f"{OPERATOR},S0OPS",
-                        CMSBOT_SLACK_CHANNELS=CHANNEL, CMSBOT_LOG_LEVEL="INFO")
-        self.env.pop("CMSBOT_SLACK_APP_TOKEN", None)
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "bot"], env=self.env,
-                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
-        _wait(lambda: "listening on" in self.log.read_text() or self.proc.poll() is not None, 30, "bot did not start")
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    # -- Slack's side of the HTTP endpoint ------------------------------------------
-    def post(self, body: str, *, secret: str = SECRET, timestamp: int | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, str]:
-        ts = str(timestamp if timestamp is not None else int(time.time()))
-        signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/slack/events", data=body.encode(), method="POST",
-            headers={"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
-                     "X-Slack-Signature": signature, **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def command(self, name: str, text: str = "", *, user: str = OPERATOR, channel: str = CHANNEL,
-                trigger: str | None = None, **kw) -> tuple[int, str]:
-        body = urllib.parse.urlencode({
-            "token": "legacy", "team_id": "T0001", "team_domain": "contoso", "channel_id": channel,
-            "channel_name": "ops", "user_id": user, "user_name": user.lower(), "command": name, "text": text,
-            "api_app_id": "A0001", "response_url": "",
-            "trigger_id": trigger or f"trig-{time.monotonic_ns()}"})
-        return self.post(body, **kw)
-
-    def click(self, fake: SlackFake, action_id: str, value: str, *, user: str, thread: str) -> tuple[int, str]:
-        payload = {
-            "type": "block_actions", "team": {"id": "T0001"}, "user": {"id": user}, "api_app_id": "A0001",
-            "trigger_id": f"trig-{time.monotonic_ns()}", "channel": {"id": CHANNEL},
-            "container": {"type": "message", "message_ts": thread, "channel_id": CHANNEL, "thread_ts": thread},
-            "response_url": f"{fake.root}/api/response_url",
-            "actions": [{"action_id": action_id, "block_id": "b1", "type": "button", "value": value,
-                         "action_ts": str(time.time())}],
-        }
-        return self.post(urllib.parse.urlencode({"payload": json.dumps(payload)}))
-
-
-@pytest.fixture
-def bot(tmp_path, slack_redis, edge_lab, slack_worker, fake):
-    fake.reset()
-    edge_lab.scenarios()
-    b = BotProcess(tmp_path, slack_redis, edge_lab.topology, fake)
-    yield b
-    b.stop()
-
-
-def ack_body(body: str) -> dict:
-    """Bolt answers ack(text=...) as plain text (Slack shows it only to the user), richer acks as JSON."""
-    return json.loads(body) if body.startswith("{") else {"text": body}
-
-
-def parents(fake: SlackFake) -> list[dict]:
-    return [m for m in fake.messages(CHANNEL) if not m.get("thread_ts")]
-
-
-def wait_for_verdict(fake: SlackFake, timeout: float = 40) -> dict:
-    """The one parent message, once its verdict has been written into it."""
-    _wait(lambda: any(p["edits"] and not p["text"].endswith("checking") for p in parents(fake)), timeout,
-          f"no verdict; messages: {[(m['text'], m.get('thread_ts')) for m in fake.messages(CHANNEL)]}")
-    (parent,) = parents(fake)
-    return parent
-
-
-def blocks_text(message: dict) -> str:
-    return json.dumps(message.get("blocks") or [])
-
-
-def buttons(message: dict) -> list[dict]:
-    return [e for b in message.get("blocks") or [] if b.get("type") == "actions" for e in b["elements"]]
-
 
 def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
     started = time.monotonic()

@@ -29,7 +29,7 @@ def shell_for(lab, server: str, env: dict[str, str], password: str = LAB_PASSWOR
 def test_unknown_probe_is_answered_with_a_soap_fault(lab):
     lab.scenarios()
     script = "# probe: no-such-probe v1\nWrite-Output 'hi'\n"
-    env = probes.shell_env({}) | {"CMSBOT_SCRIPT_CMS_STATUS": base64.b64encode(script.encode()).decode()}
+    env = probes.shell_env({}) | {"CMSBOT_SCRIPT_CMS_STATUS_0": base64.b64encode(script.encode()).decode()}
     shell = shell_for(lab, "fe01.contoso.com", env)
     cmd, args = probes.command("cms-status")
     with pytest.raises(ProbeFailed, match=r"WS-Management fault from fe01\.contoso\.com: .*does not know the probe"):

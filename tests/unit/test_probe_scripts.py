@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import json
 import re
 from pathlib import Path
@@ -124,9 +125,10 @@ def test_bootstrap_carries_no_script_text(name):
 def test_bootstrap_names_every_variable_shell_env_sets(name):
     _, _, bootstrap = bootstrap_of(name)
     env = probes.shell_env({name: {}})
-    assert set(env) == {probes.LIB_VAR, f"CMSBOT_SCRIPT_{name.upper().replace('-', '_')}",
-                        f"CMSBOT_PARAMS_{name.upper().replace('-', '_')}"}
-    for var in env:
+    bases = {re.sub(r"_\d+$", "", var) for var in env}
+    assert bases == {probes.LIB_VAR, f"CMSBOT_SCRIPT_{name.upper().replace('-', '_')}",
+                     f"CMSBOT_PARAMS_{name.upper().replace('-', '_')}"}
+    for var in bases:
         assert var in bootstrap
 
 
@@ -136,8 +138,8 @@ def test_shell_env_carries_script_and_library_as_base64(name):
     p = probes.probe(name)
     script_file = (PROBE_DIR / f"{name}.ps1").read_text(encoding="utf-8")
     lib_file = (PROBE_DIR / "_lib.ps1").read_text(encoding="utf-8")
-    assert base64.b64decode(env[p.script_var]).decode("utf-8") == script_file
-    assert base64.b64decode(env[probes.LIB_VAR]).decode("utf-8") == lib_file
+    assert base64.b64decode(probes.joined(env, p.script_var)).decode("utf-8") == script_file
+    assert base64.b64decode(probes.joined(env, probes.LIB_VAR)).decode("utf-8") == lib_file
 
 
 HOSTILE = "'; Remove-Item C:\\ -Recurse #"
@@ -147,7 +149,7 @@ def test_shell_env_carries_params_as_base64_json():
     params = {"replica": "fe01.contoso.com", "minutes": 5, "note": HOSTILE, "unicode": "Überprüfen"}
     env = probes.shell_env({"cms-status": params})
     var = probes.probe("cms-status").params_var
-    assert json.loads(base64.b64decode(env[var]).decode("utf-8")) == params
+    assert json.loads(base64.b64decode(probes.joined(env, var)).decode("utf-8")) == params
     for value in env.values():
         assert HOSTILE not in value
         assert re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", value)
@@ -157,7 +159,7 @@ def test_shell_env_for_several_probes_keeps_each_ones_params():
     env = probes.shell_env({"cms-status": {"a": 1}, "replica-health": {"b": HOSTILE}})
     for name, params in (("cms-status", {"a": 1}), ("replica-health", {"b": HOSTILE})):
         var = probes.probe(name).params_var
-        assert json.loads(base64.b64decode(env[var])) == params
+        assert json.loads(base64.b64decode(probes.joined(env, var))) == params
 
 
 def test_hostile_parameter_never_reaches_the_bootstrap():
@@ -166,9 +168,19 @@ def test_hostile_parameter_never_reaches_the_bootstrap():
     assert HOSTILE not in bootstrap
     assert "Remove-Item" not in bootstrap
     assert all(HOSTILE not in a for a in [exe, *args])
-    assert env[probes.probe("cms-status").params_var] not in bootstrap
+    assert probes.joined(env, probes.probe("cms-status").params_var) not in bootstrap
 
 
 def test_unknown_probe_is_refused():
     with pytest.raises((FileNotFoundError, ValueError, KeyError)):
         probes.command("no-such-probe")
+
+
+def test_parameters_of_a_big_deployment_fit_the_windows_variable_limit():
+    targets = [{"fqdn": f"fe{i:03d}.emea.corp.contoso.com", "address": f"fe{i:03d}.emea.corp.contoso.com",
+                "port": 445, "share": True} for i in range(600)]
+    env = probes.shell_env({"reachability": {"targets": targets, "timeoutMs": 2000}})
+    assert all(len(v) <= 32_767 for v in env.values())
+    var = probes.probe("reachability").params_var
+    assert len([k for k in env if k.startswith(var)]) > 1  # it really was split
+    assert json.loads(base64.b64decode(probes.joined(env, var)))["targets"] == targets

@@ -24,6 +24,9 @@ HEADER = re.compile(r"^# probe: (?P<name>[a-z][a-z0-9-]*) v(?P<version>\d+)\s*$"
 LIB_NAME = "_lib"
 LIB_VAR = "CMSBOT_PROBE_LIB"
 POWERSHELL = "powershell.exe"
+# Windows caps one environment variable at 32,767 characters: every value travels in
+# chunks NAME_0, NAME_1, ... that the bootstrap joins (parameters grow with the deployment).
+ENV_CHUNK = 30_000
 
 
 @dataclass(frozen=True)
@@ -72,13 +75,28 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
+def _chunked(env: dict[str, str], name: str, value: str) -> None:
+    for i in range(0, max(len(value), 1), ENV_CHUNK):
+        env[f"{name}_{i // ENV_CHUNK}"] = value[i:i + ENV_CHUNK]
+
+
+def joined(env: dict[str, str], name: str) -> str:
+    """The value `_chunked` stored under `name` (what the bootstrap does, for the lab)."""
+    parts, i = [], 0
+    while f"{name}_{i}" in env:
+        parts.append(env[f"{name}_{i}"])
+        i += 1
+    return "".join(parts)
+
+
 def shell_env(calls: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Environment for one shell that can run each named probe with its parameters."""
-    env = {LIB_VAR: _b64(library())}
+    env: dict[str, str] = {}
+    _chunked(env, LIB_VAR, _b64(library()))
     for name, params in calls.items():
         p = probe(name)
-        env[p.script_var] = _b64(p.script)
-        env[p.params_var] = _b64(json.dumps(params, sort_keys=True))
+        _chunked(env, p.script_var, _b64(p.script))
+        _chunked(env, p.params_var, _b64(json.dumps(params, sort_keys=True)))
     return env
 
 
@@ -88,8 +106,9 @@ def command(name: str) -> tuple[str, list[str]]:
     bootstrap = (
         "$ErrorActionPreference='Stop';"
         "[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false;"
-        "$d={param($n)[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String([Environment]::GetEnvironmentVariable($n)))};"
-        f"$env:CMSBOT_PARAMS=$env:{p.params_var};"
+        "$j={param($n)$p='';$i=0;while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
+        "$d={param($n)[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String((& $j $n)))};"
+        f"$CmsbotParams=(& $j '{p.params_var}');"
         f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
         f". ([ScriptBlock]::Create((& $d '{p.script_var}')))"
     )

@@ -7,8 +7,10 @@ $ProgressPreference = 'SilentlyContinue'
 $WarningPreference = 'SilentlyContinue'
 
 function Get-ProbeParams {
-    if (-not $env:CMSBOT_PARAMS) { return [pscustomobject]@{} }
-    $json = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($env:CMSBOT_PARAMS))
+    # $CmsbotParams: base64 JSON, joined by the bootstrap from the shell environment's chunks.
+    $b64 = Get-Variable -Name CmsbotParams -ValueOnly -ErrorAction SilentlyContinue
+    if (-not $b64) { return [pscustomobject]@{} }
+    $json = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($b64))
     return ($json | ConvertFrom-Json)
 }
 

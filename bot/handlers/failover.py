@@ -1,0 +1,71 @@
+"""/cms-failover [target-pool] [disaster] and /cms-recover: operators request, a read-only
+preflight job grades the plan, and an approval card goes to the channel."""
+
+from __future__ import annotations
+
+from bot.handlers import Deps, command_text, guarded, slack_request
+from bot.roles import Role
+from workers.jobs import PREFLIGHT_JOB
+from workers.topology import Role as PoolRole
+from workers.topology import UnknownTarget
+
+USAGE = "Usage: `/cms-failover [target-pool] [disaster]`, e.g. `/cms-failover pool02.contoso.com`"
+
+
+def parse_failover(text: str, deps: Deps) -> dict[str, str]:
+    args = {"mode": "normal"}
+    words = text.split()
+    if "disaster" in (w.lower() for w in words):
+        args["mode"] = "disaster"
+        words = [w for w in words if w.lower() != "disaster"]
+    if len(words) > 1:
+        raise ValueError(f"Too many words. {USAGE}")
+    if words:
+        try:
+            target = deps.topology.resolve(words[0])
+        except UnknownTarget:
+            pools = ", ".join(p.fqdn for p in deps.topology.pools if p.role is PoolRole.frontend)
+            raise ValueError(f"That is not a pool of this deployment. Front End pools: {pools}. {USAGE}") from None
+        if target.kind != "pool" or deps.topology.pool(target.name).role is not PoolRole.frontend:
+            raise ValueError(f"{target.name} is not a Front End pool: the CMS fails over between Front End pools.")
+        args["target"] = target.name
+    return args
+
+
+def register(app, deps: Deps) -> None:
+    def request(ack, command, name: str, args: dict[str, str]) -> None:
+        user, channel = command["user_id"], command["channel_id"]
+        req = slack_request(command, name, args, user=user, channel=channel)
+        deps.enqueue(req, PREFLIGHT_JOB, change=False,
+                     audit={"what": name.lstrip("/"), "target": args.get("target", "(default)"), "result": "requested",
+                            "detail": args.get("mode", "")})
+        ack()
+
+    def allowed(ack, command, what: str) -> bool:
+        if not deps.roles.channel_allowed(command["channel_id"]):
+            ack(text=deps.roles.refusal(Role.viewer, "use cms-chatops"))
+            return False
+        if not deps.roles.has(command["user_id"], Role.operator):
+            ack(text=deps.roles.refusal(Role.operator, what))
+            return False
+        return True
+
+    @app.command("/cms-failover")
+    @guarded
+    def cms_failover(ack, command):
+        if not allowed(ack, command, "request a CMS failover"):
+            return
+        try:
+            args = parse_failover(command_text(command), deps)
+        except ValueError as e:
+            return ack(text=str(e))
+        request(ack, command, "/cms-failover", args)
+
+    @app.command("/cms-recover")
+    @guarded
+    def cms_recover(ack, command):
+        if not allowed(ack, command, "request the CMS recovery"):
+            return
+        if command_text(command).strip():
+            return ack(text="`/cms-recover` takes no arguments: the plan is computed from the live deployment.")
+        request(ack, command, "/cms-recover", {})
