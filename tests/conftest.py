@@ -102,6 +102,7 @@ class LabProcess:
 
 class WorkerProcess:
     def __init__(self, workdir: Path, redis_url: str, topology: Path, **settings: str):
+        self.settings = settings
         self.log = workdir / f"worker-{time.monotonic_ns()}.log"
         self.env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
                         CMSBOT_WINRM_USERNAME=LAB_USER, CMSBOT_WINRM_PASSWORD=LAB_PASSWORD,
