@@ -30,7 +30,7 @@ from tests.slack_support import (
     parents,
     wait_for_verdict,
 )
-from workers.contract import AUDIT_STREAM, EVENTS_STREAM
+from workers.contract import AUDIT_STREAM, EVENTS_STREAM, id_for_delivery
 
 def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
     started = time.monotonic()
@@ -84,12 +84,13 @@ def test_rate_limits_are_retried_and_nothing_is_lost(bot, fake):
 
 def test_bot_restarted_mid_request_completes_the_thread_once(bot, fake, edge_lab, slack_redis):
     edge_lab.scenarios("hang:fe03.contoso.com")  # the job takes a host deadline
-    bot.command("/cms-status")
+    bot.command("/cms-status", trigger="trig-restart")
+    request_id = id_for_delivery("T0001", "trig-restart").encode()
     _wait(lambda: len(parents(fake)) == 1, 20, "no parent")
     bot.kill()
     conn = redis.Redis.from_url(slack_redis)
-    _wait(lambda: any(f[b"kind"] == b"result" for _, f in conn.xrevrange(EVENTS_STREAM, count=20)), 30,
-          "the job did not finish")
+    _wait(lambda: any(f[b"request"] == request_id and f[b"kind"] == b"result" for _, f in conn.xrange(EVENTS_STREAM)),
+          30, "the job did not finish")
     bot.start()
     parent = wait_for_verdict(fake)
     assert "could not be checked" in parent["text"]
