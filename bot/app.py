@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 
 from slack_bolt import App
@@ -35,6 +36,22 @@ def web_client(slack: SlackSettings) -> WebClient:
     )
 
 
+def _register_fallbacks(app: App) -> None:
+    """Anything no listener claimed (an old button, a command renamed in the manifest) gets a
+    plain answer, not Bolt's 404."""
+    from bot.commands import usage
+
+    @app.command(re.compile(".*"))
+    def unknown_command(ack):
+        ack(text=f"I do not know that command. {usage()}")
+
+    @app.action(re.compile(".*"))
+    def unknown_action(ack, respond):
+        ack()
+        respond(text="This button is no longer valid; run /cms-status again for fresh ones.",
+                response_type="ephemeral", replace_original=False)
+
+
 def build_app(deps: Deps, client: WebClient) -> App:
     app = App(
         client=client,
@@ -44,6 +61,7 @@ def build_app(deps: Deps, client: WebClient) -> App:
     )
     for module in (status, explain, replicate, failover, approval, help, remediate):
         module.register(app, deps)
+    _register_fallbacks(app)
 
     @app.error
     def on_error(error, body, logger):  # anything a listener did not handle itself

@@ -245,11 +245,20 @@ def cmd_worker(args) -> int:
         _topology(settings.topology)
     except SetupError as e:
         return _fail(e)
-    from workers.jobs import on_work_horse_killed
+    import threading
+
+    from workers.jobs import lost_reason, on_work_horse_killed
+    from workers.liveness import watch
 
     worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60,
                     work_horse_killed_handler=on_work_horse_killed)
-    worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
+    stop = threading.Event()
+    threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
+                     name="watchdog", daemon=True).start()
+    try:
+        worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
+    finally:
+        stop.set()
     return 0
 
 

@@ -17,6 +17,10 @@ HELP = {
                      "how to fix it", "/cms-explain Log Name: Lync Server Source: LS File Transfer Agent Service ..."),
     "/cms-replicate": ("/cms-replicate [pool|server]", "operators: force replication, wait the 2-3 minute delay, "
                        "re-check and report what changed", "/cms-replicate edge01.contoso.com"),
+    "/cms-failover": ("/cms-failover [target-pool] [disaster]", "operators: request a CMS failover; a read-only "
+                      "preflight grades it and another approver must approve the exact plan", "/cms-failover pool02.contoso.com"),
+    "/cms-recover": ("/cms-recover", "operators: request the CMS recovery runbook, computed from the live deployment, "
+                     "with the same approval", "/cms-recover"),
     "/cms-help": ("/cms-help", "this list", "/cms-help"),
 }
 MAX_LISTED = 25
@@ -37,7 +41,7 @@ def parse(text: str, topology: Topology) -> Command:
     if not words:
         raise CommandError("Type a command, e.g. `/cms-status`. " + usage())
     name, rest = words[0].lower(), words[1:]
-    if name not in HELP:
+    if name not in ("/cms-status", "/cms-replicate"):
         raise CommandError(f"Unknown command. {usage()}")
     if name in ("/cms-status", "/cms-replicate"):
         if len(rest) > 1:

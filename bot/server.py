@@ -25,6 +25,8 @@ from bot.reporter import Reporter
 from bot.roles import Roles
 from bot.slack_threads import SlackThreads
 from workers import approvals
+from workers.jobs import lost_reason
+from workers.liveness import watch
 from workers.contract import append_audit, append_event, queue
 from workers.settings import Settings
 from workers.topology import Topology
@@ -68,7 +70,9 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
     threads = SlackThreads(conn, client, listening)
     workers = [threading.Thread(target=_report, args=(conn, threads, stop), name="reporter", daemon=True),
                threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True),
-               threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True)]
+               threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True),
+               threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
+                                name="watchdog", daemon=True)]
     for t in workers:
         t.start()
 

@@ -67,7 +67,7 @@ class LabServer:
     synced_at: datetime | None = None  # last snapshot applied
     reported_at: datetime | None = None  # last status report the master received
     failing_since: datetime | None = None
-    fault: str | None = None  # None | "unreachable" | "hang"
+    fault: str | None = None  # None | "unreachable" | "hang" | one of FAULTS
 
     @property
     def netbios(self) -> str:
@@ -329,6 +329,28 @@ def _hang(state: LabState, s: LabServer | None) -> None:
     """WinRM accepts commands on the server but they never finish."""
     assert s
     s.fault = "hang"
+
+
+FAULTS = {
+    "fault-500": "WinRM answers HTTP 500 with a SOAP fault",
+    "fault-xml": "WinRM answers with malformed XML",
+    "fault-401": "WinRM rejects the credentials (HTTP 401)",
+    "fault-reset": "the connection is reset in the middle of a response",
+    "fault-trickle": "a response trickles in, a byte at a time, past any deadline",
+    "fault-codepage": "the shell ignores code page 65001 and writes output in code page 850",
+}
+
+
+def _fault(name: str) -> Scenario:
+    def apply_fault(state: LabState, s: LabServer | None) -> None:
+        assert s
+        s.fault = name
+    apply_fault.__doc__ = FAULTS[name]
+    return apply_fault
+
+
+for _name in FAULTS:
+    scenario(_name, "any")(_fault(_name))
 
 
 @scenario("edge-4443-blocked", "edge")

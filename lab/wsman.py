@@ -107,6 +107,10 @@ class Lab:
                 if response is None:  # the simulated host does not answer
                     writer.transport.abort()
                     return
+                fault = self._fault_of(path)
+                if fault in ("fault-reset", "fault-trickle") and b"ReceiveResponse" in response:
+                    await _misbehave(writer, response, fault)
+                    return
                 writer.write(response)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -128,8 +132,15 @@ class Lab:
         self.stats.requests[fqdn] = self.stats.requests.get(fqdn, 0) + 1
         if server.fault == "unreachable" or not server.winrm:
             return None
-        if headers.get("authorization") != self._auth:
+        if headers.get("authorization") != self._auth or server.fault == "fault-401":
             return _http(401, b"", "text/plain", extra={"WWW-Authenticate": 'Basic realm="WSMAN"'})
+        if server.fault == "fault-500":
+            return _http(500, _fault(Fault("The WS-Management service cannot process the request: the service is "
+                                           "overloaded (simulated).", code=2150859046)).encode(),
+                         "application/soap+xml;charset=UTF-8")
+        if server.fault == "fault-xml":
+            return _http(200, b"<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope'><s:Body><rsp:Receiv",
+                         "application/soap+xml;charset=UTF-8")
         try:
             xml = await self._soap(server, body)
             return _http(200, xml.encode("utf-8"), "application/soap+xml;charset=UTF-8")
@@ -251,8 +262,12 @@ class Lab:
                 raise Fault("The WS-Management service cannot complete the operation within the time specified in "
                             "OperationTimeout.", code=TIMED_OUT_CODE, subcode="w:TimedOut")
         if cmd.output is None:
-            cmd.output = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params,
-                                     bytes(cmd.stdin)).encode("utf-8") + b"\r\n"
+            text = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params, bytes(cmd.stdin))
+            if server.fault == "fault-codepage":  # what a shell left at code page 850 prints
+                text = text.replace("Volume license key installed", "Volumenlizenzschlüssel installiert")
+                cmd.output = text.encode("cp850", errors="replace") + b"\r\n"
+            else:
+                cmd.output = text.encode("utf-8") + b"\r\n"
         chunk = cmd.output[cmd.sent:cmd.sent + CHUNK]
         cmd.sent += len(chunk)
         done = cmd.sent >= len(cmd.output)
@@ -265,6 +280,10 @@ class Lab:
         else:
             streams += f'<rsp:CommandState CommandId="{command_id}" State="{RUNNING}"/>'
         return _envelope(SHELL_ACTION + "Receive", message_id, f"<rsp:ReceiveResponse>{streams}</rsp:ReceiveResponse>")
+
+    def _fault_of(self, path: str) -> str | None:
+        server = self.state.servers.get(path[len("/wsman/"):].strip("/").lower()) if path.startswith("/wsman/") else None
+        return server.fault if server else None
 
     # -- control API ------------------------------------------------------------------
     def _control(self, method: str, path: str, body: bytes) -> bytes:
@@ -307,6 +326,29 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
     length = min(int(headers.get("content-length", "0") or 0), MAX_BODY)
     body = await reader.readexactly(length) if length else b""
     return method, path, headers, body
+
+
+TRICKLE_FOR = 120.0  # seconds a trickling response keeps going
+
+
+async def _misbehave(writer: asyncio.StreamWriter, response: bytes, fault: str) -> None:
+    """A reset half-way through the body, or a body that arrives a byte at a time."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    if fault == "fault-reset":
+        writer.write(head + b"\r\n\r\n" + body[: len(body) // 2])
+        await writer.drain()
+        writer.transport.abort()
+        return
+    writer.write(head + b"\r\n\r\n")
+    await writer.drain()
+    stop = time.monotonic() + TRICKLE_FOR
+    for byte in body:
+        if time.monotonic() > stop:
+            break
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+    writer.transport.abort()
 
 
 def _http(status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> bytes:

@@ -29,8 +29,9 @@ LAB_PASSWORD = "lab-test-password"
 
 
 class RedisServer:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, durable: bool = False):
         self.workdir = workdir
+        self.durable = durable
         self.owned = shutil.which("redis-server") is not None
         if self.owned:
             self.port = free_port()
@@ -43,8 +44,9 @@ class RedisServer:
                 pytest.exit("no redis-server binary and REDIS_URL does not answer", returncode=3)
 
     def start(self) -> None:
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
              "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: answers(self.url), 10, "redis-server did not start")
 
@@ -55,6 +57,20 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (an RQ worker's work-horse runs in a session of its own)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
 
 
 def _wait(cond, timeout: float, message: str) -> None:
@@ -69,10 +85,10 @@ def _wait(cond, timeout: float, message: str) -> None:
 class LabProcess:
     """`cmsbot lab` on a free port, with its control API."""
 
-    def __init__(self, workdir: Path, *args: str):
+    def __init__(self, workdir: Path, *args: str, password: str = LAB_PASSWORD):
         self.topology = workdir / "topology.yaml"
         self.log = workdir / "lab.log"
-        env = dict(os.environ, CMSBOT_WINRM_USERNAME=LAB_USER, CMSBOT_WINRM_PASSWORD=LAB_PASSWORD)
+        env = dict(os.environ, CMSBOT_WINRM_USERNAME=LAB_USER, CMSBOT_WINRM_PASSWORD=password)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", "lab", "--port", "0", "--topology-out", str(self.topology), *args],
             env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
@@ -106,8 +122,8 @@ class WorkerProcess:
         self.log = workdir / f"worker-{time.monotonic_ns()}.log"
         self.env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
                         CMSBOT_WINRM_USERNAME=LAB_USER, CMSBOT_WINRM_PASSWORD=LAB_PASSWORD,
-                        CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http", CMSBOT_LOG_LEVEL="INFO",
-                        **{f"CMSBOT_{k.upper()}": v for k, v in settings.items()})
+                        CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http", CMSBOT_LOG_LEVEL="INFO")
+        self.env.update({f"CMSBOT_{k.upper()}": v for k, v in settings.items()})
         self.env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], env=self.env,
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)

@@ -29,11 +29,13 @@ APPROVER, APPROVER2, BOTH = "U0APPROVER", "U0APPROVER2", "U0BOTH"  # BOTH: opera
 
 
 class BotProcess:
-    def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake):
+    def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake, token: str = TOKEN,
+                 secret: str = SECRET):
+        self.secret = secret
         self.port = free_port()
         self.log = workdir / f"bot-{time.monotonic_ns()}.log"
         self.env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
-                        CMSBOT_SLACK_BOT_TOKEN=TOKEN, CMSBOT_SLACK_SIGNING_SECRET=SECRET,
+                        CMSBOT_SLACK_BOT_TOKEN=token, CMSBOT_SLACK_SIGNING_SECRET=secret,
                         CMSBOT_SLACK_API_URL=fake.base_url, CMSBOT_HTTP_PORT=str(self.port),
                         CMSBOT_HTTP_HOST="127.0.0.1", CMSBOT_SLACK_OPERATORS=f"{OPERATOR},{BOTH},S0OPS",
                         CMSBOT_SLACK_APPROVERS=f"{APPROVER},{APPROVER2},{BOTH}",
@@ -60,8 +62,9 @@ class BotProcess:
                 self.proc.kill()
 
     # -- Slack's side of the HTTP endpoint ------------------------------------------
-    def post(self, body: str, *, secret: str = SECRET, timestamp: int | None = None,
+    def post(self, body: str, *, secret: str | None = None, timestamp: int | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, str]:
+        secret = secret or self.secret
         ts = str(timestamp if timestamp is not None else int(time.time()))
         signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
         req = urllib.request.Request(

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -72,6 +73,16 @@ class Fleet:
         return self._shells[server]
 
     def run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
+        """Run probes on one server in order, within its deadline even if the server
+        trickles its answer a byte at a time (socket timeouts alone would not end that)."""
+        future = self._pool.submit(self._run, server, names, stdin)
+        try:
+            return future.result(timeout=self._settings.host_deadline + STRAGGLER_MARGIN)
+        except FutureTimeout:
+            return HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out, probe=names[0],
+                                                   reason="no complete answer within the host deadline"))
+
+    def _run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
         """Run probes on one server in order; stop at its first failure."""
         run = HostRun(server)
         shell = self._shell(server)
@@ -92,7 +103,7 @@ class Fleet:
 
     def run_all(self, plan: dict[str, list[str]], on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:
         """Run every server's probes in parallel; each result reported as it lands."""
-        futures: dict[Future[HostRun], str] = {self._pool.submit(self.run, s, names): s for s, names in plan.items()}
+        futures: dict[Future[HostRun], str] = {self._pool.submit(self._run, s, names): s for s, names in plan.items()}
         waves = math.ceil(len(plan) / self._settings.fanout) or 1
         give_up = time.monotonic() + self._settings.host_deadline * waves + STRAGGLER_MARGIN
         runs: dict[str, HostRun] = {}
@@ -113,7 +124,8 @@ class Fleet:
         for f in pending:  # stuck past every deadline: report, abandon the thread
             server = futures[f]
             runs[server] = HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out,
-                                                           reason="no answer within the host deadline"))
+                                                           probe=plan[server][0],
+                                                           reason="no complete answer within the host deadline"))
             if on_done:
                 on_done(runs[server])
         return runs

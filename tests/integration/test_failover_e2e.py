@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from tests.conftest import LAB_PASSWORD, LAB_USER, _wait
+from tests.conftest import LAB_PASSWORD, LAB_USER, _wait, children_of
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, blocks_text, parents
 from workers import approvals
 from workers import topology as topo
@@ -224,26 +224,13 @@ def test_each_failure_mode_is_recognised_and_recovery_restores_health(bot, fake,
     _wait(lambda: any(p["edits"] and p["text"].startswith("OK: 8/8") for p in parents(fake)), 40, "not healthy")
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
-
-
 def test_a_worker_killed_during_a_failover_never_runs_it_twice_and_says_the_outcome_is_unknown(
         bot, fake, edge_lab, slack_worker):
     edge_lab.scenarios()
     card = request_card(bot, fake)
     click(bot, fake, card, "approval-approve", APPROVER)
     wait_in_thread(fake, card, "waiting for convergence")
-    horses = _children(slack_worker.proc.pid)
+    horses = children_of(slack_worker.proc.pid)
     assert horses, "no work-horse found"
     for pid in horses:
         os.kill(pid, signal.SIGKILL)
