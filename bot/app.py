@@ -15,7 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import SlackSettings
-from bot.handlers import SAFE_ERROR, Deps
+from bot.handlers import SAFE_ERROR, Deps, just_ack
 from bot.handlers import approval, explain, failover, help, remediate, replicate, status
 
 log = logging.getLogger("cmsbot.slack")
@@ -45,18 +45,21 @@ def _register_fallbacks(app: App) -> None:
     def unknown_command(ack):
         ack(text=f"I do not know that command. {usage()}")
 
-    @app.action(re.compile(".*"))
-    def unknown_action(ack, respond):
-        ack()
+    def stale_button(respond):
         respond(text="This button is no longer valid; run /cms-status again for fresh ones.",
                 response_type="ephemeral", replace_original=False)
+
+    app.action(re.compile(".*"))(ack=just_ack, lazy=[stale_button])
 
 
 def build_app(deps: Deps, client: WebClient) -> App:
     app = App(
         client=client,
         signing_secret=deps.slack.signing_secret.get_secret_value() or None,
-        process_before_response=False,
+        # Listeners answer synchronously (commands do one pipelined Redis round trip, then ack);
+        # buttons ack at once and do their work in lazy listeners after the response. Without
+        # this, Bolt hands each request to a thread and polls for the ack every 10 ms.
+        process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
     for module in (status, explain, replicate, failover, approval, help, remediate):

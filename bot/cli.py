@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     bot = sub.add_parser("bot", help="run the Slack app (Socket Mode or HTTP /slack/events) and its reporter")
     bot.set_defaults(func=cmd_bot)
 
+    reporter = sub.add_parser("reporter", help="Slack delivery, dead-job watchdog, approval expiry "
+                                               "(`cmsbot bot` starts and supervises it)")
+    reporter.set_defaults(func=cmd_reporter)
+
     worker = sub.add_parser("worker", help="run an RQ worker on the project's queues")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.set_defaults(func=cmd_worker)
@@ -207,22 +211,39 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def cmd_bot(args) -> int:
+def _slack_settings():
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
     from bot.config import SlackSettings
+
+    try:
+        return SlackSettings()
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SetupError(f"Slack configuration error in {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    except SettingsError as e:
+        raise SetupError(f"Slack configuration error: {e}") from None
+
+
+def cmd_reporter(args) -> int:
+    from bot.server import run_reporter
+
+    try:
+        settings = _settings()
+        slack = _slack_settings()
+        conn = _redis(settings.redis_url)
+    except SetupError as e:
+        return _fail(e)
+    return run_reporter(settings, slack, conn)
+
+
+def cmd_bot(args) -> int:
     from bot.server import missing_settings, run
 
     try:
         settings = _settings()
-        try:
-            slack = SlackSettings()
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise SetupError(f"Slack configuration error in {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-        except SettingsError as e:
-            raise SetupError(f"Slack configuration error: {e}") from None
+        slack = _slack_settings()
         missing = missing_settings(slack)
         if missing:
             raise SetupError("the Slack app needs " + " and ".join(missing) + " (see the README's Slack section)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -27,6 +28,9 @@ class SlackSettings(BaseSettings):
     api_url: str = "https://slack.com/api/"
     http_port: int = Field(3000, validation_alias="CMSBOT_HTTP_PORT")
     http_host: str = Field("0.0.0.0", validation_alias="CMSBOT_HTTP_HOST")
+    # pre-forked processes serving /slack/events (acks use every core)
+    http_processes: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 4), ge=1, le=16,
+                                validation_alias="CMSBOT_HTTP_PROCESSES")
 
     # Roles: Slack user ids (U...) or user-group ids (S...), comma separated.
     channels: Ids = frozenset()  # viewers: where status and explain may run (empty: any channel)

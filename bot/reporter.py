@@ -35,6 +35,11 @@ class Reporter:
         self._backlog = True  # first read our own unacknowledged entries
         self._next_claim = 0.0
         self._attempts: dict[bytes, int] = {}
+        self.ensure_group(conn, group, start)
+
+    @staticmethod
+    def ensure_group(conn: redis.Redis, group: str, start: str = "$") -> None:
+        """Create the consumer group unless it exists (then its position is kept)."""
         try:
             conn.xgroup_create(EVENTS_STREAM, group, id=start, mkstream=True)
         except redis.ResponseError as e:

@@ -8,11 +8,13 @@ HTTP endpoint /slack/events (Bolt verifies every request's signature) and
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+import time
 
 import redis
 from rq import Worker
@@ -21,6 +23,7 @@ from rq.serializers import JSONSerializer
 from bot.app import build_app, web_client
 from bot.config import SlackSettings
 from bot.handlers import Deps
+from bot.http import make_server
 from bot.reporter import Reporter
 from bot.roles import Roles
 from bot.slack_threads import SlackThreads
@@ -34,17 +37,9 @@ from workers.topology import Topology
 log = logging.getLogger("cmsbot.bot")
 
 REPORTER_GROUP = "slack"
+REPORTER_NICENESS = 5
+WORKERS_FRESH = 5.0
 EXPIRY_EVERY = 2.0
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 256
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        log.debug("http: " + format, *args)
 
 
 def missing_settings(slack: SlackSettings) -> list[str]:
@@ -55,55 +50,121 @@ def missing_settings(slack: SlackSettings) -> list[str]:
 
 
 def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: Topology) -> int:
+    """Serve Slack (HTTP or Socket Mode) here; deliver in a supervised child process, so
+    acks never wait behind the reporter's work. Over HTTP, `http_processes` pre-forked
+    processes share the listening socket, so acks use every core."""
+    stop = threading.Event()
+    # The delivery group exists before the first command is acked: the reporter process
+    # may take a moment to start, and must still see every event from here on.
+    Reporter.ensure_group(conn, REPORTER_GROUP)
+    if slack.app_token.get_secret_value():
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        app, roles, client = _build(settings, slack, topology)
+        threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
+        threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True).start()
+        handler = SocketModeHandler(app, slack.app_token.get_secret_value())
+        signal.signal(signal.SIGTERM, lambda *_: (stop.set(), handler.close()))
+        print("cmsbot bot: connected to Slack in Socket Mode", flush=True)
+        try:
+            handler.start()
+        finally:
+            stop.set()
+        return 0
+
+    listener = socket.create_server((slack.http_host, slack.http_port), backlog=512)
+    children = []
+    for _ in range(max(1, slack.http_processes) - 1):
+        pid = os.fork()
+        if pid == 0:  # a serving child: its own app, clients and threads, built after the fork
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=threading.Event())
+            os._exit(0)
+        children.append(pid)
+    threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True).start()
+    port = listener.getsockname()[1]
+    print(f"cmsbot bot: listening on http://{slack.http_host}:{port}/slack/events "
+          f"({len(children) + 1} processes)", flush=True)
+    try:
+        _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=stop)
+    finally:
+        stop.set()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    return 0
+
+
+def _build(settings: Settings, slack: SlackSettings, topology: Topology):
     client = web_client(slack)
     roles = Roles(slack)
     # the listeners' own client: short timeouts, no retries, so a struggling Redis costs at
     # most about a second before the user gets a clear error instead of Slack's timeout
     fast = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     deps = Deps(conn=fast, settings=settings, slack=slack, topology=topology, roles=roles)
-    app = build_app(deps, client)
-    stop = threading.Event()
+    return build_app(deps, client), roles, client
 
-    def listening(queue_name: str) -> int:
-        return len(Worker.all(queue=queue(conn, queue_name), serializer=JSONSerializer))
 
-    threads = SlackThreads(conn, client, listening)
-    workers = [threading.Thread(target=_report, args=(conn, threads, stop), name="reporter", daemon=True),
-               threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True),
-               threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True),
-               threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
-                                name="watchdog", daemon=True)]
-    for t in workers:
-        t.start()
-
-    if slack.app_token.get_secret_value():
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        handler = SocketModeHandler(app, slack.app_token.get_secret_value())
-        signal.signal(signal.SIGTERM, lambda *_: (stop.set(), handler.close()))
-        print("cmsbot bot: connected to Slack in Socket Mode", flush=True)
-        handler.start()
-        return 0
-
-    from slack_bolt.adapter.wsgi import SlackRequestHandler
-
-    bolt = SlackRequestHandler(app)
-
-    def wsgi(environ, start_response):
-        if environ.get("PATH_INFO") == "/healthz":
-            ok = _redis_ok(conn)
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"ok" if ok else b"redis unreachable"]
-        return bolt(environ, start_response)
-
-    server = make_server(slack.http_host, slack.http_port, wsgi, server_class=_Server, handler_class=_QuietHandler)
+def _serve(listener: socket.socket, settings: Settings, slack: SlackSettings, topology: Topology, conn_url: str,
+           stop: threading.Event) -> None:
+    app, roles, client = _build(settings, slack, topology)
+    threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
+    health = redis.Redis.from_url(conn_url, socket_connect_timeout=1, socket_timeout=1)
+    server = make_server(listener, app, lambda: _redis_ok(health))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    print(f"cmsbot bot: listening on http://{slack.http_host}:{server.server_port}/slack/events", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
         stop.set()
-        server.server_close()
+
+
+def _supervise_reporter(stop: threading.Event) -> None:
+    """Keep one `cmsbot reporter` child running while the bot runs; stop it with the bot."""
+    child: subprocess.Popen | None = None
+    try:
+        while not stop.is_set():
+            if child is None or child.poll() is not None:
+                if child is not None:
+                    log.warning("the reporter exited with %s; restarting it", child.returncode)
+                child = subprocess.Popen([sys.executable, "-m", "bot.cli", "reporter"], stdin=subprocess.DEVNULL)
+            stop.wait(1.0)
+    finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) -> int:
+    """`cmsbot reporter`: Slack delivery, the dead-job watchdog and approval expiry."""
+    client = web_client(slack)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # acks are latency-critical (Slack allows 3 s), delivery is not: under CPU contention the
+    # serving processes go first
+    os.nice(REPORTER_NICENESS)
+    seen: dict[str, tuple[float, int]] = {}
+
+    def listening(queue_name: str) -> int:
+        """Workers on the queue, re-read at most every few seconds (not per event)."""
+        at, count = seen.get(queue_name, (0.0, 0))
+        if time.monotonic() - at > WORKERS_FRESH:
+            count = len(Worker.all(queue=queue(conn, queue_name), serializer=JSONSerializer))
+            seen[queue_name] = (time.monotonic(), count)
+        return count
+
+    threads = SlackThreads(conn, client, listening)
+    background = [threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True),
+                  threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
+                                   name="watchdog", daemon=True)]
+    for t in background:
+        t.start()
+    _report(conn, threads, stop)
     return 0
 
 

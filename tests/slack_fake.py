@@ -319,3 +319,13 @@ def fixture() -> Iterator[SlackFake]:
     """pytest fixture body: `slack = pytest.fixture(fixture, name="slack")` in a conftest or test module."""
     with SlackFake() as fake:
         yield fake
+
+
+if __name__ == "__main__":  # `python -m tests.slack_fake`: serve until stopped (benchmarks run it apart)
+    import signal
+    import sys
+
+    fake = SlackFake().start()
+    print(fake.base_url, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.pause()

@@ -55,6 +55,7 @@ class Fleet:
             transport=settings.winrm_transport,
             ca_bundle=str(settings.winrm_ca_bundle) if settings.winrm_ca_bundle else None,
             connect_timeout=settings.winrm_connect_timeout,
+            proxy=settings.winrm_proxy,
         )
         self._shells: dict[str, HostShell] = {}
         self._pool = ThreadPoolExecutor(max_workers=settings.fanout, thread_name_prefix="fleet")

@@ -29,10 +29,11 @@ class Settings(BaseSettings):
     winrm_scheme: Literal["https", "http"] = "https"
     winrm_ca_bundle: Path | None = None
     winrm_connect_timeout: float = Field(5.0, gt=0)
+    winrm_proxy: str | None = None  # e.g. http://proxy:8080; none by default
 
     # Deadlines and fan-out
     host_deadline: float = Field(30.0, gt=0, description="seconds one server may take for its probes in one job")
-    fanout: int = Field(32, ge=1, le=512, description="servers probed at once")
+    fanout: int = Field(256, ge=1, le=1024, description="servers probed at once (I/O-bound threads)")
     chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
     replication_wait: float = Field(150.0, ge=0, description="seconds between forcing replication and re-checking")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 
 class Version(str, Enum):
@@ -94,9 +94,21 @@ class Topology(_Strict):
 
     _lower = field_validator("cms_pool")(_fqdn)
 
-    # -- lookups -----------------------------------------------------------
+    # -- lookups, indexed once: a job looks servers up for every server it checks ---------
+    _pools_by_name: dict[str, Pool] = PrivateAttr(default_factory=dict)
+    _pool_of_server: dict[str, Pool] = PrivateAttr(default_factory=dict)
+    _servers_by_name: dict[str, Server] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        self._pools_by_name.update({p.fqdn: p for p in self.pools})
+        self._pool_of_server.update({s.fqdn: p for p in self.pools for s in p.servers})
+        self._servers_by_name.update({s.fqdn: s for p in self.pools for s in p.servers})
+
     def pool(self, fqdn: str) -> Pool:
-        return next(p for p in self.pools if p.fqdn.lower() == fqdn.lower())
+        try:
+            return self._pools_by_name[fqdn.lower()]
+        except KeyError:
+            raise StopIteration(fqdn) from None
 
     @property
     def cms(self) -> Pool:
@@ -107,10 +119,16 @@ class Topology(_Strict):
         return [s for p in self.pools for s in p.servers]
 
     def server(self, fqdn: str) -> Server:
-        return next(s for s in self.servers if s.fqdn.lower() == fqdn.lower())
+        try:
+            return self._servers_by_name[fqdn.lower()]
+        except KeyError:
+            raise StopIteration(fqdn) from None
 
     def pool_of(self, server_fqdn: str) -> Pool:
-        return next(p for p in self.pools if any(s.fqdn.lower() == server_fqdn.lower() for s in p.servers))
+        try:
+            return self._pool_of_server[server_fqdn.lower()]
+        except KeyError:
+            raise StopIteration(server_fqdn) from None
 
     def role_of(self, server_fqdn: str) -> Role:
         return self.pool_of(server_fqdn).role

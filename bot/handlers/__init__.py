@@ -60,6 +60,11 @@ def slack_request(payload: dict[str, Any], command: str, args: dict[str, str], *
                    thread=thread, origin="slack")
 
 
+def just_ack(ack) -> None:
+    """A button's ack: immediate; its work runs in a lazy listener after the response."""
+    ack()
+
+
 def guarded(listener: Callable[..., None]) -> Callable[..., None]:
     """Any unexpected error: logged with a reference, answered with a short safe message."""
 

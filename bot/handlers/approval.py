@@ -4,7 +4,7 @@ decision atomic in Redis; only the decision that crosses the threshold starts it
 from __future__ import annotations
 
 from bot.blocks import APPROVE_ACTION, DENY_ACTION
-from bot.handlers import Deps, guarded, slack_request
+from bot.handlers import Deps, guarded, just_ack, slack_request
 from bot.roles import Role
 from workers import approvals
 from workers.contract import append_event
@@ -19,17 +19,16 @@ ANSWERS = {
 
 
 def register(app, deps: Deps) -> None:
-    @app.action(APPROVE_ACTION)
     @guarded
-    def approve(ack, body, respond):
-        ack()
+    def approve(body, respond):
         decide(body, respond, approve=True)
 
-    @app.action(DENY_ACTION)
     @guarded
-    def deny(ack, body, respond):
-        ack()
+    def deny(body, respond):
         decide(body, respond, approve=False)
+
+    app.action(APPROVE_ACTION)(ack=just_ack, lazy=[approve])
+    app.action(DENY_ACTION)(ack=just_ack, lazy=[deny])
 
     def decide(body, respond, approve: bool) -> None:
         user = str((body.get("user") or {}).get("id") or "")

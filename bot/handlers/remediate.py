@@ -6,7 +6,7 @@ import json
 import re
 
 from bot.blocks import ACTION_PREFIX
-from bot.handlers import Deps, guarded, slack_request
+from bot.handlers import Deps, guarded, just_ack, slack_request
 from bot.slack_threads import parent_key
 from workers.contract import load_request
 from bot.roles import Role
@@ -30,10 +30,8 @@ def thread_scope(deps: Deps, channel: str, thread: str | None) -> str:
 
 
 def register(app, deps: Deps) -> None:
-    @app.action(re.compile(f"^{ACTION_PREFIX}"))
     @guarded
-    def on_remediate(ack, body, respond):
-        ack()
+    def on_remediate(body, respond):
         user = str((body.get("user") or {}).get("id") or "")
         channel = str((body.get("channel") or {}).get("id") or "")
         container = body.get("container") or {}
@@ -61,3 +59,5 @@ def register(app, deps: Deps) -> None:
         req = slack_request(body, "remediate", args, user=user, channel=channel, thread=thread)
         deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"started: {action}"},
                      audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})
+
+    app.action(re.compile(f"^{ACTION_PREFIX}"))(ack=just_ack, lazy=[on_remediate])

@@ -12,22 +12,6 @@
 Invoke-Probe -Name 'ad-membership' -Version 1 -NoModule -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of a JSON parameter object, or $Default when absent or null.
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
-    function Get-ListField {
-        # Always an array (a one-element or empty list too), without nulls.
-        param($Object, [string]$Name)
-        $value = Get-Field $Object $Name $null
-        return ,@($value | Where-Object { $null -ne $_ })
-    }
-
     function ConvertTo-LdapFilterValue {
         # RFC 4515 assertion value: \ * ( ) and NUL become \5c \2a \28 \29 \00.
         param([string]$Value)

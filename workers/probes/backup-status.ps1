@@ -11,23 +11,6 @@
 Invoke-Probe -Name 'backup-status' -Version 1 -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of an object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
-    function Get-ListField {
-        # Always an array (a one-element or empty list too), without nulls.
-        param($Object, [string]$Name)
-        $value = Get-Field $Object $Name $null
-        return ,@($value | Where-Object { $null -ne $_ })
-    }
-
     function Assert-Property {
         # Fail (into the pool's Error) rather than report a wrong empty value
         # when a cmdlet's object does not have the property we rely on.
@@ -35,16 +18,6 @@ Invoke-Probe -Name 'backup-status' -Version 1 -Body {
         if ($null -ne $Object.PSObject.Properties[$Name]) { return }
         $names = @($Object.PSObject.Properties | ForEach-Object { [string]$_.Name })
         throw ($What + ' has no ' + $Name + ' property (it has: ' + ($names -join ', ') + ')')
-    }
-
-    function Get-ErrorMessage {
-        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
-        param($ErrorRecord)
-        $ex = $ErrorRecord.Exception
-        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
-            $ex = $ex.InnerException
-        }
-        return [string]$ex.Message
     }
 
     $pools = Get-ListField $Params 'pools'

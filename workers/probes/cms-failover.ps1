@@ -29,16 +29,6 @@
 Invoke-Probe -Name 'cms-failover' -Version 1 -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of a JSON parameter object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
     function Get-OptionalText {
         # An optional string parameter: $null when absent, null or "".
         param($Object, [string]$Name)
@@ -51,9 +41,7 @@ Invoke-Probe -Name 'cms-failover' -Version 1 -Body {
 
     function Assert-Fqdn {
         param([string]$Name, $Value)
-        # \z, not $: in .NET '$' also matches before a trailing newline.
-        $pattern = '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\z'
-        if ($Value -isnot [string] -or $Value.Length -gt 253 -or $Value -notmatch $pattern) {
+        if (-not (Test-Fqdn $Value)) {
             throw ('parameter ' + $Name + ' is not a valid FQDN')
         }
     }
@@ -63,48 +51,6 @@ Invoke-Probe -Name 'cms-failover' -Version 1 -Body {
         if ($Value -isnot [string] -or $Value -notmatch '^[A-Za-z0-9_$]{1,16}\z') {
             throw ('parameter ' + $Name + ' must match ^[A-Za-z0-9_$]{1,16}$')
         }
-    }
-
-    function Get-RecordMessage {
-        # An error record as text: its ErrorDetails, then the messages of the
-        # exception and its inner exceptions not already said, joined by ' ---> '.
-        param($Record)
-        $ex = $Record.Exception
-        if ($ex -is [System.Management.Automation.ActionPreferenceStopException] -and $null -ne $ex.ErrorRecord) {
-            $Record = $ex.ErrorRecord
-            $ex = $Record.Exception
-        }
-        $parts = New-Object -TypeName System.Collections.Generic.List[string]
-        $details = $Record.ErrorDetails
-        if ($null -ne $details -and -not [string]::IsNullOrWhiteSpace([string]$details.Message)) {
-            $parts.Add(([string]$details.Message).Trim())
-        }
-        $depth = 0
-        while ($null -ne $ex -and $depth -lt 8) {
-            $text = ([string]$ex.Message).Trim()
-            if ($text -ne '') {
-                $said = $false
-                foreach ($part in $parts) {
-                    if ($part.IndexOf($text, [StringComparison]::Ordinal) -ge 0) { $said = $true }
-                }
-                if (-not $said) { $parts.Add($text) }
-            }
-            $ex = $ex.InnerException
-            $depth++
-        }
-        if ($parts.Count -eq 0) { $parts.Add(([string]$Record).Trim()) }
-        return ($parts -join ' ---> ')
-    }
-
-    function Limit-Text {
-        # At most $Max characters: the head and the tail, with a marker between.
-        param([string]$Text, [int]$Max)
-        if ($Text.Length -le $Max) { return $Text }
-        $marker = "`n... [output cut: " + [string]$Text.Length + " characters in all] ...`n"
-        $keep = $Max - $marker.Length
-        $head = [int][Math]::Floor($keep / 2)
-        $tail = $keep - $head
-        return $Text.Substring(0, $head) + $marker + $Text.Substring($Text.Length - $tail)
     }
 
     # -- the parameters: checked in full before anything runs --
@@ -184,56 +130,6 @@ Invoke-Probe -Name 'cms-failover' -Version 1 -Body {
     $words.Add('-WarningAction Continue')
     $command = $words -join ' '
 
-    if ($null -eq (Get-Command -Name 'Invoke-CsManagementServerFailover' -ErrorAction SilentlyContinue)) {
-        throw 'Invoke-CsManagementServerFailover is not available on this server (it came with Lync Server 2013; Lync Server 2010 moves the CMS with Move-CsManagementServer); nothing was run'
-    }
-
-    # -- run it, keeping everything it says --
-    # Items are collected as they stream, so what came before a terminating
-    # error is kept; the terminating error itself is caught as a record.
-    $items = New-Object -TypeName System.Collections.Generic.List[object]
-    $startedAt = [DateTime]::UtcNow
-    try {
-        & {
-            $ErrorActionPreference = 'Continue'
-            $WarningPreference = 'Continue'
-            Invoke-CsManagementServerFailover @splat
-        } 2>&1 3>&1 4>&1 | ForEach-Object { $items.Add($_) }
-    } catch {
-        $items.Add($_)
-    }
-    $collectedAt = [DateTime]::UtcNow
-
-    # -- sort what it said --
-    $warnings = New-Object -TypeName System.Collections.Generic.List[string]
-    $errors = New-Object -TypeName System.Collections.Generic.List[string]
-    $chunks = New-Object -TypeName System.Collections.Generic.List[string]
-    foreach ($item in $items) {
-        if ($null -eq $item) { continue }
-        if ($item -is [System.Management.Automation.WarningRecord]) {
-            $warnings.Add(([string]$item.Message).Trim())
-        } elseif ($item -is [System.Management.Automation.ErrorRecord]) {
-            $errors.Add((Get-RecordMessage $item))
-        } elseif ($item -is [System.Management.Automation.VerboseRecord]) {
-            $chunks.Add('VERBOSE: ' + ([string]$item.Message).TrimEnd())
-        } elseif ($item -is [System.Management.Automation.DebugRecord]) {
-            $chunks.Add('DEBUG: ' + ([string]$item.Message).TrimEnd())
-        } elseif ($item -is [string]) {
-            $chunks.Add($item.TrimEnd())
-        } else {
-            $chunks.Add(($item | Out-String -Width 4096).TrimEnd())
-        }
-    }
-    $output = Limit-Text (($chunks -join "`n").Trim()) 20000
-
-    return [ordered]@{
-        CollectedAt = $collectedAt
-        StartedAt   = $startedAt
-        Mode        = $mode
-        Command     = $command
-        Succeeded   = ($errors.Count -eq 0)
-        Warnings    = ConvertTo-StringList $warnings.ToArray()
-        Errors      = ConvertTo-StringList $errors.ToArray()
-        Output      = $output
-    }
+    # Checks the cmdlet exists, runs it and returns the data (see _lib.ps1).
+    return Invoke-CapturedFailover -Mode $mode -Command $command -Splat $splat
 }

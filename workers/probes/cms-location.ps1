@@ -21,16 +21,6 @@
 Invoke-Probe -Name 'cms-location' -Version 1 -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of an object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
     function Get-Text {
         # A value as trimmed text, '' for null.
         param($Value)
@@ -46,16 +36,6 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
         if ($Value -is [bool]) { return $Value }
         if ($Value -is [string]) { return [string]::Equals($Value.Trim(), 'True', [StringComparison]::OrdinalIgnoreCase) }
         return [bool]$Value
-    }
-
-    function Get-ErrorMessage {
-        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
-        param($ErrorRecord)
-        $ex = $ErrorRecord.Exception
-        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
-            $ex = $ex.InnerException
-        }
-        return [string]$ex.Message
     }
 
     function Get-PropertyNames {
@@ -136,23 +116,8 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
     }
 
     # -- the parameter: a list of valid pool FQDNs (may be empty) --
-    # \z, not $: in .NET '$' also matches before a trailing newline.
-    $fqdnPattern = '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\z'
-    $requested = New-Object -TypeName System.Collections.Generic.List[string]
-    foreach ($item in @(Get-Field $Params 'pools' $null)) {
-        if ($null -eq $item) { continue }
-        if ($item -isnot [string]) {
-            throw 'parameter pools must hold only strings (pool FQDNs)'
-        }
-        if ($item.Length -gt 253 -or $item -notmatch $fqdnPattern) {
-            throw ('parameter pools holds an invalid FQDN: "' + $item + '"')
-        }
-        $seen = $false
-        foreach ($previous in $requested) {
-            if ([string]::Equals($previous, $item, [StringComparison]::OrdinalIgnoreCase)) { $seen = $true }
-        }
-        if (-not $seen) { $requested.Add($item) }
-    }
+    # @(...): the value as the probe always collected it (absent is one null, skipped).
+    $requested = ConvertTo-FqdnList -Items @(Get-Field $Params 'pools' $null) -Name 'pools' -Noun 'pool' -SkipNull
     if ($requested.Count -gt 50) {
         throw 'parameter pools holds more than 50 pools'
     }
@@ -227,7 +192,7 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
     } else {
         foreach ($service in $services) {
             $pool = [string]$service['PoolFqdn']
-            if ($pool -eq '' -or $pool.Length -gt 253 -or $pool -notmatch $fqdnPattern) { continue }
+            if (-not (Test-Fqdn $pool)) { continue }
             $seen = $false
             foreach ($previous in $poolList) {
                 if ([string]::Equals($previous, $pool, [StringComparison]::OrdinalIgnoreCase)) { $seen = $true }

@@ -14,116 +14,12 @@
 Invoke-Probe -Name 'export-configuration' -Version 1 -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of a JSON parameter object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
-    function Get-Sha256Hex {
-        # Uppercase hex SHA-256, as Get-FileHash prints it. The CryptoServiceProvider class
-        # rather than Get-FileHash's SHA256Managed, which throws on servers
-        # enforcing FIPS-compliant algorithms.
-        param([byte[]]$Bytes)
-        $sha = New-Object -TypeName System.Security.Cryptography.SHA256CryptoServiceProvider
-        try {
-            $hash = $sha.ComputeHash($Bytes)
-        } finally {
-            $sha.Dispose()
-        }
-        return ([BitConverter]::ToString($hash) -replace '-', '').ToUpperInvariant()
-    }
-
-    function Initialize-CmsbotFolder {
-        # %ProgramData%\cmsbot\<Leaf>, created when missing. The cmsbot folder
-        # is created with a protected ACL (SYSTEM, Administrators and the
-        # account running the probe; nothing inherited from ProgramData, where
-        # every user may read and create folders). Both folders must be owned
-        # by one of those, so no other local user can swap the file between
-        # its checks and its use.
-        param([string]$Leaf)
-        $programData = [string]$env:ProgramData
-        if ($programData -eq '') { $programData = [Environment]::GetFolderPath('CommonApplicationData') }
-        if ($programData -eq '') { throw 'the ProgramData folder is unknown on this server' }
-        $root = [System.IO.Path]::GetFullPath([System.IO.Path]::Combine($programData, 'cmsbot'))
-        $folder = [System.IO.Path]::Combine($root, $Leaf)
-
-        $trusted = @(
-            (New-Object -TypeName System.Security.Principal.SecurityIdentifier -ArgumentList 'S-1-5-18'),
-            (New-Object -TypeName System.Security.Principal.SecurityIdentifier -ArgumentList 'S-1-5-32-544'),
-            [System.Security.Principal.WindowsIdentity]::GetCurrent().User
-        )
-        if (-not [System.IO.Directory]::Exists($root)) {
-            $security = New-Object -TypeName System.Security.AccessControl.DirectorySecurity
-            $security.SetAccessRuleProtection($true, $false)
-            $inherit = [System.Security.AccessControl.InheritanceFlags]'ContainerInherit, ObjectInherit'
-            $propagate = [System.Security.AccessControl.PropagationFlags]::None
-            $full = [System.Security.AccessControl.FileSystemRights]::FullControl
-            $allow = [System.Security.AccessControl.AccessControlType]::Allow
-            foreach ($sid in $trusted) {
-                $rule = New-Object -TypeName System.Security.AccessControl.FileSystemAccessRule -ArgumentList $sid, $full, $inherit, $propagate, $allow
-                $security.AddAccessRule($rule)
-            }
-            $null = [System.IO.Directory]::CreateDirectory($root, $security)
-        }
-        $null = [System.IO.Directory]::CreateDirectory($folder)
-        foreach ($dir in $root, $folder) {
-            $attributes = [System.IO.File]::GetAttributes($dir)
-            if (([int]$attributes -band [int][System.IO.FileAttributes]::ReparsePoint) -ne 0) {
-                throw ('refusing ' + $dir + ': it is a link (reparse point), not a folder')
-            }
-            $ownerSid = [System.IO.Directory]::GetAccessControl($dir, [System.Security.AccessControl.AccessControlSections]::Owner).GetOwner([System.Security.Principal.SecurityIdentifier])
-            $ok = $false
-            foreach ($sid in $trusted) {
-                if ($null -ne $sid -and $sid.Equals($ownerSid)) { $ok = $true }
-            }
-            if (-not $ok) {
-                $ownerName = [string]$ownerSid
-                try {
-                    $ownerName = [string]$ownerSid.Translate([System.Security.Principal.NTAccount]) + ' (' + [string]$ownerSid + ')'
-                } catch {
-                    $null = $_
-                }
-                throw ('refusing ' + $dir + ': it is owned by ' + $ownerName + ', not by SYSTEM, Administrators or the account running this probe')
-            }
-        }
-        return $folder
-    }
-
     # -- the parameter: a bare file name, so the path stays in the folder --
-    # -cmatch and \z: exact case, and no trailing newline let through by '$'.
-    $namePattern = '^cmsbot-export-[A-Za-z0-9-]{1,64}\.zip\z'
-    $fileName = Get-Field $Params 'fileName' $null
-    if ($null -eq $fileName) {
-        throw 'parameter fileName is required: a bare name like cmsbot-export-<id>.zip'
-    }
-    if ($fileName -isnot [string] -or $fileName -cnotmatch $namePattern) {
-        throw 'parameter fileName must be a bare file name matching ^cmsbot-export-[A-Za-z0-9-]{1,64}\.zip$'
-    }
+    $fileName = Get-CmsbotZipName $Params 'cmsbot-export'
+    $path = Get-CmsbotFilePath 'exports' $fileName
 
-    $folder = Initialize-CmsbotFolder 'exports'
-    $path = [System.IO.Path]::GetFullPath([System.IO.Path]::Combine($folder, $fileName))
-    if (-not $path.StartsWith($folder.TrimEnd('\') + '\', [StringComparison]::OrdinalIgnoreCase)) {
-        throw ('refusing a path outside ' + $folder)
-    }
-
-    if ([System.IO.File]::Exists($path) -or [System.IO.Directory]::Exists($path)) {
-        throw ('the export file already exists and is kept as a backup; choose a new fileName: ' + $path)
-    }
-
-    $null = Export-CsConfiguration -FileName $path -ErrorAction Stop
-    if (-not [System.IO.File]::Exists($path)) {
-        throw ('Export-CsConfiguration returned without error but wrote no file at ' + $path)
-    }
-
-    $bytes = [System.IO.File]::ReadAllBytes($path)
-    if ($bytes.Length -eq 0) {
-        throw ('Export-CsConfiguration wrote an empty file at ' + $path)
-    }
+    # -- export from the Central Management Store (never over an existing file) --
+    $bytes = Export-CmsbotConfiguration $path ''
 
     return [ordered]@{
         CollectedAt = [DateTime]::UtcNow

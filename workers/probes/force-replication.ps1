@@ -16,39 +16,13 @@
 Invoke-Probe -Name 'force-replication' -Version 1 -Body {
     param($Params)
 
-    function Get-ErrorMessage {
-        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
-        param($ErrorRecord)
-        $ex = $ErrorRecord.Exception
-        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
-            $ex = $ex.InnerException
-        }
-        return [string]$ex.Message
-    }
-
-    # \z, not $: in .NET '$' also matches before a trailing newline.
-    $fqdnPattern = '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\z'
-
     # -- the parameter: present, a list of valid FQDNs --
     $property = $null
     if ($null -ne $Params) { $property = $Params.PSObject.Properties['replicas'] }
     if ($null -eq $property -or $null -eq $property.Value) {
         throw 'parameter replicas is required: a list of replica FQDNs, or an empty list for all replicas'
     }
-    $requested = New-Object -TypeName System.Collections.Generic.List[string]
-    foreach ($item in @($property.Value)) {
-        if ($item -isnot [string]) {
-            throw 'parameter replicas must hold only strings (replica FQDNs)'
-        }
-        if ($item.Length -gt 253 -or $item -notmatch $fqdnPattern) {
-            throw ('parameter replicas holds an invalid FQDN: "' + $item + '"')
-        }
-        $seen = $false
-        foreach ($previous in $requested) {
-            if ([string]::Equals($previous, $item, [StringComparison]::OrdinalIgnoreCase)) { $seen = $true }
-        }
-        if (-not $seen) { $requested.Add($item) }
-    }
+    $requested = ConvertTo-FqdnList -Items $property.Value -Name 'replicas' -Noun 'replica'
 
     $errors = New-Object -TypeName System.Collections.Generic.List[object]
     # The moment replication was requested: the caller's 2-3 minute grace

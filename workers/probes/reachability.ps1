@@ -18,32 +18,6 @@
 Invoke-Probe -Name 'reachability' -Version 1 -NoModule -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of a JSON parameter object, or $Default when absent or null.
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
-    function Get-ListField {
-        # Always an array (a one-element or empty list too), without nulls.
-        param($Object, [string]$Name)
-        $value = Get-Field $Object $Name $null
-        return ,@($value | Where-Object { $null -ne $_ })
-    }
-
-    function Get-ErrorMessage {
-        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
-        param($ErrorRecord)
-        $ex = $ErrorRecord.Exception
-        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
-            $ex = $ex.InnerException
-        }
-        return [string]$ex.Message
-    }
-
     function Get-ConnectFailure {
         # The SocketError name ('ConnectionRefused', 'HostNotFound', ...) when
         # there is a SocketException in the chain, otherwise the message.

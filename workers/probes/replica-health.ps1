@@ -17,26 +17,6 @@
 Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of an object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
-    function Get-ErrorMessage {
-        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
-        param($ErrorRecord)
-        $ex = $ErrorRecord.Exception
-        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
-            $ex = $ex.InnerException
-        }
-        return [string]$ex.Message
-    }
-
     function ConvertTo-ShareRight {
         # Get-SmbShareAccess gives the AccessRight enum; the CIM value is a number.
         param($Value)

@@ -11,16 +11,6 @@
 Invoke-Probe -Name 'replication-events' -Version 1 -NoModule -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of a JSON parameter object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
     function Test-NoMatchingEvents {
         # Get-WinEvent reports "nothing matched" as an error; the id is not localized.
         param($ErrorRecord)

@@ -15,26 +15,6 @@
 Invoke-Probe -Name 'start-service' -Version 1 -Body {
     param($Params)
 
-    function Get-Field {
-        # A property of a JSON parameter object, or $Default when absent or null
-        # (StrictMode forbids reading a property that does not exist).
-        param($Object, [string]$Name, $Default)
-        if ($null -eq $Object) { return $Default }
-        $property = $Object.PSObject.Properties[$Name]
-        if ($null -eq $property -or $null -eq $property.Value) { return $Default }
-        return $property.Value
-    }
-
-    function Get-ErrorMessage {
-        # The real exception's message, not PowerShell's 'Exception calling ...' wrapper.
-        param($ErrorRecord)
-        $ex = $ErrorRecord.Exception
-        while ($ex -is [System.Management.Automation.ExtendedTypeSystemException] -and $null -ne $ex.InnerException) {
-            $ex = $ex.InnerException
-        }
-        return [string]$ex.Message
-    }
-
     function Get-ServiceStatus {
         # The service's status as text ("Running", "Stopped", ...): from
         # Get-CsWindowsService when it answers, else from Get-Service.

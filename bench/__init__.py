@@ -1,0 +1,1 @@
+"""Benchmarks against real parts on this machine. `python -m bench <name>|all`."""
