@@ -81,7 +81,8 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
             _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=threading.Event())
             os._exit(0)
         children.append(pid)
-    threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True).start()
+    supervisor = threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True)
+    supervisor.start()
     port = listener.getsockname()[1]
     print(f"cmsbot bot: listening on http://{slack.http_host}:{port}/slack/events "
           f"({len(children) + 1} processes)", flush=True)
@@ -89,6 +90,7 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
         _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=stop)
     finally:
         stop.set()
+        supervisor.join(15)  # it stops the reporter process: never leave it orphaned
         for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
