@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 
 from bench.harness import _wait, children_of, parts, percentile, rss_kb, summary_ms
 

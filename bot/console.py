@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import redis
-from rq import Callback, Worker
-from rq.serializers import JSONSerializer
+from rq import Callback
 
 from bot import commands, render
 from bot.reporter import Reporter
-from workers.contract import STATUS, Event, Request, queue, queue_name, submit
+from workers.contract import STATUS, Event, Request, queue_name, submit, workers_on
 from workers.jobs import FAILURE_CALLBACK, STATUS_JOB
 from workers.models import StatusReport
 from workers.settings import Settings
@@ -24,8 +23,7 @@ EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_RUN = 0, 1, 2
 
 
 def workers_listening(conn: redis.Redis, settings: Settings) -> int:
-    name = queue_name(settings.queue_prefix, STATUS)
-    return len(Worker.all(queue=queue(conn, name), serializer=JSONSerializer))
+    return workers_on(conn, queue_name(settings.queue_prefix, STATUS))
 
 
 class ConsoleThread:

@@ -17,8 +17,6 @@ import threading
 import time
 
 import redis
-from rq import Worker
-from rq.serializers import JSONSerializer
 
 from bot.app import build_app, web_client
 from bot.config import SlackSettings
@@ -30,7 +28,7 @@ from bot.slack_threads import SlackThreads
 from workers import approvals
 from workers.jobs import lost_reason
 from workers.liveness import watch
-from workers.contract import append_audit, append_event, queue
+from workers.contract import append_audit, append_event, workers_on
 from workers.settings import Settings
 from workers.topology import Topology
 
@@ -156,7 +154,7 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
         """Workers on the queue, re-read at most every few seconds (not per event)."""
         at, count = seen.get(queue_name, (0.0, 0))
         if time.monotonic() - at > WORKERS_FRESH:
-            count = len(Worker.all(queue=queue(conn, queue_name), serializer=JSONSerializer))
+            count = workers_on(conn, queue_name)
             seen[queue_name] = (time.monotonic(), count)
         return count
 

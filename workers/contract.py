@@ -106,6 +106,13 @@ def queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn, serializer=JSONSerializer)
 
 
+def workers_on(conn: redis.Redis, name: str) -> int:
+    """Live workers listening on a queue (dead ones drop out after their TTL)."""
+    from rq import Worker
+
+    return len(Worker.all(queue=queue(conn, name), serializer=JSONSerializer))
+
+
 def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str, timeout: int,
            accepted: dict[str, Any] | None = None, audit: dict[str, Any] | None = None, **job_options: Any) -> None:
     """Store the request, enqueue its job and, when given, append its `accepted`

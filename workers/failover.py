@@ -36,7 +36,7 @@ from workers.parsers import ParseError, parse_backup_status, parse_cms_status, p
 from workers.ps_json import as_bool, as_fqdn, as_list, as_str
 from workers.settings import Settings
 from workers.status import cms_candidates
-from workers.topology import Role, Topology
+from workers.topology import Topology
 
 log = logging.getLogger(__name__)
 

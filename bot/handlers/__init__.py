@@ -17,8 +17,9 @@ from typing import Any, Callable
 import redis
 from rq import Callback
 
+from bot import commands
 from bot.config import SlackSettings
-from bot.roles import Roles
+from bot.roles import Role, Roles
 from workers.contract import CHANGE, STATUS, Request, id_for_delivery, queue_name, submit
 from workers.jobs import FAILURE_CALLBACK
 from workers.settings import Settings
@@ -63,6 +64,27 @@ def slack_request(payload: dict[str, Any], command: str, args: dict[str, str], *
 def just_ack(ack) -> None:
     """A button's ack: immediate; its work runs in a lazy listener after the response."""
     ack()
+
+
+def permitted(ack, command: dict[str, Any], deps: Deps, what: str, role: Role | None = None) -> bool:
+    """The channel allow-list, then the role; a refusal is acked to the user, naming the role."""
+    if not deps.roles.channel_allowed(command["channel_id"]):
+        ack(text=deps.roles.refusal(Role.viewer, what))
+        return False
+    if role is not None and not deps.roles.has(command["user_id"], role):
+        ack(text=deps.roles.refusal(role, what))
+        return False
+    return True
+
+
+def scoped_request(ack, command: dict[str, Any], deps: Deps, name: str) -> Request | None:
+    """`<name> [pool|server]` resolved against the topology; an unknown name is acked with the known ones."""
+    try:
+        parsed = commands.parse(f"{name} {command_text(command)}", deps.topology)
+    except commands.CommandError as e:
+        ack(text=str(e))
+        return None
+    return slack_request(command, name, parsed.args, user=command["user_id"], channel=command["channel_id"])
 
 
 def guarded(listener: Callable[..., None]) -> Callable[..., None]:

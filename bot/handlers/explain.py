@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from bot import blocks
-from bot.handlers import Deps, command_text, guarded
-from bot.roles import Role
+from bot.handlers import Deps, command_text, guarded, permitted
 from workers.explain import explain
 
 MAX_TEXT = 20_000
@@ -14,8 +13,8 @@ def register(app, deps: Deps) -> None:
     @app.command("/cms-explain")
     @guarded
     def cms_explain(ack, command):
-        if not deps.roles.channel_allowed(command["channel_id"]):
-            return ack(text=deps.roles.refusal(Role.viewer, "explain events"))
+        if not permitted(ack, command, deps, "explain events"):
+            return
         text = command_text(command)[:MAX_TEXT]
         if not text.strip():
             return ack(text="Paste the event as Event Viewer copies it (Details > Copy), e.g. "

@@ -3,7 +3,7 @@ preflight job grades the plan, and an approval card goes to the channel."""
 
 from __future__ import annotations
 
-from bot.handlers import Deps, command_text, guarded, slack_request
+from bot.handlers import Deps, command_text, guarded, permitted, slack_request
 from bot.roles import Role
 from workers.jobs import PREFLIGHT_JOB
 from workers.topology import Role as PoolRole
@@ -41,19 +41,10 @@ def register(app, deps: Deps) -> None:
                             "detail": args.get("mode", "")})
         ack()
 
-    def allowed(ack, command, what: str) -> bool:
-        if not deps.roles.channel_allowed(command["channel_id"]):
-            ack(text=deps.roles.refusal(Role.viewer, "use cms-chatops"))
-            return False
-        if not deps.roles.has(command["user_id"], Role.operator):
-            ack(text=deps.roles.refusal(Role.operator, what))
-            return False
-        return True
-
     @app.command("/cms-failover")
     @guarded
     def cms_failover(ack, command):
-        if not allowed(ack, command, "request a CMS failover"):
+        if not permitted(ack, command, deps, "request a CMS failover", Role.operator):
             return
         try:
             args = parse_failover(command_text(command), deps)
@@ -64,7 +55,7 @@ def register(app, deps: Deps) -> None:
     @app.command("/cms-recover")
     @guarded
     def cms_recover(ack, command):
-        if not allowed(ack, command, "request the CMS recovery"):
+        if not permitted(ack, command, deps, "request the CMS recovery", Role.operator):
             return
         if command_text(command).strip():
             return ack(text="`/cms-recover` takes no arguments: the plan is computed from the live deployment.")

@@ -151,7 +151,7 @@ def test_a_job_enqueued_without_a_consumed_approval_refuses_to_run(bot, fake, ed
 @pytest.fixture
 def second_worker(tmp_path, slack_redis, edge_lab, slack_worker):
     """Production runs several workers: a request's preflight runs while another job executes."""
-    from tests.conftest import HOST_DEADLINE, WorkerProcess
+    from tests.conftest import WorkerProcess
 
     w = WorkerProcess(tmp_path, slack_redis, edge_lab.topology, **slack_worker.settings)
     time.sleep(2)

@@ -9,7 +9,6 @@ import re
 import signal
 import threading
 import time
-import urllib.parse
 
 import pytest
 import redis
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from bot.console import run_chat
 from tests.conftest import LabProcess, RedisServer, WorkerProcess, _wait, children_of
-from tests.slack_support import APPROVER, APPROVER2, BOTH, CHANNEL, OPERATOR, BotProcess, blocks_text, parents
+from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, BotProcess, blocks_text, parents
 from workers import topology as topo
 from workers.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY
 from workers.settings import Settings

@@ -5,23 +5,13 @@ a real worker on real Redis, pywinrm against the lab."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-import pytest
 import redis
-from slack_sdk.signature import SignatureVerifier
 
 from tests.conftest import _wait
 from tests.slack_support import (
-    CHANNEL,
     GROUP_OPERATOR,
     VIEWER,
     ack_body,
