@@ -234,7 +234,19 @@ def test_canary_secrets_never_appear_anywhere(tmp_path, redis_server, fake):
 # -- approvals under contention ---------------------------------------------------------------
 
 
+def queues_idle(url: str) -> bool:
+    """No job waiting or running on the Slack workers' queues (earlier tests leave a backlog)."""
+    from rq.registry import StartedJobRegistry
+
+    from workers.contract import queue
+
+    conn = redis.Redis.from_url(url)
+    return all(queue(conn, f"cmsbot-{kind}").count == 0
+               and StartedJobRegistry(f"cmsbot-{kind}", connection=conn).count == 0 for kind in ("status", "change"))
+
+
 def test_twenty_racing_requests_and_clicks_run_one_failover(bot, fake, edge_lab, slack_redis, slack_worker, tmp_path):
+    _wait(lambda: queues_idle(slack_redis), 180, "earlier tests' jobs did not drain")
     redis.Redis.from_url(slack_redis).delete(LOCK_KEY, HOLDER_KEY, COOLDOWN_KEY)
     edge_lab.scenarios()
     extra = WorkerProcess(tmp_path, slack_redis, edge_lab.topology, **slack_worker.settings)
@@ -244,7 +256,7 @@ def test_twenty_racing_requests_and_clicks_run_one_failover(bot, fake, edge_lab,
             t.start()
         for t in requests:
             t.join()
-        _wait(lambda: len([p for p in parents(fake) if "Approve" in blocks_text(p)]) == 20, 60, "not 20 cards")
+        _wait(lambda: len([p for p in parents(fake) if "Approve" in blocks_text(p)]) == 20, 120, "not 20 cards")
         cards = [p for p in parents(fake) if "Approve" in blocks_text(p)]
 
         def approve(card, user):
