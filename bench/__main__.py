@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 
 from bench.harness import _wait, children_of, parts, percentile, rss_kb, summary_ms
 
@@ -185,7 +186,8 @@ def bench_soak(total: int = 500, window_s: float = 10.0, servers: int = 20, work
                 "target": "all complete exactly once; RSS < 200 MB per worker"}
 
 
-BENCHES = {"ack": bench_ack, "fanout": bench_fanout, "requests": bench_requests, "soak": bench_soak}
+BENCHES: dict[str, Callable[[], dict]] = {"ack": bench_ack, "fanout": bench_fanout, "requests": bench_requests,
+                                          "soak": bench_soak}
 
 
 def main(argv: list[str]) -> int:

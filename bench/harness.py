@@ -6,11 +6,11 @@ Reuses the test harness (tests/), so a benchmark and a test start things the sam
 from __future__ import annotations
 
 import statistics
-from types import SimpleNamespace
 import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from types import SimpleNamespace
 
 from tests.conftest import LabProcess, RedisServer, WorkerProcess, _wait, children_of
 from tests.slack_fake import SlackFake
@@ -75,6 +75,7 @@ class Parts:
 
         proc = subprocess.Popen([sys.executable, "-m", "tests.slack_fake"], stdout=subprocess.PIPE, text=True)
         self.stack.callback(proc.terminate)
+        assert proc.stdout is not None  # stdout=PIPE
         return SimpleNamespace(base_url=proc.stdout.readline().strip())  # type: ignore[return-value]
 
     def bot(self, lab: LabProcess, fake: SlackFake) -> BotProcess:

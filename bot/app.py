@@ -15,8 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import SlackSettings
-from bot.handlers import SAFE_ERROR, Deps, just_ack
-from bot.handlers import approval, explain, failover, help, remediate, replicate, status
+from bot.handlers import SAFE_ERROR, Deps, approval, explain, failover, help, just_ack, remediate, replicate, status
 
 log = logging.getLogger("cmsbot.slack")
 

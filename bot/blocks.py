@@ -66,7 +66,7 @@ class Rendered:
     attachment: str | None = None  # full text report, uploaded when something was cut
 
 
-def sections(text: str) -> list[SectionBlock]:
+def sections(text: str) -> list[Block]:
     """One or more sections, each within the 3000-character limit (split at line ends)."""
     out, chunk = [], ""
     for line in text.splitlines(keepends=True):
@@ -193,7 +193,8 @@ def replica_table(r: StatusReport) -> tuple[str, bool]:
     width = max([len(x.fqdn) for x in shown] + [7])
     lines = [f"{'Replica':<{width}}  UpToDate  Last status report"]
     for x in sorted(shown, key=lambda x: (x.up_to_date, x.fqdn)):
-        lines.append(f"{x.fqdn:<{width}}  {str(x.up_to_date):<8}  {render.when(x.last_status_report, r.cms.collected_at)}")
+        lines.append(f"{x.fqdn:<{width}}  {str(x.up_to_date):<8}  "
+                     f"{render.when(x.last_status_report, r.cms.collected_at)}")
     head = f"*Replicas:* {current}/{len(rows)} up to date"
     if cut:
         head += f" (showing the {len(shown)} not up to date; the full table is in the attached report)"
@@ -240,7 +241,8 @@ def action_result(action: dict, r: StatusReport | None, findings: list[Finding] 
     if changes:
         head += "\n*Changes:*\n" + "\n".join(f"• {esc(c)}" for c in changes)
     if r is None:
-        return Rendered(messages=paginate(list(sections(head)) + finding_list(findings or []), action.get("text", "done")))
+        return Rendered(messages=paginate(list(sections(head)) + finding_list(findings or []),
+                                          action.get("text", "done")))
     rendered = report(r, heading="Re-check after the action")
     first = rendered.messages[0]
     first.blocks = list(sections(head)) + first.blocks
@@ -269,11 +271,11 @@ APPROVE_ACTION, DENY_ACTION = "approval-approve", "approval-deny"
 
 def card(a, status_line: str | None = None) -> Message:
     """The approval card for a failover or recovery (`a` is a workers.approvals.Approval)."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     plan = a.plan
     title = "CMS failover" if a.kind == "failover" else "CMS recovery runbook"
-    expires = datetime.fromtimestamp(a.expires, tz=timezone.utc).strftime("%H:%M UTC")
+    expires = datetime.fromtimestamp(a.expires, tz=UTC).strftime("%H:%M UTC")
     lines = [f":arrows_counterclockwise: *{title}* requested by <@{a.requester}> · card expires {expires}"]
     if a.kind == "failover":
         lines.append(f"*Plan:* {esc(str(plan.get('mode')))} failover from `{esc(str(plan.get('source')))}` to "
@@ -305,8 +307,10 @@ def approval_status(a) -> str:
     if a.status == "blocked":
         return ":no_entry: preflight says BLOCK: approval is disabled. Fix the blocking checks and request again."
     if a.status == "pending":
-        have = f" ({len(a.approvers)} of {a.needed}: {', '.join(f'<@{u}>' for u in a.approvers)})" if a.approvers else ""
-        return f"waiting for {a.needed} approval{'s' if a.needed > 1 else ''} from an approver other than the requester{have}"
+        have = (f" ({len(a.approvers)} of {a.needed}: {', '.join(f'<@{u}>' for u in a.approvers)})"
+                if a.approvers else "")
+        return (f"waiting for {a.needed} approval{'s' if a.needed > 1 else ''} "
+                f"from an approver other than the requester{have}")
     if a.status in ("approved", "consumed"):
         return f":white_check_mark: approved by {', '.join(f'<@{u}>' for u in a.approvers)}: executing (see the thread)"
     if a.status == "denied":

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import redis
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmsbot", description="ChatOps for the Lync / Skype for Business Central Management Store.")
+    p = argparse.ArgumentParser(prog="cmsbot",
+                                description="ChatOps for the Lync / Skype for Business Central Management Store.")
     sub = p.add_subparsers(title="commands")
 
     demo = sub.add_parser("demo", help="run /cms-status end to end on the simulated lab and print the thread")
@@ -164,8 +166,8 @@ def cmd_explain(args) -> int:
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        return _fail(SetupError(f"cannot read {args.file}: {e.strerror}"))
+    except OSError as err:
+        return _fail(SetupError(f"cannot read {args.file}: {err.strerror}"))
     e = explain(text)
     if args.json:
         fields = ("source", "event_id", "computer", "replicas", "paths", "code", "summary")
@@ -177,7 +179,7 @@ def cmd_explain(args) -> int:
 
 def cmd_audit(args) -> int:
     import json
-    from datetime import datetime, timedelta, timezone
+    from datetime import UTC, datetime, timedelta
 
     from workers.contract import AUDIT_STREAM
 
@@ -190,16 +192,17 @@ def cmd_audit(args) -> int:
             text = args.since.strip()
             try:
                 if text[-1:] in units and text[:-1].isdigit():
-                    since = datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+                    since = datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
                 else:
                     since = datetime.fromisoformat(text)
-                    since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+                    since = since if since.tzinfo else since.replace(tzinfo=UTC)
             except ValueError:
                 raise SetupError(f"--since {text!r}: give a duration like 90m, 24h, 7d or an ISO date") from None
             start = str(int(since.timestamp() * 1000))
     except SetupError as e:
         return _fail(e)
-    for entry_id, fields in conn.xrange(AUDIT_STREAM, min=start):
+    # the connection does not decode responses: ids, names and values are bytes
+    for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], conn.xrange(AUDIT_STREAM, min=start)):
         entry = {k.decode(): v.decode() for k, v in fields.items()}
         if args.json:
             print(json.dumps({"id": entry_id.decode(), **entry}))

@@ -18,7 +18,8 @@ HELP = {
     "/cms-replicate": ("/cms-replicate [pool|server]", "operators: force replication, wait the 2-3 minute delay, "
                        "re-check and report what changed", "/cms-replicate edge01.contoso.com"),
     "/cms-failover": ("/cms-failover [target-pool] [disaster]", "operators: request a CMS failover; a read-only "
-                      "preflight grades it and another approver must approve the exact plan", "/cms-failover pool02.contoso.com"),
+                      "preflight grades it and another approver must approve the exact plan",
+                      "/cms-failover pool02.contoso.com"),
     "/cms-recover": ("/cms-recover", "operators: request the CMS recovery runbook, computed from the live deployment, "
                      "with the same approval", "/cms-recover"),
     "/cms-help": ("/cms-help", "this list", "/cms-help"),

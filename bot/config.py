@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from collections.abc import Iterable
+from typing import Annotated, cast
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,7 +17,7 @@ def _ids(value: object) -> frozenset[str]:
         return frozenset()
     if isinstance(value, str):
         return frozenset(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
-    return frozenset(str(v).strip() for v in value)  # type: ignore[union-attr]
+    return frozenset(str(v).strip() for v in cast(Iterable[object], value))  # a list or set given in code
 
 
 class SlackSettings(BaseSettings):

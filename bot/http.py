@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlsplit
 
 from slack_bolt import App
@@ -38,7 +38,7 @@ def make_server(listener: socket.socket, app: App, healthy: Callable[[], bool]) 
             if url.path != EVENTS_PATH or length > MAX_BODY:
                 return self._send(404 if url.path != EVENTS_PATH else 413, {}, "")
             body = self.rfile.read(length).decode("utf-8", errors="replace")
-            headers = {k.lower(): v for k, v in self.headers.items()}
+            headers: dict[str, str | Sequence[str]] = {k.lower(): v for k, v in self.headers.items()}
             resp = app.dispatch(BoltRequest(body=body, query=url.query, headers=headers))
             self._send(resp.status, resp.headers, resp.body or "")
 

@@ -45,7 +45,8 @@ def verdict(report: StatusReport) -> str:
     current = sum(r.up_to_date for r in in_scope)
     counts = _severity_counts(report.findings)
     if report.healthy:
-        return f"OK: {current}/{len(in_scope)} replicas up to date in {scope} (CMS master {cms.store.active_master_fqdn})"
+        return (f"OK: {current}/{len(in_scope)} replicas up to date in {scope} "
+                f"(CMS master {cms.store.active_master_fqdn})")
     parts = [_count(n, sev) for sev, n in counts.items() if n]
     head = "PROBLEMS" if report.findings else "INCOMPLETE"
     text = f"{head}: {current}/{len(in_scope)} replicas up to date in {scope}"

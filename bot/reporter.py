@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -19,6 +20,9 @@ from workers.contract import EVENTS_STREAM, REQUEST_TTL, Event
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[Event], bool]
+# XREADGROUP's reply on a connection that does not decode responses:
+# [[stream, [(entry id, its fields, empty once trimmed from the stream), ...]]]
+ReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes | str, bytes | str]]]]]
 
 
 STALE_MS = 60_000  # another consumer's entry unacknowledged this long: that consumer is gone
@@ -54,8 +58,8 @@ class Reporter:
         if time.monotonic() >= self._next_claim:
             self._claim_stale()
         stream_id = "0" if self._backlog else ">"
-        reply = self.conn.xreadgroup(self.group, self.consumer, {EVENTS_STREAM: stream_id}, count=count,
-                                     block=None if self._backlog else block_ms)
+        reply = cast(ReadReply, self.conn.xreadgroup(self.group, self.consumer, {EVENTS_STREAM: stream_id},
+                                                     count=count, block=None if self._backlog else block_ms))
         entries = reply[0][1] if reply else []
         if self._backlog and not entries:
             self._backlog = False

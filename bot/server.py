@@ -26,9 +26,9 @@ from bot.reporter import Reporter
 from bot.roles import Roles
 from bot.slack_threads import SlackThreads
 from workers import approvals
+from workers.contract import append_audit, append_event, workers_on
 from workers.jobs import lost_reason
 from workers.liveness import watch
-from workers.contract import append_audit, append_event, workers_on
 from workers.settings import Settings
 from workers.topology import Topology
 
@@ -62,7 +62,11 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
         threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
         threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True).start()
         handler = SocketModeHandler(app, slack.app_token.get_secret_value())
-        signal.signal(signal.SIGTERM, lambda *_: (stop.set(), handler.close()))
+        def on_sigterm(*_: object) -> None:
+            stop.set()
+            handler.close()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         print("cmsbot bot: connected to Slack in Socket Mode", flush=True)
         try:
             handler.start()

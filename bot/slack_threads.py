@@ -9,10 +9,12 @@ acknowledged, so a restart or a redelivery never posts twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import redis
 from slack_sdk import WebClient
@@ -38,6 +40,11 @@ def _transient(e: SlackApiError) -> bool:
 
 def parent_key(channel: str, ts: str) -> str:
     return f"cmsbot:slack:parent:{channel}:{ts}"
+
+
+def _channel(req: Request) -> str:
+    assert req.channel is not None  # wants() takes only requests with a channel
+    return req.channel
 
 
 class SlackThreads:
@@ -85,12 +92,14 @@ class SlackThreads:
         return f"cmsbot:slack:thread:{req.id}"
 
     def _state(self, req: Request) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.conn.hgetall(self._state_key(req)).items()}
+        # the connection does not decode responses: replies are bytes
+        raw = cast(dict[bytes, bytes], self.conn.hgetall(self._state_key(req)))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def _save(self, req: Request, **fields: str) -> None:
         key = self._state_key(req)
         with self.conn.pipeline() as pipe:
-            pipe.hset(key, mapping=fields)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py: Mapping's key type is invariant
             pipe.expire(key, REQUEST_TTL)
             pipe.execute()
 
@@ -99,7 +108,7 @@ class SlackThreads:
         Slack refusal of this one step is logged and skipped, so the steps after it
         (the verdict above all) still happen; transient errors propagate to be retried."""
         key, field = f"cmsbot:slack:steps:{req.id}", f"{event.seq}:{step}"
-        done = self.conn.hget(key, field)
+        done = cast(bytes | None, self.conn.hget(key, field))  # the connection does not decode responses
         if done is not None:
             return done.decode()
         try:
@@ -117,11 +126,11 @@ class SlackThreads:
         return ts
 
     def _post(self, req: Request, message: blocks.Message, thread: str | None) -> str:
-        kwargs = {"thread_ts": thread} if thread else {}
-        return self.client.chat_postMessage(channel=req.channel, **message.payload(), **kwargs)["ts"]
+        kwargs: dict[str, Any] = {"thread_ts": thread} if thread else {}
+        return self.client.chat_postMessage(channel=_channel(req), **message.payload(), **kwargs)["ts"]
 
     def _update(self, req: Request, ts: str, message: blocks.Message) -> str:
-        self.client.chat_update(channel=req.channel, ts=ts, **message.payload())
+        self.client.chat_update(channel=_channel(req), ts=ts, **message.payload())
         return ts
 
     # -- events ------------------------------------------------------------------------------
@@ -129,14 +138,15 @@ class SlackThreads:
         state = self._state(req)
         if req.thread:  # started from a button or command inside an existing thread
             if not state:
-                owner = self.conn.get(parent_key(req.channel or "", req.thread))
+                owner = cast(bytes | None, self.conn.get(parent_key(req.channel or "", req.thread)))
                 self._save(req, parent=req.thread, owner=owner.decode() if owner else "")
             text = event.body.get("text", f"{req.command} started")
             self._once(req, event, "note", lambda: self._post(
                 req, blocks.note(text, ":hammer_and_wrench:", mention=req.user), req.thread))
         elif "parent" not in state:
             target = req.args.get("target")
-            ts = self._once(req, event, "parent", lambda: self._post(req, blocks.parent(req.command, req.user, target), None))
+            ts = self._once(req, event, "parent",
+                            lambda: self._post(req, blocks.parent(req.command, req.user, target), None))
             if not ts:
                 self._once(req, event, "cannot-post", lambda: self._tell_user(
                     req, "I cannot post in this channel, so the result has nowhere to go. Invite me with "
@@ -173,10 +183,12 @@ class SlackThreads:
             assert report is not None
             rendered = blocks.report(report)
         for i, message in enumerate(rendered.messages):
-            ts = self._once(req, event, f"message-{i}", lambda m=message: self._post(req, m, parent))
+            ts = self._once(req, event, f"message-{i}", functools.partial(self._post, req, message, parent))
             if not ts and i == 0:  # Slack refused the blocks: the same report as plain text
-                text = render.report_text(report) if report is not None else event.body.get("action", {}).get("text", "")
-                self._once(req, event, "plain", lambda: self._post(req, blocks.plain(text), parent))
+                text = (render.report_text(report) if report is not None
+                        else event.body.get("action", {}).get("text", ""))
+                # _once calls it right away, within this iteration
+                self._once(req, event, "plain", lambda: self._post(req, blocks.plain(text), parent))  # noqa: B023
         if "progress" in state:
             self._once(req, event, "progress-done", lambda: self._update(
                 req, state["progress"], blocks.progress("finished", done=True)))
@@ -188,8 +200,8 @@ class SlackThreads:
         elif report is not None and parent:
             verdict = render.verdict(report)
             self._once(req, event, "verdict", lambda: self._update_parent(req, parent, verdict, report.healthy))
-        if rendered.attachment:
-            self._once(req, event, "file", lambda: self._upload(req, rendered.attachment, parent))
+        if attachment := rendered.attachment:
+            self._once(req, event, "file", lambda: self._upload(req, attachment, parent))
 
     def _on_failed(self, req: Request, event: Event) -> None:
         state = self._state(req)
@@ -224,7 +236,7 @@ class SlackThreads:
         return self._update(req, parent, blocks.card(approvals.load(self.conn, approval_id), status_line))
 
     def _tell_user(self, req: Request, text: str) -> str:
-        return self.client.chat_postEphemeral(channel=req.channel, user=req.user, text=text).get("message_ts", "")
+        return self.client.chat_postEphemeral(channel=_channel(req), user=req.user, text=text).get("message_ts", "")
 
     def _update_parent(self, req: Request, parent: str, verdict: str, ok: bool) -> str:
         owner = self._owner(req)
@@ -239,4 +251,5 @@ class SlackThreads:
     def _upload(self, req: Request, text: str, thread: str | None) -> str:
         response = self.client.files_upload_v2(channel=req.channel, thread_ts=thread, content=text,
                                                filename=f"cms-status-{req.id}.txt", title="Full CMS status report")
-        return json.dumps([f.get("id") for f in response.get("files", [])])
+        files: list[dict[str, Any]] = response.get("files", [])
+        return json.dumps([f.get("id") for f in files])

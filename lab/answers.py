@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from lab.deployment import (
     EVENT_EVERY,
@@ -100,7 +101,8 @@ def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> d
             "ProductVersion": build if reported else "",
         })
     services = [
-        {"PoolFqdn": pool, "SiteId": state.sites[pool], "Version": build.split(".")[0], "Active": pool in state.active_pools}
+        {"PoolFqdn": pool, "SiteId": state.sites[pool], "Version": build.split(".")[0],
+         "Active": pool in state.active_pools}
         for pool in ([state.cms_pool] + ([state.pairs[state.cms_pool]] if state.cms_pool in state.pairs else []))
     ]
     return {
@@ -143,7 +145,8 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
             "HasPrivateKey": cert.has_private_key, "NotAfter": ms_date(cert.not_after), "Issuer": cert.issuer,
             "Root": cert.root, "ChainStatus": [] if cert.root.startswith("CN=Contoso") else ["PartialChain"],
         },
-        "CertificateError": None if cert else f"no certificate is assigned for {'Internal' if server.role is Role.edge else 'Default'}",
+        "CertificateError": None if cert else (
+            f"no certificate is assigned for {'Internal' if server.role is Role.edge else 'Default'}"),
     }
 
 
@@ -155,7 +158,8 @@ def _replication_events(state: LabState, server: LabServer, params: dict[str, An
     return {
         "CollectedAt": ms_date(now()),
         "Computer": server.fqdn,
-        "Events": [{k: (ms_date(v) if k == "TimeCreated" else v) for k, v in e.items() if k != "_time"} for e in events],
+        "Events": [{k: (ms_date(v) if k == "TimeCreated" else v) for k, v in e.items() if k != "_time"}
+                   for e in events],
     }
 
 
@@ -168,15 +172,16 @@ def fta_log(state: LabState) -> list[dict[str, Any]]:
     failing = [(s, why) for s, why in failing if why in ("https", "certificate", "access")]
     if not failing:
         return []
-    start = max(min(s.failing_since for s, _ in failing), t - LOG_WINDOW)
+    since = {s.fqdn: s.failing_since for s, _ in failing if s.failing_since}  # every failing server has one
+    start = max(min(since.values()), t - LOG_WINDOW)
     events: list[dict[str, Any]] = []
     slot = t - timedelta(minutes=1)
     while slot >= start:
-        https = [s.fqdn for s, why in failing if why == "https" and s.failing_since <= slot]
+        https = [s.fqdn for s, why in failing if why == "https" and since[s.fqdn] <= slot]
         if https:
             events.append(_event(slot, 1017, _https_text(product, https)))
         for s, why in failing:
-            if s.failing_since > slot:
+            if since[s.fqdn] > slot:
                 continue
             if why == "certificate" and s.cert:
                 events.append(_event(slot, 1015, _cert_text(product, s)))
@@ -397,7 +402,8 @@ def _cms_failover(state: LabState, server: LabServer, params: dict[str, Any]) ->
     if state.moving_to:
         return _cmdlet_result(mode, command, started, [_in_progress(target)], [])
     if target == state.cms_pool:
-        return _cmdlet_result(mode, command, started, [f"The Central Management Store is already in pool {target}."], [])
+        return _cmdlet_result(mode, command, started,
+                              [f"The Central Management Store is already in pool {target}."], [])
     if mode == "normal":
         if not state.active_master:
             return _cmdlet_result(mode, command, started, [
@@ -406,7 +412,8 @@ def _cms_failover(state: LabState, server: LabServer, params: dict[str, Any]) ->
         if target in state.active_pools:
             return _cmdlet_result(mode, command, started, [_not_backup(target)], [])
         state.moving_to, state.moving_until = target, now() + state.convergence
-        return _cmdlet_result(mode, command, started, [], [], f"Central Management Server failover to {target} started.")
+        return _cmdlet_result(mode, command, started, [], [],
+                              f"Central Management Server failover to {target} started.")
     if sql != state.sql.get(target):
         return _cmdlet_result(mode, command, started, [f"Cannot connect to SQL Server {sql}."], [])
     source = state.cms_pool

@@ -10,9 +10,9 @@ named, take an optional target (`name:fqdn`) and combine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 
 from workers.topology import Deployment, Pool, Role, Server, Topology, Version
 
@@ -35,7 +35,7 @@ EVENT_EVERY = timedelta(minutes=15)  # the FTA logs a persisting failure this of
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

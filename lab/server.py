@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import timedelta
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from lab.deployment import LabState, ScenarioError, apply, build
@@ -31,13 +31,15 @@ def make_state_factory(version: Version, servers: int, edge_winrm: bool = False,
 async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, edge_winrm: bool,
                 convergence_s: float, latency_ms: int, scenarios: list[str], topology_out: Path, username: str,
                 password: str) -> None:
-    lab = Lab(make_state_factory(version, servers, edge_winrm, convergence_s), scenarios, username, password, latency_ms)
+    lab = Lab(make_state_factory(version, servers, edge_winrm, convergence_s), scenarios, username, password,
+              latency_ms)
     server = await asyncio.start_server(lab.handle, host, port, backlog=1024, limit=8 * 1024 * 1024)
     bound = server.sockets[0].getsockname()[1]
     topology = lab.state.topology(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
     topology_out.parent.mkdir(parents=True, exist_ok=True)
     topology_out.write_text(
-        f"# written by `cmsbot lab` on port {bound}; control API: http://{advertise}:{bound}/_lab/\n" + topo.dump(topology),
+        f"# written by `cmsbot lab` on port {bound}; control API: http://{advertise}:{bound}/_lab/\n"
+        + topo.dump(topology),
         encoding="utf-8",
     )
     print(f"lab ready: {len(lab.state.servers)} servers, topology {topology_out}", flush=True)

@@ -19,8 +19,9 @@ import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from xml.sax.saxutils import escape
 
 from lab import answers
@@ -173,7 +174,9 @@ class Lab:
         if action == SHELL_ACTION + "Send":
             return self._send(shell, body_el, message_id)
         if action == SHELL_ACTION + "Signal":
-            command_id = body_el.find("rsp:Signal", NS).get("CommandId") if body_el is not None else None
+            signal_el = body_el.find("rsp:Signal", NS) if body_el is not None else None
+            assert body_el is None or signal_el is not None  # as before: a Body without rsp:Signal fails the request
+            command_id = signal_el.get("CommandId") if signal_el is not None else None
             shell.commands.pop(command_id or "", None)
             return _envelope(action, message_id, "<rsp:SignalResponse/>")
         if action == ACTION + "Delete":
@@ -282,7 +285,8 @@ class Lab:
         return _envelope(SHELL_ACTION + "Receive", message_id, f"<rsp:ReceiveResponse>{streams}</rsp:ReceiveResponse>")
 
     def _fault_of(self, path: str) -> str | None:
-        server = self.state.servers.get(path[len("/wsman/"):].strip("/").lower()) if path.startswith("/wsman/") else None
+        server = (self.state.servers.get(path[len("/wsman/"):].strip("/").lower()) if path.startswith("/wsman/")
+                  else None)
         return server.fault if server else None
 
     # -- control API ------------------------------------------------------------------
@@ -352,7 +356,8 @@ async def _misbehave(writer: asyncio.StreamWriter, response: bytes, fault: str) 
 
 
 def _http(status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error"}[status]
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              500: "Internal Server Error"}[status]
     head = [f"HTTP/1.1 {status} {reason}", "Server: Microsoft-HTTPAPI/2.0", f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in (extra or {}).items()]

@@ -14,15 +14,17 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from workers.contract import REQUEST_TTL, append_audit
 
 PENDING_SET = "cmsbot:approvals:pending"
 
-PENDING, APPROVED, DENIED, EXPIRED, CONSUMED, BLOCKED = "pending", "approved", "denied", "expired", "consumed", "blocked"
+PENDING, APPROVED, DENIED, EXPIRED, CONSUMED, BLOCKED = (
+    "pending", "approved", "denied", "expired", "consumed", "blocked")
 
 
 def key(approval_id: str) -> str:
@@ -53,9 +55,11 @@ def create(conn: redis.Redis, *, kind: str, plan: dict[str, Any], checks: list[d
            request: str, needed: int, ttl: float, blocked: bool) -> Approval:
     approval_id = "a" + secrets.token_hex(8)
     expires = time.time() + ttl
-    fields = {"kind": kind, "status": BLOCKED if blocked else PENDING, "plan": json.dumps(plan, sort_keys=True),
-              "hash": plan_hash(plan), "requester": requester, "needed": needed, "expires": expires,
-              "request": request, "checks": json.dumps(checks)}
+    fields: dict[FieldT, EncodableT] = {
+        "kind": kind, "status": BLOCKED if blocked else PENDING, "plan": json.dumps(plan, sort_keys=True),
+        "hash": plan_hash(plan), "requester": requester, "needed": needed, "expires": expires,
+        "request": request, "checks": json.dumps(checks),
+    }
     with conn.pipeline() as pipe:
         pipe.hset(key(approval_id), mapping=fields)
         pipe.expire(key(approval_id), REQUEST_TTL)
@@ -66,10 +70,11 @@ def create(conn: redis.Redis, *, kind: str, plan: dict[str, Any], checks: list[d
 
 
 def load(conn: redis.Redis, approval_id: str) -> Approval:
-    raw = {k.decode(): v.decode() for k, v in conn.hgetall(key(approval_id)).items()}
+    # the connection does not decode responses: replies are bytes
+    raw = {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], conn.hgetall(key(approval_id))).items()}
     if not raw:
         raise LookupError(f"approval {approval_id} not found")
-    approvers = sorted(m.decode() for m in conn.smembers(key(approval_id) + ":approvers"))
+    approvers = sorted(m.decode() for m in cast(set[bytes], conn.smembers(key(approval_id) + ":approvers")))
     return Approval(id=approval_id, kind=raw["kind"], status=raw["status"], plan=json.loads(raw["plan"]),
                     hash=raw["hash"], requester=raw["requester"], needed=int(raw["needed"]), approvers=approvers,
                     expires=float(raw["expires"]), request=raw["request"], checks=json.loads(raw.get("checks", "[]")),
@@ -139,7 +144,8 @@ def consume(conn: redis.Redis, approval_id: str, consumer: str, approved_hash: s
         raise NotApproved({"pending": "it has not been approved", "denied": "it was denied",
                            "expired": "the approval expired", "consumed": "it already ran (approvals are single-use)",
                            "blocked": "preflight blocked it", "hash-mismatch": "the plan is not the one approved",
-                           "stale": "the approval is too old to act on; request it again", "missing": "there is no such approval"}
+                           "stale": "the approval is too old to act on; request it again",
+                           "missing": "there is no such approval"}
                           .get(outcome, f"approval status is {outcome}"))
     return load(conn, approval_id)
 

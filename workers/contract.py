@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, Field
+from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -28,7 +29,7 @@ TERMINAL_KINDS = frozenset({"result", "failed"})
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -63,7 +64,7 @@ class Event(BaseModel):
         return self.kind in TERMINAL_KINDS
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> "Event":
+    def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> Event:
         f = {_s(k): _s(v) for k, v in fields.items()}
         return cls(request=f["request"], seq=int(f["seq"]), kind=f["kind"], body=json.loads(f.get("body") or "{}"))
 
@@ -147,7 +148,7 @@ local seq = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'request', ARGV[1], 'seq', seq, 'kind', ARGV[2], 'body', ARGV[3])
 return seq
-"""
+"""  # noqa: E501 -- Lua script text kept verbatim: wrapping it would change the script sent to Redis
 
 
 def append_event(conn: redis.Redis, request_id: str, kind: str, body: dict[str, Any] | None = None):
@@ -165,6 +166,7 @@ AUDIT_STREAM = "cmsbot:audit"
 
 def append_audit(conn: redis.Redis, **fields: Any) -> None:
     """Append-only record of who asked for, approved or ran what, and the result."""
-    entry = {"at": utcnow().isoformat(timespec="seconds")}
-    entry.update({k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in fields.items() if v is not None})
+    entry: dict[FieldT, EncodableT] = {"at": utcnow().isoformat(timespec="seconds")}
+    entry.update({k: v if isinstance(v, str) else json.dumps(v, default=str)
+                  for k, v in fields.items() if v is not None})
     conn.xadd(AUDIT_STREAM, entry)

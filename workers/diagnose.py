@@ -19,6 +19,7 @@ from workers.models import (
     Evidence,
     Finding,
     HostError,
+    PortTest,
     ReplicaHealth,
     ReplicaStatus,
     ReplicationEvent,
@@ -75,10 +76,11 @@ class _Clues:
     health: ReplicaHealth | None
     host_error: HostError | None
     events: dict[str, list[ReplicationEvent]] = field(default_factory=dict)  # code -> newest first
-    port: object | None = None  # PortTest
+    port: PortTest | None = None
 
     def latest(self, code: str) -> ReplicationEvent | None:
-        return (self.events.get(code) or [None])[0]
+        newest = self.events.get(code)
+        return newest[0] if newest else None
 
 
 def diagnose(report: StatusReport) -> list[Finding]:
@@ -139,8 +141,8 @@ def events_by_replica(events: list[ReplicationEvent]) -> dict[str, dict[str, lis
 
 
 def event_evidence(e: ReplicationEvent, detail: str) -> Evidence:
-    return Evidence(text=f"Event {e.id} from {e.source}: {detail}", source=f"'Lync Server' log on {e.computer or 'the FTA host'}",
-                    at=e.time)
+    return Evidence(text=f"Event {e.id} from {e.source}: {detail}",
+                    source=f"'Lync Server' log on {e.computer or 'the FTA host'}", at=e.time)
 
 
 def front_end_root(report: StatusReport) -> str | None:
@@ -197,6 +199,7 @@ def edge_findings(clues: _Clues, report: StatusReport, fe_root: str | None) -> l
     if port is not None:
         evidence.append(port_evidence(port, report))
     if replica_state is not None:
+        assert clues.health is not None  # replica_state was read from it
         evidence.append(Evidence(text=f"REPLICA is {replica_state.value}", source=f"Get-Service on {subject}",
                                  at=clues.health.collected_at))
 
@@ -207,7 +210,8 @@ def edge_findings(clues: _Clues, report: StatusReport, fe_root: str | None) -> l
     elif port is not None and not port.connected and port.error == "ConnectionRefused":
         found.append(finding("replica.replica-stopped", Severity.error, subject,
                              f"Nothing listens on TCP 4443 on the Edge {subject}: REPLICA is most likely stopped",
-                             evidence, unchecked=[_unreachable_note(clues, "REPLICA state")] if replica_state is None else []))
+                             evidence,
+                             unchecked=[_unreachable_note(clues, "REPLICA state")] if replica_state is None else []))
     elif port is not None and not port.connected:
         found.append(finding("replica.https-unreachable", Severity.error, subject,
                              f"TCP 4443 from the FTA host to the Edge {subject} ({port.address}) fails: "
@@ -219,7 +223,8 @@ def edge_findings(clues: _Clues, report: StatusReport, fe_root: str | None) -> l
             note = ["TCP 4443 connects now: the failure may be intermittent or already fixed"]
         found.append(finding("replica.https-unreachable", Severity.error, subject,
                              f"The File Transfer Agent cannot deliver to the Edge {subject} over HTTPS 4443",
-                             evidence, unchecked=note + ([] if port is not None else ["TCP 4443 test from the FTA host: not run"])
+                             evidence,
+                             unchecked=note + ([] if port is not None else ["TCP 4443 test from the FTA host: not run"])
                              + ([_unreachable_note(clues, "REPLICA state")] if replica_state is None else [])))
 
     found += certificate_findings(clues, cert_event, fe_root)
@@ -265,7 +270,8 @@ def certificate_findings(clues: _Clues, cert_event: ReplicationEvent | None, fe_
         return [finding("replica.edge-cert-invalid", Severity.error, subject,
                         f"The Edge {subject} presented a certificate the File Transfer Agent rejects", evidence,
                         unchecked=unchecked + ["whether the key, names, root or expiry is the cause: see the checks"],
-                        fix=[*KNOWLEDGE["replica.edge-cert-invalid"].checks, *KNOWLEDGE["replica.edge-cert-invalid"].fix])]
+                        fix=[*KNOWLEDGE["replica.edge-cert-invalid"].checks,
+                             *KNOWLEDGE["replica.edge-cert-invalid"].fix])]
     facts_text = (f"internal certificate {cert.subject} (SAN {', '.join(cert.dns_names) or 'none'}), issued by "
                   f"{cert.issuer}, root {cert.root}, expires {when(cert.not_after)}, "
                   f"private key {'present' if cert.has_private_key else 'MISSING'}")
@@ -292,7 +298,8 @@ def certificate_findings(clues: _Clues, cert_event: ReplicationEvent | None, fe_
         out.append(finding("replica.edge-cert-invalid", Severity.error, subject,
                            f"The Edge {subject} presented a certificate the File Transfer Agent rejects, though its "
                            f"{looked} look right", evidence,
-                           unchecked=root_note + ["revocation and intermediate certificates: check the chain in the snap-in"]))
+                           unchecked=root_note + ["revocation and intermediate certificates: "
+                                                  "check the chain in the snap-in"]))
     return out
 
 
@@ -318,6 +325,7 @@ def internal_findings(clues: _Clues, report: StatusReport, not_member: list[str]
 
     replica_state = clues.health.services.get("REPLICA") if clues.health else None
     if replica_state is not None and replica_state is not ServiceState.running:
+        assert clues.health is not None  # replica_state was read from it
         found.append(finding("replica.replica-stopped", Severity.error, subject,
                              f"REPLICA (Replica Replicator Agent) is {replica_state.value} on {subject}",
                              [Evidence(text=f"REPLICA is {replica_state.value}", source=f"Get-Service on {subject}",
@@ -377,7 +385,8 @@ def missing_aces(acl) -> list[str]:
                  for a in acl.share)
         if not ok:
             present = ", ".join(f"{a.identity} {a.rights}" for a in acl.share) or "none"
-            problems.append(f"share xds-replica grants 'RTC Local Config Replicator' no Change right (entries: {present})")
+            problems.append(f"share xds-replica grants 'RTC Local Config Replicator' no Change right "
+                            f"(entries: {present})")
     if acl.folder is not None:
         ok = any(a.allow and a.identity.lower().endswith(REPLICATOR_GROUP)
                  and any(r in a.rights.lower().replace(" ", "") for r in CHANGE_NTFS_RIGHTS) for a in acl.folder)
@@ -459,8 +468,10 @@ def stopped_service_warnings(clues: _Clues) -> list[Finding]:
     state = clues.health.services.get("REPLICA") if clues.health else None
     if state is None or state in (ServiceState.running, ServiceState.missing):
         return []
+    assert clues.health is not None  # state was read from it
     return [finding("replica.replica-stopped", Severity.warning, clues.status.fqdn,
-                    f"REPLICA is {state.value} on {clues.status.fqdn}: it is up to date now but will miss the next change",
+                    f"REPLICA is {state.value} on {clues.status.fqdn}: "
+                    "it is up to date now but will miss the next change",
                     [Evidence(text=f"REPLICA is {state.value}", source=f"Get-Service on {clues.status.fqdn}",
                               at=clues.health.collected_at)],
                     actions=[start_button(clues.status.fqdn)])]
@@ -479,7 +490,8 @@ def cms_findings(report: StatusReport) -> list[Finding]:
         missing = [n for n, v in (("ActiveMasterFqdn", cms.store.active_master_fqdn),
                                   ("ActiveFileTransferAgents", cms.store.active_file_transfer_agents)) if not v]
         out.append(finding("cms.unavailable", Severity.critical, report.cms_pool or report.cms_source or "CMS",
-                           "The Central Management Store has no active master: no server receives configuration changes",
+                           "The Central Management Store has no active master: "
+                           "no server receives configuration changes",
                            [Evidence(text=f"{' and '.join(missing)} empty", source=source, at=cms.collected_at)]))
     active = [s.pool_fqdn for s in cms.services if s.active]
     if len(active) > 1:
@@ -494,8 +506,8 @@ def cms_findings(report: StatusReport) -> list[Finding]:
             out.append(finding("backup.error", Severity.warning, pool.pool,
                                f"The Backup Service state of {pool.pool} could not be read",
                                [Evidence(text=pool.error, source=f"Get-CsBackupServiceStatus -PoolFqdn {pool.pool}")],
-                               fix=["Run Get-CsBackupServiceStatus -PoolFqdn " + pool.pool + " -Category CMS on a Front "
-                                    "End and check that LYNCBACKUP runs in both pools"]))
+                               fix=["Run Get-CsBackupServiceStatus -PoolFqdn " + pool.pool
+                                    + " -Category CMS on a Front End and check that LYNCBACKUP runs in both pools"]))
         for m in pool.modules:
             bad = [f"export {m.export_status}" for _ in [0] if (m.export_status or "").lower() == "errorstate"]
             bad += [f"import {m.import_status}" for _ in [0] if (m.import_status or "").lower() == "errorstate"]
@@ -519,7 +531,8 @@ def cms_service_findings(report: StatusReport) -> list[Finding]:
         for name in CMS_SERVICES:
             state = h.services.get(name)
             if state in (ServiceState.stopped, ServiceState.paused, ServiceState.stopping):
-                out.append(finding("cms.service-stopped", Severity.error, h.fqdn, f"{name} is {state.value} on {h.fqdn}",
+                out.append(finding("cms.service-stopped", Severity.error, h.fqdn,
+                                   f"{name} is {state.value} on {h.fqdn}",
                                    [Evidence(text=f"{name} is {state.value}", source=f"Get-Service on {h.fqdn}",
                                              at=h.collected_at)],
                                    fix=[s.replace("<service>", name) for s in KNOWLEDGE["cms.service-stopped"].fix]))

@@ -20,13 +20,11 @@ loops, not through backtracking patterns.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from pydantic import Field
 
 from workers.models import Model
-
-UTC = timezone.utc
 
 HTTPS_UNREACHABLE = "replica.https-unreachable"
 EDGE_CERT_INVALID = "replica.edge-cert-invalid"

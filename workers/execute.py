@@ -9,7 +9,8 @@ the cooldown. Every step goes to the thread and to the audit stream.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import redis
 from redis.exceptions import LockError
@@ -64,14 +65,16 @@ def execute(conn: redis.Redis, request: Request, topology: Topology, settings: S
     what = describe_plan(plan)
     lock = conn.lock(LOCK_KEY, timeout=settings.failover_timeout, blocking=False)
     if not lock.acquire(blocking=False):
-        holder = conn.get(HOLDER_KEY)
+        holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
         audit("execute", "refused: another CMS change holds the lock")
-        emit("failed", {"reason": f"not executed: another CMS change is running ({holder.decode() if holder else '?'})"})
+        emit("failed", {"reason": "not executed: another CMS change is running "
+                                  f"({holder.decode() if holder else '?'})"})
         return {"ok": False}
     try:
         conn.set(HOLDER_KEY, f"{what} (approved by {', '.join(approval.approvers)}, started "
-                             f"{utcnow().strftime('%H:%M:%S UTC')}, request {request.id})", ex=settings.failover_timeout)
-        cooldown = conn.get(COOLDOWN_KEY)
+                             f"{utcnow().strftime('%H:%M:%S UTC')}, request {request.id})",
+                 ex=settings.failover_timeout)
+        cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
         if cooldown and plan.action == "failover":
             audit("execute", "refused: cooldown")
             emit("failed", {"reason": f"not executed: cooldown after the last CMS change {cooldown.decode()}"})
@@ -81,7 +84,8 @@ def execute(conn: redis.Redis, request: Request, topology: Topology, settings: S
         facts = gather(topology, settings, None)
         pre = (preflight_failover(topology, facts, plan.target, plan.mode or "normal") if plan.action == "failover"
                else preflight_recover(topology, facts, approval_id))
-        blocks = [f"{c.name}: {c.reason}" for c in pre.checks if c.verdict == BLOCK and c.name != "one change at a time"]
+        blocks = [f"{c.name}: {c.reason}" for c in pre.checks
+                  if c.verdict == BLOCK and c.name != "one change at a time"]
         if blocks:
             audit("execute", "stopped: preflight BLOCK", detail="; ".join(blocks))
             emit("failed", {"reason": "not executed, preflight now says BLOCK: " + "; ".join(blocks)})
@@ -89,7 +93,8 @@ def execute(conn: redis.Redis, request: Request, topology: Topology, settings: S
         if plan.action == "failover" and (pre.plan.run_on, pre.plan.cmdlet) != (plan.run_on, plan.cmdlet):
             audit("execute", "stopped: plan no longer matches")
             emit("failed", {"reason": f"not executed: the approved plan ({plan.cmdlet} on {plan.run_on}) no longer "
-                                      f"matches the deployment ({pre.plan.cmdlet} on {pre.plan.run_on}); request it again"})
+                                      f"matches the deployment ({pre.plan.cmdlet} on {pre.plan.run_on}); "
+                                      "request it again"})
             return {"ok": False}
         try:
             if plan.action == "failover":
@@ -107,7 +112,8 @@ def execute(conn: redis.Redis, request: Request, topology: Topology, settings: S
 
 def _auditor(conn: redis.Redis, request: Request, approval_id: str):
     def audit(what: str, result: str, **extra: Any) -> None:
-        append_audit(conn, request=request.id, approval=approval_id, who=request.user, what=what, result=result, **extra)
+        append_audit(conn, request=request.id, approval=approval_id, who=request.user, what=what, result=result,
+                     **extra)
     return audit
 
 
@@ -117,7 +123,8 @@ def _failover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, au
     run = run_change(topology, settings, plan.run_on, "cms-failover", plan.steps[0].params)
     if run.error:
         audit("failover", f"unknown: {run.error.reason}")
-        emit("failed", {"reason": UNKNOWN_OUTCOME.format(what="failover") + f" (the WinRM call failed: {run.error.reason})"})
+        emit("failed", {"reason": UNKNOWN_OUTCOME.format(what="failover")
+                        + f" (the WinRM call failed: {run.error.reason})"})
         return {"ok": False}
     data = run.results["cms-failover"]
     errors, warnings = [str(e) for e in data.get("Errors") or []], [str(w) for w in data.get("Warnings") or []]

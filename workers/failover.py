@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, cast
 
 import redis
 
@@ -112,7 +113,8 @@ class Preflight(Model):
 def parse_location(data: Any) -> Location:
     if not isinstance(data, dict):
         raise ParseError("cms-location: expected an object")
-    conn = data.get("Connection") if isinstance(data.get("Connection"), dict) else {}
+    raw_conn = data.get("Connection")
+    conn = raw_conn if isinstance(raw_conn, dict) else {}
     services = [CmsService(pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "", site_id=as_str(s.get("SiteId")),
                            version=as_str(s.get("Version")), active=as_bool(s.get("Active")))
                 for s in as_list(data.get("Services")) if isinstance(s, dict) and as_str(s.get("PoolFqdn"))]
@@ -170,8 +172,9 @@ def gather(topology: Topology, settings: Settings, conn: redis.Redis | None) -> 
             "host_errors": errors,
         })
     if conn is not None:
-        holder = conn.get(HOLDER_KEY) if conn.exists(LOCK_KEY) else None
-        cooldown = conn.get(COOLDOWN_KEY)
+        # the connection does not decode responses: replies are bytes
+        holder = cast(bytes | None, conn.get(HOLDER_KEY)) if conn.exists(LOCK_KEY) else None
+        cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
         facts = facts.model_copy(update={"lock_holder": holder.decode() if holder else None,
                                          "cooldown": cooldown.decode() if cooldown else None})
     return facts
@@ -216,7 +219,8 @@ def _lock_check(facts: Facts, *, cooldown_blocks: bool = True) -> Check:
     """A running change always blocks; a cooldown blocks a failover but not a recovery,
     which is what a failed failover calls for."""
     if facts.lock_holder:
-        return Check(name="one change at a time", verdict=BLOCK, reason=f"another CMS change is running: {facts.lock_holder}")
+        return Check(name="one change at a time", verdict=BLOCK,
+                     reason=f"another CMS change is running: {facts.lock_holder}")
     if facts.cooldown:
         return Check(name="one change at a time", verdict=BLOCK if cooldown_blocks else WARN,
                      reason=f"cooldown after the last CMS change: {facts.cooldown}")
@@ -228,7 +232,7 @@ def preflight_failover(topology: Topology, facts: Facts, requested_target: str |
     active = active_pools(facts)
     source = active[0] if len(active) == 1 else facts.source
     pairs = facts.location.pairs if facts.location else {}
-    paired = pairs.get(source) or (topology.paired_pool(source).fqdn if topology.paired_pool(source) else None)
+    paired = pairs.get(source) or (pp.fqdn if (pp := topology.paired_pool(source)) else None)
     target = requested_target or paired
 
     version = topology.deployment.version
@@ -255,7 +259,8 @@ def preflight_failover(topology: Topology, facts: Facts, requested_target: str |
         checks.append(Check(name="CMS location", verdict=BLOCK,
                             reason=f"{' and '.join(active)} both claim the CMS. {RECOVER_POINTER}"))
     elif not active:
-        checks.append(Check(name="CMS location", verdict=WARN, reason="Get-CsService -CentralManagement could not be read"))
+        checks.append(Check(name="CMS location", verdict=WARN,
+                            reason="Get-CsService -CentralManagement could not be read"))
     else:
         checks.append(Check(name="CMS location", verdict=GO, reason=f"the CMS is in {source}"))
 
@@ -268,7 +273,8 @@ def preflight_failover(topology: Topology, facts: Facts, requested_target: str |
                                 reason=f"{source} is down" if source_down else "the CMS is unavailable"))
         else:
             checks.append(Check(name="disaster mode", verdict=BLOCK,
-                                reason=f"disaster mode only when the CMS pool is down; {source} answers: use normal mode"))
+                                reason=f"disaster mode only when the CMS pool is down; {source} answers: "
+                                       "use normal mode"))
     elif facts.cms is None:
         checks.append(Check(name="active master", verdict=BLOCK, reason="the CMS could not be read from any server"))
     elif not master:
@@ -379,14 +385,15 @@ def _change_age_check(facts: Facts) -> Check:
 def _first_answering(topology: Topology, facts: Facts, pool: str) -> str | None:
     failed = {e.server for e in facts.host_errors}
     answered = {h.fqdn for h in facts.health}
-    return next((s.fqdn for s in topology.pool(pool).servers if s.winrm and s.fqdn in answered and s.fqdn not in failed),
-                None)
+    return next((s.fqdn for s in topology.pool(pool).servers
+                 if s.winrm and s.fqdn in answered and s.fqdn not in failed), None)
 
 
 def preflight_recover(topology: Topology, facts: Facts, plan_id: str) -> Preflight:
     """The article's resolution, as a plan computed from live facts."""
     checks = [Check(name="version", verdict=GO if topology.deployment.version.has_failover_cmdlet else BLOCK,
-                    reason="Invoke-CsManagementServerFailover -Restore" if topology.deployment.version.has_failover_cmdlet
+                    reason="Invoke-CsManagementServerFailover -Restore"
+                    if topology.deployment.version.has_failover_cmdlet
                     else "Lync Server 2010 has no -Restore: use Move-CsManagementServer"),
               _lock_check(facts, cooldown_blocks=False)]
     owner = owner_pool(topology, facts)
@@ -396,7 +403,8 @@ def preflight_recover(topology: Topology, facts: Facts, plan_id: str) -> Preflig
             f"cannot tell which pool owns the CMS SQL store ({store or 'Get-CsManagementConnection unreadable'}); "
             "set backend_sql for both pools in the topology")))
     else:
-        checks.append(Check(name="CMS store owner", verdict=GO, reason=f"Get-CsManagementConnection: {store} is {owner}'s"))
+        checks.append(Check(name="CMS store owner", verdict=GO,
+                            reason=f"Get-CsManagementConnection: {store} is {owner}'s"))
     active = active_pools(facts)
     healthy = facts.cms is not None and facts.cms.store.available and len(active) == 1 and active[0] == owner
     checks.append(Check(name="needed", verdict=WARN if healthy else GO, reason=(
@@ -419,7 +427,8 @@ def preflight_recover(topology: Topology, facts: Facts, plan_id: str) -> Preflig
             checks.append(Check(name="servers", verdict=BLOCK, reason=f"no server of {owner} answers WinRM"))
         else:
             checks.append(Check(name="servers", verdict=WARN if skipped else GO, reason=(
-                f"{len(servers)} of {owner}'s servers answer" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))))
+                f"{len(servers)} of {owner}'s servers answer"
+                + (f"; skipped: {', '.join(skipped)}" if skipped else ""))))
             steps.append(Step(kind="restore", server=servers[0],
                               detail="Invoke-CsManagementServerFailover -Restore -Confirm:$false"))
             for server in servers:
@@ -464,7 +473,8 @@ def recognise(errors: list[str], warnings: list[str], where: str, at: datetime |
 # -- execution ------------------------------------------------------------------------------------
 
 
-def converged(cms: CmsStatus | None, location_services: list[CmsService], target: str, topology: Topology) -> tuple[bool, str]:
+def converged(cms: CmsStatus | None, location_services: list[CmsService], target: str,
+              topology: Topology) -> tuple[bool, str]:
     if cms is None:
         return False, "the CMS could not be read"
     target_servers = {s.fqdn for s in topology.pool(target).servers}
@@ -484,7 +494,8 @@ LONG_RUNNING = {"cms-failover", "cms-restore"}  # a normal failover waits for re
 
 def run_change(topology: Topology, settings: Settings, server: str, probe: str, params: dict[str, Any]) -> HostRun:
     if probe in LONG_RUNNING:
-        settings = settings.model_copy(update={"host_deadline": max(settings.host_deadline, settings.failover_deadline)})
+        settings = settings.model_copy(
+            update={"host_deadline": max(settings.host_deadline, settings.failover_deadline)})
     with Fleet(topology, settings, lambda h: {probe: params} if h == server else {}) as fleet:
         return fleet.run(server, [probe])
 

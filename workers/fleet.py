@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from workers import probes
 from workers.models import HostError, HostErrorKind
@@ -60,7 +61,7 @@ class Fleet:
         self._shells: dict[str, HostShell] = {}
         self._pool = ThreadPoolExecutor(max_workers=settings.fanout, thread_name_prefix="fleet")
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -102,7 +103,8 @@ class Fleet:
                 break
         return run
 
-    def run_all(self, plan: dict[str, list[str]], on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:
+    def run_all(self, plan: dict[str, list[str]],
+                on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:
         """Run every server's probes in parallel; each result reported as it lands."""
         futures: dict[Future[HostRun], str] = {self._pool.submit(self._run, s, names): s for s, names in plan.items()}
         waves = math.ceil(len(plan) / self._settings.fanout) or 1

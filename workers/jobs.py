@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, cast
 
 import redis
 from rq import get_current_job
@@ -52,7 +53,9 @@ class Ctx:
 
 
 def _run(request_id: str, body: Callable[[Ctx], dict[str, Any]]) -> dict[str, Any] | None:
-    conn = get_current_job().connection
+    job = get_current_job()
+    assert job is not None  # _run is the body of an RQ job
+    conn = job.connection
     if not claim(conn, request_id):
         log.info("request %s already ran (duplicate delivery); skipping", request_id)
         return None
@@ -128,8 +131,9 @@ def _preflight(ctx: Ctx) -> dict[str, Any]:
     pre = (preflight_failover(ctx.topology, facts, args.get("target"), args.get("mode", "normal"))
            if kind == "failover" else preflight_recover(ctx.topology, facts, ctx.request.id))
     approval = approvals.create(ctx.conn, kind=kind, plan=plan_json(pre), checks=[c.model_dump() for c in pre.checks],
-                                requester=ctx.request.user, request=ctx.request.id, needed=ctx.settings.approvals_required,
-                                ttl=ctx.settings.approval_ttl, blocked=pre.blocked)
+                                requester=ctx.request.user, request=ctx.request.id,
+                                needed=ctx.settings.approvals_required, ttl=ctx.settings.approval_ttl,
+                                blocked=pre.blocked)
     append_audit(ctx.conn, request=ctx.request.id, approval=approval.id, who=ctx.request.user, what=f"preflight:{kind}",
                  result="blocked" if pre.blocked else "ready", detail=json.dumps([c.model_dump() for c in pre.checks]))
     ctx.emit("preflight", {"approval": approval.id})
@@ -153,7 +157,7 @@ def lost_reason(conn: redis.Redis, request_id: str, command: str) -> str | None:
     from workers.execute import UNKNOWN_OUTCOME
     from workers.failover import HOLDER_KEY, LOCK_KEY, set_cooldown
 
-    holder = conn.get(HOLDER_KEY)
+    holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
     if holder and f"request {request_id}" in holder.decode():
         conn.delete(LOCK_KEY, HOLDER_KEY)  # its holder is dead; the cooldown below still holds
     set_cooldown(conn, Settings(), "the last CMS change ended with an unknown outcome: check first")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 
@@ -52,7 +52,7 @@ class Heartbeat:
             except redis.RedisError:
                 log.warning("heartbeat for %s: Redis unavailable", self.request_id)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.conn.zadd(RUNNING, {self.request_id: time.time()})
         self._thread.start()
         return self

@@ -9,7 +9,7 @@ as what it means.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workers.models import ServiceState
@@ -61,13 +61,13 @@ def as_datetime(value: Any) -> datetime | None:
     text = str(value).strip()
     m = _MS_DATE.match(text.replace("\\/", "/"))
     if m:
-        moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(m.group(1)))
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(m.group(1)))
         return moment
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # System.ServiceProcess.ServiceControllerStatus, as 5.1 writes the enum.

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from workers.fleet import Fleet
 from workers.models import StatusReport
@@ -135,7 +136,8 @@ def replicate(topology: Topology, settings: Settings, target: Target, emit: Emit
     emit("progress", {"text": "reading the current state"})
     before = run_status(topology, settings, target, lambda k, b: None)
     replicas = [] if target.kind == "deployment" else list(target.servers)
-    with Fleet(topology, settings, lambda h: {"force-replication": {"replicas": replicas}} if h == cms else {}) as fleet:
+    with Fleet(topology, settings,
+               lambda h: {"force-replication": {"replicas": replicas}} if h == cms else {}) as fleet:
         run = fleet.run(cms, ["force-replication"])
     if run.error:
         return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.error.reason}", before)

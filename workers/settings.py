@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     cooldown: float = Field(900.0, ge=0, description="seconds after a CMS change before the next may start")
 
     @model_validator(mode="after")
-    def _password_from_file(self) -> "Settings":
+    def _password_from_file(self) -> Settings:
         if self.winrm_password_file and not self.winrm_password.get_secret_value():
             secret = self.winrm_password_file.read_text(encoding="utf-8").strip()
             object.__setattr__(self, "winrm_password", SecretStr(secret))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from workers.contract import utcnow
 from workers.diagnose import diagnose
@@ -96,7 +97,8 @@ def run_status(topology: Topology, settings: Settings, target: Target, emit: Emi
     progress = _Progress(emit, total=len(plan))
     by_design = len(target.servers) - len(reachable)
     progress.start(f"checking {len(reachable)} of {len(target.servers)} servers over WinRM"
-                   + (f" ({by_design} not reachable over WinRM by design, checked from the CMS side)" if by_design else ""))
+                   + (f" ({by_design} not reachable over WinRM by design, checked from the CMS side)"
+                      if by_design else ""))
     with Fleet(topology, settings, probe_params(topology, target)) as fleet:
         runs = fleet.run_all(plan, on_done=progress.host_done)
         attempts = [runs[candidates[0]]] if candidates else []
@@ -129,7 +131,7 @@ def second_stage(topology: Topology, report: StatusReport, candidates: list[str]
         return {}
     failed = {e.server for e in report.host_errors}
     ftas = [f for f in cms.store.active_file_transfer_agents if f in candidates and f not in failed]
-    fta = (ftas or [c for c in candidates if c not in failed] or [None])[0]
+    fta = next(iter(ftas or [c for c in candidates if c not in failed]), None)
     if fta is None:
         return {}
     plan = {fta: ["replication-events", "reachability"]}
@@ -139,13 +141,15 @@ def second_stage(topology: Topology, report: StatusReport, candidates: list[str]
     return plan
 
 
-def build_report(topology: Topology, target: Target, runs: dict[str, HostRun], cms_attempts: list[HostRun]) -> StatusReport:
+def build_report(topology: Topology, target: Target, runs: dict[str, HostRun],
+                 cms_attempts: list[HostRun]) -> StatusReport:
     errors = _Errors()
     health, backup = [], []
     for server, run in runs.items():
         errors.add(run.error)
         if "replica-health" in run.results and server in target.servers:
-            health += errors.parse(server, "replica-health", lambda d, s=server: [parse_replica_health(s, d)],
+            health += errors.parse(server, "replica-health",
+                                   lambda d, s=server: [parse_replica_health(s, d)],  # type: ignore[misc]  # mypy#15459
                                    run.results["replica-health"])
         if "backup-status" in run.results:
             backup += errors.parse(server, "backup-status", parse_backup_status, run.results["backup-status"])
@@ -153,7 +157,8 @@ def build_report(topology: Topology, target: Target, runs: dict[str, HostRun], c
     for attempt in cms_attempts:
         errors.add(attempt.error)
         if cms is None and "cms-status" in attempt.results:
-            parsed = errors.parse(attempt.server, "cms-status", lambda d: [parse_cms_status(d)], attempt.results["cms-status"])
+            parsed = errors.parse(attempt.server, "cms-status", lambda d: [parse_cms_status(d)],
+                                  attempt.results["cms-status"])
             if parsed:
                 cms, cms_source = parsed[0], attempt.server
     paired = topology.paired_pool(topology.cms_pool)
@@ -181,7 +186,8 @@ def add_second_stage(report: StatusReport, runs: dict[str, HostRun]) -> StatusRe
                 update["events_source"] = parsed[0][0] or server
                 update["events"] = parsed[0][1]
         if "reachability" in results:
-            parsed = errors.parse(server, "reachability", lambda d, s=server: [parse_reachability(s, d)],
+            parsed = errors.parse(server, "reachability",
+                                  lambda d, s=server: [parse_reachability(s, d)],  # type: ignore[misc]  # mypy#15459
                                   results["reachability"])
             if parsed:
                 update["reachability"] = parsed[0]

@@ -149,7 +149,7 @@ class Topology(_Strict):
             seen[s.fqdn] = None
         return list(seen)
 
-    def resolve(self, name: str) -> "Target":
+    def resolve(self, name: str) -> Target:
         """Map user text to a pool or server; raise UnknownTarget otherwise.
 
         Case and a trailing dot are ignored; a short host name is accepted
@@ -169,7 +169,7 @@ class Topology(_Strict):
                     return self.resolve(hits[0])
         raise UnknownTarget(name, self.names)
 
-    def everything(self) -> "Target":
+    def everything(self) -> Target:
         return Target(kind="deployment", name=self.deployment.name, servers=tuple(s.fqdn for s in self.servers))
 
 
@@ -225,9 +225,11 @@ def parse(text: str, path: Path | str = "<topology>") -> Topology:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
-        raise TopologyError(path, line, f"not valid YAML ({e.problem})", "check indentation and quoting on that line") from None
+        raise TopologyError(path, line, f"not valid YAML ({e.problem})",
+                            "check indentation and quoting on that line") from None
     if not isinstance(data, dict):
-        raise TopologyError(path, 1, "the file must be a YAML mapping", "start with `deployment:`, `cms_pool:` and `pools:`")
+        raise TopologyError(path, 1, "the file must be a YAML mapping",
+                            "start with `deployment:`, `cms_pool:` and `pools:`")
     try:
         topo = Topology.model_validate(data)
     except ValidationError as e:
@@ -261,7 +263,8 @@ def _check_references(topo: Topology, root: Any, path: Path | str) -> None:
                 raise TopologyError(
                     path, _line_of(root, ("pools", pi, "servers", si)),
                     f"Edge server {server.fqdn} has no internal_address",
-                    "add `internal_address:` with the IP or name of its internal interface (replication uses TCP 4443 to it)",
+                    "add `internal_address:` with the IP or name of its internal interface "
+                    "(replication uses TCP 4443 to it)",
                 )
     pool_names = {p.fqdn.lower(): i for i, p in enumerate(topo.pools)}
     if len(pool_names) != len(topo.pools):
@@ -277,7 +280,8 @@ def _check_references(topo: Topology, root: Any, path: Path | str) -> None:
     for pi, pool in enumerate(topo.pools):
         if pool.backup_pool and pool.backup_pool.lower() not in pool_names:
             raise TopologyError(
-                path, _line_of(root, ("pools", pi, "backup_pool")), f"backup_pool {pool.backup_pool} is not one of the pools",
+                path, _line_of(root, ("pools", pi, "backup_pool")),
+                f"backup_pool {pool.backup_pool} is not one of the pools",
                 "name a pool listed in this file, or remove backup_pool",
             )
 

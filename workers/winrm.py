@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -70,7 +71,7 @@ class ProbeFailed(HostFailure):
 class Credentials:
     username: str
     password: str  # plain only inside this module; never logged
-    transport: str
+    transport: Literal["ntlm", "kerberos", "credssp", "basic"]
     ca_bundle: str | None = None
     connect_timeout: float = 5.0
     proxy: str | None = None
@@ -120,13 +121,15 @@ class HostShell:
                 chunks = [stdin[i:i + STDIN_CHUNK] for i in range(0, len(stdin), STDIN_CHUNK)] or [b""]
                 for i, chunk in enumerate(chunks):
                     last = i == len(chunks) - 1
-                    self._call(lambda p, c=chunk, e=last: p.send_command_input(shell_id, command_id, c, end=e))
+                    self._call(lambda p, c=chunk, e=last: p.send_command_input(  # type: ignore[misc]  # mypy#15459
+                        shell_id, command_id, c, end=e))
             out: list[bytes] = []
             err: list[bytes] = []
             try:
                 while True:
                     try:
-                        o, e, code, done = self._call(lambda p: p.get_command_output_raw(shell_id, command_id), receive=True)
+                        o, e, code, done = self._call(lambda p: p.get_command_output_raw(shell_id, command_id),
+                                                      receive=True)
                     except WinRMOperationTimeoutError:
                         continue  # the command is still running; poll again while time remains
                     out.append(o)
@@ -163,14 +166,16 @@ class HostShell:
         c = self._creds
         plain_http = urlsplit(self.endpoint).scheme == "http"
         if c.transport == "basic" and plain_http and not is_loopback(self.endpoint):
-            raise AuthFailed("credentials not sent: Basic authentication over plain HTTP is allowed only to loopback; use HTTPS or NTLM/Kerberos")
+            raise AuthFailed("credentials not sent: Basic authentication over plain HTTP is allowed only to loopback; "
+                             "use HTTPS or NTLM/Kerberos")
         return winrm.Protocol(
             endpoint=self.endpoint,
             transport=c.transport,
             username=c.username,
             password=c.password,
             server_cert_validation="validate",
-            ca_trust_path=c.ca_bundle or requests.certs.where(),
+            # types-requests leaves requests.certs empty; where() is there at runtime (the packager's CA bundle)
+            ca_trust_path=c.ca_bundle or requests.certs.where(),  # type: ignore[attr-defined]
             read_timeout_sec=MAX_OPERATION_TIMEOUT + 5,
             operation_timeout_sec=MAX_OPERATION_TIMEOUT,
             message_encryption="auto",
@@ -187,7 +192,9 @@ class HostShell:
         # must outlast it; both shrink as the deadline approaches.
         op = max(1, min(MAX_OPERATION_TIMEOUT, int(remaining) - 1)) if receive else MAX_OPERATION_TIMEOUT
         p.operation_timeout_sec = op
-        p.transport.read_timeout_sec = (min(self._creds.connect_timeout, remaining), min(remaining, op + 2.0))
+        # pywinrm annotates an int, but hands it to requests, which takes a (connect, read) pair
+        p.transport.read_timeout_sec = (  # type: ignore[assignment]
+            min(self._creds.connect_timeout, remaining), min(remaining, op + 2.0))
         try:
             return fn(p)
         except WinRMOperationTimeoutError:

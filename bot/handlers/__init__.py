@@ -11,8 +11,9 @@ import functools
 import html
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from rq import Callback
@@ -98,6 +99,7 @@ def guarded(listener: Callable[..., None]) -> Callable[..., None]:
         def tracking_ack(*a: Any, **kw: Any) -> Any:
             nonlocal acked
             acked = True
+            assert ack is not None  # installed only when the listener got an ack
             return ack(*a, **kw)
 
         if ack is not None:

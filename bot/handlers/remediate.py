@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from typing import cast
 
 from bot.blocks import ACTION_PREFIX
 from bot.handlers import Deps, guarded, just_ack, slack_request
+from bot.roles import Role
 from bot.slack_threads import parent_key
 from workers.contract import load_request
-from bot.roles import Role
 from workers.jobs import REMEDIATE_JOB
 from workers.remediate import KINDS, describe
 from workers.topology import UnknownTarget
@@ -20,7 +21,7 @@ REMEDIATION_GUARD = 600  # seconds; released when the job finishes
 
 def thread_scope(deps: Deps, channel: str, thread: str | None) -> str:
     """What the command owning this thread checked, so the re-check covers the same ground."""
-    owner = deps.conn.get(parent_key(channel, thread or ""))
+    owner = cast(bytes | None, deps.conn.get(parent_key(channel, thread or "")))  # replies are not decoded
     if owner:
         try:
             return load_request(deps.conn, owner.decode()).args.get("target") or "all"

@@ -17,5 +17,6 @@ def register(app, deps: Deps) -> None:
         if req is None:
             return
         deps.enqueue(req, REPLICATE_JOB, change=True,
-                     audit={"what": "force-replication", "target": req.args.get("target", "all"), "result": "requested"})
+                     audit={"what": "force-replication", "target": req.args.get("target", "all"),
+                            "result": "requested"})
         ack()

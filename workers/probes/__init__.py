@@ -106,14 +106,16 @@ def command(name: str) -> tuple[str, list[str]]:
     bootstrap = (
         "$ErrorActionPreference='Stop';"
         "[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false;"
-        "$j={param($n)$p='';$i=0;while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
+        "$j={param($n)$p='';$i=0;"
+        "while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
         "$d={param($n)[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String((& $j $n)))};"
         f"$CmsbotParams=(& $j '{p.params_var}');"
         f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
         f". ([ScriptBlock]::Create((& $d '{p.script_var}')))"
     )
     encoded = base64.b64encode(bootstrap.encode("utf-16-le")).decode("ascii")
-    return POWERSHELL, ["-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand", encoded]
+    return POWERSHELL, ["-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
+                        "-EncodedCommand", encoded]
 
 
 def decode(name: str, out: Output) -> Any:
