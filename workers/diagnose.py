@@ -95,6 +95,7 @@ def diagnose(report: StatusReport) -> list[Finding]:
     fe_root = front_end_root(report)
     not_member = fta_not_in_group(report)
     denied_for_group: list[ReplicaStatus] = []
+    event_note = _event_note(report)
 
     for status in cms.replicas:
         if status.fqdn not in scope:
@@ -118,7 +119,7 @@ def diagnose(report: StatusReport) -> list[Finding]:
             continue
         if not found:
             found = [pending(status, now)] if is_pending(status, now) else [behind(clues, report)]
-        findings += found
+        findings += [with_unchecked(f, event_note) for f in found]
     if not_member:
         findings.append(group_finding(report, not_member, denied_for_group))
     findings += cms_service_findings(report)
@@ -166,6 +167,12 @@ def active_fta_not_member(report: StatusReport, not_member: list[str]) -> bool:
     return any(c.upper() in ftas for c in not_member)
 
 
+def with_unchecked(f: Finding, notes: list[str]) -> Finding:
+    """The finding, also listing `notes` as not checked (once)."""
+    new = [n for n in notes if n not in f.unchecked]
+    return f.model_copy(update={"unchecked": [*f.unchecked, *new]}) if new else f
+
+
 def _unreachable_note(clues: _Clues, what: str) -> str:
     server = clues.status.fqdn
     if clues.host_error:
@@ -174,10 +181,13 @@ def _unreachable_note(clues: _Clues, what: str) -> str:
 
 
 def _event_note(report: StatusReport) -> list[str]:
+    """What to say when the File Transfer Agent's event log was not read (empty: it was)."""
     if report.events_source:
         return []
-    fta = ", ".join(report.cms.store.active_file_transfer_agents) if report.cms else ""
-    err = next((e for e in report.host_errors if e.probe == "replication-events"), None)
+    ftas = report.cms.store.active_file_transfer_agents if report.cms else []
+    fta = ", ".join(ftas)
+    err = next((e for e in report.host_errors if e.probe == "replication-events"), None) or next(
+        (e for e in report.host_errors if e.server.lower() in {f.lower() for f in ftas}), None)
     reason = f"{err.kind.value.replace('_', ' ')} ({err.reason})" if err else "not read"
     return [f"'Lync Server' event log on the FTA host {fta or '(none active)'}: {reason}"]
 
@@ -401,7 +411,7 @@ def group_finding(report: StatusReport, computers: list[str], affected: list[Rep
     group = report.membership.group if report.membership else "RTCUniversalConfigReplicator"
     fta = {f.split(".")[0].upper(): f for f in (report.cms.store.active_file_transfer_agents if report.cms else [])}
     active = [c for c in computers if c.upper() in fta]
-    subject = fta[active[0].upper()] if active else computers[0]
+    subject = fta[active[0].upper()] if active else cms_server_named(report, computers[0])
     evidence = [Evidence(text=f"{', '.join(computers)} not a member of {group}",
                          source=f"LDAP query on {report.cms_source or 'a CMS Front End'}")]
     if affected:
@@ -415,7 +425,17 @@ def group_finding(report: StatusReport, computers: list[str], affected: list[Rep
         summary = (f"CMS Front End computer account{'s' if len(computers) > 1 else ''} {', '.join(computers)} not in "
                    "RTCUniversalConfigReplicator: replication will fail if it becomes the File Transfer Agent")
         severity = Severity.warning
-    return finding("cms.fta-not-in-group", severity, subject, summary, evidence)
+    accounts = ",".join(f"{c}$" for c in computers)
+    return finding("cms.fta-not-in-group", severity, subject, summary, evidence,
+                   fix=[step.replace("<NAME>$", accounts) for step in KNOWLEDGE["cms.fta-not-in-group"].fix])
+
+
+def cms_server_named(report: StatusReport, computer: str) -> str:
+    """The FQDN of the CMS pool (or its pair's) server whose computer account is `computer`,
+    or `computer` itself when the topology has no such server."""
+    cms_pools = {report.cms_pool, report.cms_backup_pool} - {None}
+    return next((s for s in sorted(report.pools) if report.pools[s] in cms_pools
+                 and s.split(".")[0].upper() == computer.upper()), computer)
 
 
 # -- no evidence ------------------------------------------------------------------------

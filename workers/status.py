@@ -66,7 +66,7 @@ def probe_params(topology: Topology, target: Target) -> Callable[[str], dict[str
         else:
             targets.append({"fqdn": fqdn, "address": fqdn, "port": 445, "share": True})
     # both pools of the pair: after a failover the File Transfer Agent runs in the other one
-    cms_front_ends = [s.split(".")[0].upper() for s in candidates]
+    cms_front_ends = sorted(s.split(".")[0].upper() for s in candidates)  # a set: sorted, the same every run
     paired = topology.paired_pool(topology.cms_pool)
     backup_pools = [topology.cms_pool] + ([paired.fqdn] if paired else [])
 
@@ -130,12 +130,16 @@ def second_stage(topology: Topology, report: StatusReport, candidates: list[str]
     if not behind and cms.store.available:
         return {}
     failed = {e.server for e in report.host_errors}
-    ftas = [f for f in cms.store.active_file_transfer_agents if f in candidates and f not in failed]
-    fta = next(iter(ftas or [c for c in candidates if c not in failed]), None)
+    up = [c for c in candidates if c not in failed]
+    # events 1015/1017/1034 are logged on the active FTA host only: no other server's log stands in for it
+    # (none active: the CMS is unavailable, and the CMS pool's first server is the best guess)
+    ftas = {f.lower() for f in cms.store.active_file_transfer_agents}
+    events_host = next((c for c in up if not ftas or c.lower() in ftas), None)
+    fta = events_host or next(iter(up), None)  # the port tests run from another CMS server if need be
     if fta is None:
         return {}
-    plan = {fta: ["replication-events", "reachability"]}
-    others = [c for c in candidates if c != fta and c not in failed and topology.pool_of(c).fqdn == topology.cms_pool]
+    plan = {fta: (["replication-events"] if events_host else []) + ["reachability"]}
+    others = [c for c in up if c != fta and topology.pool_of(c).fqdn == topology.cms_pool]
     member_host = others[0] if others else fta
     plan[member_host] = plan.get(member_host, []) + ["ad-membership"]
     return plan
