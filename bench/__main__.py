@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from bench.harness import _wait, children_of, parts, percentile, rss_kb, summary_ms
+from bench.harness import children_of, parts, percentile, rss_kb, summary_ms, wait_until
 
 
 def bench_ack(total: int = 200, concurrency: int = 50) -> dict:
@@ -162,7 +162,7 @@ def bench_soak(total: int = 500, window_s: float = 10.0, servers: int = 20, work
         def verdicts() -> list[dict]:
             return [m for m in fake.messages() if not m.get("thread_ts") and m["edits"]
                     and not m["text"].endswith("checking")]
-        _wait(lambda: len(verdicts()) >= total, 900, f"only {len(verdicts())} of {total} completed")
+        wait_until(lambda: len(verdicts()) >= total, 900, f"only {len(verdicts())} of {total} completed")
         sampling.set()
         parents = [m for m in fake.messages() if not m.get("thread_ts")]
         # completion: from the command's post to the verdict edit of its parent

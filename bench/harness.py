@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.conftest import LabProcess, RedisServer, WorkerProcess, _wait, children_of
+from tests.harness import LabProcess, RedisServer, WorkerProcess, children_of, wait_until
 from tests.slack_fake import SlackFake
 from tests.slack_support import BotProcess
 
@@ -59,7 +59,6 @@ class Parts:
     def worker(self, lab: LabProcess, **settings: str) -> WorkerProcess:
         w = WorkerProcess(self.workdir, self.redis.url, lab.topology, **settings)
         self.stack.callback(w.stop)
-        _wait(lambda: "Listening on" in w.log.read_text(), 30, "worker did not start")
         return w
 
     def slack(self) -> SlackFake:
@@ -90,4 +89,4 @@ def parts() -> Iterator[Parts]:
         yield Parts(stack, Path(tmp))
 
 
-__all__ = ["parts", "summary_ms", "percentile", "rss_kb", "children_of", "_wait"]
+__all__ = ["parts", "summary_ms", "percentile", "rss_kb", "children_of", "wait_until"]

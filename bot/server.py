@@ -38,6 +38,8 @@ REPORTER_GROUP = "slack"
 REPORTER_NICENESS = 5
 WORKERS_FRESH = 5.0
 EXPIRY_EVERY = 2.0
+# Set by the bot for the reporter it starts (see _exit_with_parent).
+PARENT_ENV = "CMSBOT_REPORTER_PARENT"
 
 
 def missing_settings(slack: SlackSettings) -> list[str]:
@@ -75,11 +77,15 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
         return 0
 
     listener = socket.create_server((slack.http_host, slack.http_port), backlog=512)
+    # Non-blocking: the processes sharing it all wake for one connection, and the ones that lose
+    # the accept race must go back to their loop (and see a shutdown), not sit in accept().
+    listener.setblocking(False)
     children = []
     for _ in range(max(1, slack.http_processes) - 1):
         pid = os.fork()
         if pid == 0:  # a serving child: its own app, clients and threads, built after the fork
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _exit_with_parent(os.getppid())
             _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=threading.Event())
             os._exit(0)
         children.append(pid)
@@ -133,7 +139,8 @@ def _supervise_reporter(stop: threading.Event) -> None:
             if child is None or child.poll() is not None:
                 if child is not None:
                     log.warning("the reporter exited with %s; restarting it", child.returncode)
-                child = subprocess.Popen([sys.executable, "-m", "bot.cli", "reporter"], stdin=subprocess.DEVNULL)
+                child = subprocess.Popen([sys.executable, "-m", "bot.cli", "reporter"], stdin=subprocess.DEVNULL,
+                                         env=dict(os.environ, **{PARENT_ENV: str(os.getpid())}))
             stop.wait(1.0)
     finally:
         if child is not None and child.poll() is None:
@@ -149,6 +156,8 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
     client = web_client(slack)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent := os.environ.get(PARENT_ENV):
+        _exit_with_parent(int(parent))
     # acks are latency-critical (Slack allows 3 s), delivery is not: under CPU contention the
     # serving processes go first
     os.nice(REPORTER_NICENESS)
@@ -170,6 +179,17 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
         t.start()
     _report(conn, threads, stop)
     return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A child of the bot stops, through its own SIGTERM path, once the bot is gone: a bot that
+    was killed outright cannot stop it, and it would serve or deliver on as an orphan."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the bot that started this process (pid %s) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _redis_ok(conn: redis.Redis) -> bool:

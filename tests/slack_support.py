@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -18,7 +15,7 @@ from pathlib import Path
 from slack_sdk.signature import SignatureVerifier
 
 from bot.local_redis import free_port
-from tests.conftest import _wait
+from tests.harness import GRACE, Managed, alive, cmsbot, wait_until
 from tests.slack_fake import SlackFake
 
 SECRET = "test-signing-secret"
@@ -28,38 +25,33 @@ OPERATOR, VIEWER, GROUP_OPERATOR = "U0OPERATOR", "U0VIEWER", "U0GROUPOP"
 APPROVER, APPROVER2, BOTH = "U0APPROVER", "U0APPROVER2", "U0BOTH"  # BOTH: operator and approver
 
 
-class BotProcess:
+class BotProcess(Managed):
+    """`cmsbot bot` over HTTP, its Slack client pointed at the fake; returns once it listens."""
+
     def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake, token: str = TOKEN,
                  secret: str = SECRET):
         self.secret = secret
         self.port = free_port()
-        self.log = workdir / f"bot-{time.monotonic_ns()}.log"
-        self.env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
-                        CMSBOT_SLACK_BOT_TOKEN=token, CMSBOT_SLACK_SIGNING_SECRET=secret,
-                        CMSBOT_SLACK_API_URL=fake.base_url, CMSBOT_HTTP_PORT=str(self.port),
-                        CMSBOT_HTTP_HOST="127.0.0.1", CMSBOT_SLACK_OPERATORS=f"{OPERATOR},{BOTH},S0OPS",
-                        CMSBOT_SLACK_APPROVERS=f"{APPROVER},{APPROVER2},{BOTH}",
-                        CMSBOT_SLACK_CHANNELS=CHANNEL, CMSBOT_LOG_LEVEL="INFO")
-        self.env.pop("CMSBOT_SLACK_APP_TOKEN", None)
-        self.start()
+        env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
+                   CMSBOT_SLACK_BOT_TOKEN=token, CMSBOT_SLACK_SIGNING_SECRET=secret,
+                   CMSBOT_SLACK_API_URL=fake.base_url, CMSBOT_HTTP_PORT=str(self.port),
+                   CMSBOT_HTTP_HOST="127.0.0.1", CMSBOT_SLACK_OPERATORS=f"{OPERATOR},{BOTH},S0OPS",
+                   CMSBOT_SLACK_APPROVERS=f"{APPROVER},{APPROVER2},{BOTH}",
+                   CMSBOT_SLACK_CHANNELS=CHANNEL, CMSBOT_LOG_LEVEL="INFO")
+        env.pop("CMSBOT_SLACK_APP_TOKEN", None)
+        super().__init__(cmsbot("bot"), env, workdir / f"bot-{time.monotonic_ns()}.log")
+        self._wait_listening(1)
+
+    def _wait_listening(self, times: int) -> None:
+        wait_until(lambda: self.text().count("listening on") >= times or not self.running, 30, "bot did not start")
+        assert self.running, self.text()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "bot"], env=self.env,
-                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
-        _wait(lambda: "listening on" in self.log.read_text() or self.proc.poll() is not None, 30, "bot did not start")
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        """Start it again (after kill()), once what the killed one left behind has exited by itself."""
+        wait_until(lambda: not any(alive(p) for p in self.orphans), GRACE, "the killed bot's children live on")
+        times = self.text().count("listening on") + 1
+        self.restart()
+        self._wait_listening(times)
 
     # -- Slack's side of the HTTP endpoint ------------------------------------------
     def post(self, body: str, *, secret: str | None = None, timestamp: int | None = None,
@@ -109,7 +101,7 @@ def parents(fake: SlackFake) -> list[dict]:
 
 def wait_for_verdict(fake: SlackFake, timeout: float = 40) -> dict:
     """The one parent message, once its verdict has been written into it."""
-    _wait(lambda: any(p["edits"] and not p["text"].endswith("checking") for p in parents(fake)), timeout,
+    wait_until(lambda: any(p["edits"] and not p["text"].endswith("checking") for p in parents(fake)), timeout,
           f"no verdict; messages: {[(m['text'], m.get('thread_ts')) for m in fake.messages(CHANNEL)]}")
     (parent,) = parents(fake)
     return parent

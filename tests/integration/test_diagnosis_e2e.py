@@ -1,13 +1,10 @@
-"""Every replication failure of the seed article, set up in the lab and diagnosed
-through the real pipeline (Redis, RQ worker, pywinrm, lab)."""
+"""One replication failure of each family of the seed article, set up in the lab and
+diagnosed through the real pipeline (Redis, RQ worker, pywinrm, lab). Every scenario
+and finding code is covered from recorded probe output in tests/unit/test_diagnose.py."""
 
 from __future__ import annotations
 
-import time
-
 from workers.models import Finding, Severity
-
-from tests.conftest import HOST_DEADLINE
 
 EDGE1, EDGE2 = "edge01.contoso.com", "edge02.contoso.com"
 
@@ -26,12 +23,6 @@ def evidence(f: Finding) -> str:
     return " | ".join(e.text for e in f.evidence)
 
 
-def test_healthy_lab_has_no_finding(status):
-    outcome, thread = status()
-    assert outcome.report.findings == [] and outcome.report.host_errors == []
-    assert outcome.exit_code == 0
-
-
 def test_edge_4443_blocked(status):
     outcome, thread = status(f"edge-4443-blocked:{EDGE1}")
     f = the(outcome, "replica.https-unreachable", EDGE1)
@@ -43,32 +34,11 @@ def test_edge_4443_blocked(status):
     assert "[replica.https-unreachable]" in thread and "fix 1." in thread
 
 
-def test_edge_replica_stopped_seen_from_the_cms_side(status):
-    outcome, _ = status(f"edge-replica-stopped:{EDGE2}")
-    f = the(outcome, "replica.replica-stopped", EDGE2)
-    assert "ConnectionRefused" in evidence(f) and "Event 1017" in evidence(f)
-    assert "most likely stopped" in f.summary
-
-
 def test_edge_replica_stopped_confirmed_on_the_edge(edge_status):
     outcome, _ = edge_status(f"edge-replica-stopped:{EDGE2}")
     f = the(outcome, "replica.replica-stopped", EDGE2)
     assert "REPLICA is stopped" in evidence(f)
     assert [a.kind for a in f.actions] == ["start-replica", "force-replication"]
-
-
-def test_edge_cert_from_the_event_alone_names_the_scenario(status):
-    outcome, _ = status(f"edge-cert-no-private-key:{EDGE1}")
-    f = the(outcome, "replica.edge-cert-invalid", EDGE1)
-    assert "Event 1015" in evidence(f)
-    assert any("not reachable over WinRM" in u for u in f.unchecked)
-
-
-def test_edge_cert_no_private_key(edge_status):
-    outcome, _ = edge_status(f"edge-cert-no-private-key:{EDGE1}")
-    f = the(outcome, "replica.edge-cert-no-private-key", EDGE1)
-    assert "private key MISSING" in evidence(f) and "Event 1015" in evidence(f)
-    assert codes(outcome) == {("replica.edge-cert-no-private-key", EDGE1)}
 
 
 def test_edge_cert_wrong_name_from_the_event_and_from_the_certificate(status, edge_status):
@@ -78,12 +48,6 @@ def test_edge_cert_wrong_name_from_the_event_and_from_the_certificate(status, ed
     outcome, _ = edge_status(f"edge-cert-wrong-name:{EDGE1}")
     f = the(outcome, "replica.edge-cert-name-mismatch", EDGE1)
     assert "CN=sip.contoso.com (SAN sip.contoso.com, access.contoso.com)" in evidence(f)
-
-
-def test_edge_cert_other_root(edge_status):
-    outcome, _ = edge_status(f"edge-cert-other-root:{EDGE2}")
-    f = the(outcome, "replica.edge-cert-other-root", EDGE2)
-    assert "CN=Fabrikam Root CA" in f.summary and "CN=Contoso Root CA" in f.summary
 
 
 def test_share_acl_missing(status):
@@ -106,12 +70,6 @@ def test_fta_computer_not_in_group_explains_every_denied_replica_once(status):
     assert codes(outcome) == {("cms.fta-not-in-group", "fe01.contoso.com")}
 
 
-def test_standby_front_end_not_in_group_is_a_warning(status):
-    outcome, _ = status("computer-not-in-group:fe02.contoso.com")
-    # nothing is behind, so the membership is not checked: the deployment is healthy today
-    assert outcome.report.findings == []
-
-
 def test_transient_replica_is_pending_not_failed(status):
     outcome, _ = status("transient:fe04.contoso.com")
     f = the(outcome, "replica.pending", "fe04.contoso.com")
@@ -127,35 +85,6 @@ def test_cms_unavailable(status):
     assert any("/cms-recover" in step for step in f.fix)
 
 
-def test_both_pools_active(status):
-    outcome, _ = status("both-active")
-    f = the(outcome, "cms.both-active", "pool01.contoso.com and pool02.contoso.com")
-    assert f.severity is Severity.critical
-
-
-def test_backup_service_error(status):
-    outcome, _ = status("backup-error")
-    f = the(outcome, "backup.error", "pool01.contoso.com")
-    assert "ExportStatus ErrorState" in evidence(f) and "pool02.contoso.com" in f.summary
-
-
-def test_replica_behind_without_evidence_says_what_was_checked(status):
-    outcome, _ = status("replica-behind:dir01.contoso.com")
-    f = the(outcome, "replica.behind", "dir01.contoso.com")
-    ev = evidence(f)
-    assert "no File Transfer Agent event names it" in ev and "TCP 445 from the FTA host connects" in ev
-    assert "REPLICA is running" in ev
-    assert [a.kind for a in f.actions] == ["force-replication", "reseed"]
-
-
-def test_one_event_naming_both_edges_gives_a_finding_each(status):
-    outcome, _ = status(f"edge-4443-blocked:{EDGE1}", f"edge-4443-blocked:{EDGE2}")
-    for edge in (EDGE1, EDGE2):
-        assert "Event 1017" in evidence(the(outcome, "replica.https-unreachable", edge))
-    event_texts = [e.message for e in outcome.report.events if e.id == 1017]
-    assert any(EDGE1 in t and EDGE2 in t for t in event_texts)
-
-
 def test_combined_scenarios_each_diagnosed(status):
     outcome, _ = status(f"edge-4443-blocked:{EDGE1}", f"edge-cert-wrong-name:{EDGE2}",
                         "share-acl-missing:fe03.contoso.com", "backup-error")
@@ -167,21 +96,11 @@ def test_combined_scenarios_each_diagnosed(status):
     }
 
 
-def test_one_replica_can_carry_several_findings(edge_status):
-    outcome, _ = edge_status(f"edge-cert-no-private-key:{EDGE1}", f"edge-cert-other-root:{EDGE1}")
-    assert {c for c, s in codes(outcome) if s == EDGE1} == {"replica.edge-cert-no-private-key",
-                                                            "replica.edge-cert-other-root"}
-
-
 def test_hung_fta_host_still_gives_the_report_naming_it(status):
-    started = time.monotonic()
     outcome, thread = status("hang:fe01.contoso.com", f"edge-4443-blocked:{EDGE1}")
-    elapsed = time.monotonic() - started
     report = outcome.report
     assert report.cms_source == "fe02.contoso.com"
     assert any(e.server == "fe01.contoso.com" and e.kind.value == "timed_out" for e in report.host_errors)
     f = the(outcome, "replica.https-unreachable", EDGE1)
     assert "TimedOut" in evidence(f)
-    # fe01 costs one deadline; the fallback and the second stage add probes, not deadlines
-    assert elapsed < HOST_DEADLINE + 6, f"{elapsed:.1f}s"
     assert "fe01.contoso.com: timed out" in thread

@@ -8,24 +8,26 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 import redis
 
-from tests.conftest import LAB_PASSWORD, LAB_USER, _wait, children_of
+from tests.harness import (
+    LAB_PASSWORD,
+    LAB_USER,
+    WorkerProcess,
+    children_of,
+    stop_cleanly,
+    wait_idle,
+    wait_until,
+)
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, blocks_text, parents
 from workers import approvals
 from workers import topology as topo
 from workers.contract import EVENTS_STREAM, Request, queue_name, submit
-from workers.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY, recognise, run_change
+from workers.failover import recognise, run_change
 from workers.jobs import EXECUTE_JOB
 from workers.settings import Settings
-
-
-@pytest.fixture(autouse=True)
-def no_change_running(slack_redis):
-    redis.Redis.from_url(slack_redis).delete(LOCK_KEY, HOLDER_KEY, COOLDOWN_KEY)
 
 
 def cards(fake) -> list[dict]:
@@ -36,7 +38,7 @@ def request_card(bot, fake, text: str = "", *, command: str = "/cms-failover", u
     before = {c["ts"] for c in cards(fake)}
     status, body = bot.command(command, text, user=user)
     assert status == 200, body
-    _wait(lambda: any(c["ts"] not in before for c in cards(fake)), 30, f"no card: {body}")
+    wait_until(lambda: any(c["ts"] not in before for c in cards(fake)), 30, f"no card: {body}")
     return next(c for c in cards(fake) if c["ts"] not in before)
 
 
@@ -62,11 +64,8 @@ def thread_text(fake, card: dict) -> str:
 
 
 def wait_in_thread(fake, card: dict, text: str, timeout: float = 60) -> None:
-    _wait(lambda: text in thread_text(fake, card), timeout, f"{text!r} not in thread: {thread_text(fake, card)[-1500:]}")
-
-
-def lab_probe_count(lab, probe: str) -> int:
-    return [c["probe"] for c in lab.stats()["commands"]].count(probe)
+    wait_until(lambda: text in thread_text(fake, card), timeout,
+               f"{text!r} not in thread: {thread_text(fake, card)[-1500:]}")
 
 
 def test_gate_requester_and_non_approver_refused_then_normal_failover_converges(bot, fake, edge_lab):
@@ -79,39 +78,39 @@ def test_gate_requester_and_non_approver_refused_then_normal_failover_converges(
     seen = len(fake.calls("response_url"))
     click(bot, fake, card, "approval-approve", BOTH)  # the requester
     click(bot, fake, card, "approval-approve", OPERATOR)  # not an approver
-    _wait(lambda: len(answers_to(fake, seen)) == 2, 10, "no refusals")
+    wait_until(lambda: len(answers_to(fake, seen)) == 2, 10, "no refusals")
     refusals = " ".join(answers_to(fake, seen))
     assert "someone else has to approve" in refusals and "approver" in refusals
-    assert lab_probe_count(edge_lab, "cms-failover") == 0
+    assert edge_lab.probe_count("cms-failover") == 0
     click(bot, fake, card, "approval-approve", APPROVER)
     wait_in_thread(fake, card, "converged in")
     assert "master fe03.contoso.com" in thread_text(fake, card)
-    _wait(lambda: "executed" in blocks_text(card_now(fake, card)), 10, "card not updated")
-    assert lab_probe_count(edge_lab, "cms-failover") == 1
+    wait_until(lambda: "executed" in blocks_text(card_now(fake, card)), 10, "card not updated")
+    assert edge_lab.probe_count("cms-failover") == 1
 
 
-def test_denied_or_expired_requests_cannot_start(bot, fake, edge_lab):
+def test_denied_or_expired_requests_cannot_start(bot, fake, edge_lab, slack_redis):
     edge_lab.scenarios()
     card = request_card(bot, fake)
     click(bot, fake, card, "approval-deny", APPROVER2)
-    _wait(lambda: "denied by" in blocks_text(card_now(fake, card)), 10, "card not denied")
+    wait_until(lambda: "denied by" in blocks_text(card_now(fake, card)), 10, "card not denied")
     assert card_buttons(card_now(fake, card)) == {}
     seen = len(fake.calls("response_url"))
     click(bot, fake, card, "approval-approve", APPROVER)  # the old button, still on screen somewhere
-    _wait(lambda: answers_to(fake, seen), 10, "no answer")
+    wait_until(lambda: answers_to(fake, seen), 10, "no answer")
     assert "already denied" in answers_to(fake, seen)[0]
 
     card = request_card(bot, fake)
-    _wait(lambda: "expired" in blocks_text(card_now(fake, card)), 20, "card did not expire")
+    wait_until(lambda: "expired" in blocks_text(card_now(fake, card)), 20, "card did not expire")
     seen = len(fake.calls("response_url"))
     click(bot, fake, card, "approval-approve", APPROVER)
-    _wait(lambda: answers_to(fake, seen), 10, "no answer")
+    wait_until(lambda: answers_to(fake, seen), 10, "no answer")
     assert "already expired" in answers_to(fake, seen)[0]
-    time.sleep(1)
-    assert lab_probe_count(edge_lab, "cms-failover") == 0
+    wait_idle(slack_redis)  # the refusal came after any job the click could have started
+    assert edge_lab.probe_count("cms-failover") == 0
 
 
-def test_racing_approvers_and_double_clicks_start_exactly_one_execution(bot, fake, edge_lab):
+def test_racing_approvers_and_double_clicks_start_exactly_one_execution(bot, fake, edge_lab, slack_redis):
     edge_lab.scenarios()
     card = request_card(bot, fake)
     clicks = [threading.Thread(target=click, args=(bot, fake, card, "approval-approve", user))
@@ -121,8 +120,8 @@ def test_racing_approvers_and_double_clicks_start_exactly_one_execution(bot, fak
     for t in clicks:
         t.join()
     wait_in_thread(fake, card, "converged in")
-    time.sleep(1.5)
-    assert lab_probe_count(edge_lab, "cms-failover") == 1
+    wait_idle(slack_redis)  # every click has been answered and every job it enqueued has ended
+    assert edge_lab.probe_count("cms-failover") == 1
     notes = [m for m in fake.thread(card["ts"])[1:] if "approved: executing" in m.get("text", "")]
     assert len(notes) == 1
 
@@ -142,21 +141,18 @@ def test_a_job_enqueued_without_a_consumed_approval_refuses_to_run(bot, fake, ed
             if f[b"request"].decode() == req.id and f[b"kind"] == b"failed":
                 return json.loads(f[b"body"])["reason"]
         return ""
-    _wait(failed, 30, "the rogue job did not refuse")
+    wait_until(failed, 30, "the rogue job did not refuse")
     assert "not executed: it has not been approved" in failed()
     assert approvals.load(conn, approval_id).status == "pending"
-    assert lab_probe_count(edge_lab, "cms-failover") == 0
+    assert edge_lab.probe_count("cms-failover") == 0
 
 
 @pytest.fixture
 def second_worker(tmp_path, slack_redis, edge_lab, slack_worker):
     """Production runs several workers: a request's preflight runs while another job executes."""
-    from tests.conftest import WorkerProcess
-
     w = WorkerProcess(tmp_path, slack_redis, edge_lab.topology, **slack_worker.settings)
-    time.sleep(2)
     yield w
-    w.stop()
+    stop_cleanly(w)
 
 
 def test_a_second_failover_while_one_runs_or_during_the_cooldown_is_refused(bot, fake, edge_lab, second_worker):
@@ -201,7 +197,7 @@ def test_each_failure_mode_is_recognised_and_recovery_restores_health(bot, fake,
     edge_lab.scenarios(scenario)
     # in status
     bot.command("/cms-status")
-    _wait(lambda: any(p["edits"] and "PROBLEMS" in p["text"] for p in parents(fake)), 40, "no status verdict")
+    wait_until(lambda: any(p["edits"] and "PROBLEMS" in p["text"] for p in parents(fake)), 40, "no status verdict")
     assert status_code in json.dumps([m.get("blocks") for m in fake.messages()])
     # in the cmdlet's own output (what the failover job would read back)
     topology = topo.load(edge_lab.topology)
@@ -221,11 +217,11 @@ def test_each_failure_mode_is_recognised_and_recovery_restores_health(bot, fake,
     assert "the deployment is healthy" in thread_text(fake, card)
     fake.reset()
     bot.command("/cms-status")
-    _wait(lambda: any(p["edits"] and p["text"].startswith("OK: 8/8") for p in parents(fake)), 40, "not healthy")
+    wait_until(lambda: any(p["edits"] and p["text"].startswith("OK: 8/8") for p in parents(fake)), 40, "not healthy")
 
 
 def test_a_worker_killed_during_a_failover_never_runs_it_twice_and_says_the_outcome_is_unknown(
-        bot, fake, edge_lab, slack_worker):
+        bot, fake, edge_lab, slack_worker, slack_redis):
     edge_lab.scenarios()
     card = request_card(bot, fake)
     click(bot, fake, card, "approval-approve", APPROVER)
@@ -238,7 +234,7 @@ def test_a_worker_killed_during_a_failover_never_runs_it_twice_and_says_the_outc
     assert "It will NOT be retried" in thread_text(fake, card)
     seen = len(fake.calls("response_url"))
     click(bot, fake, card, "approval-approve", APPROVER2)
-    _wait(lambda: answers_to(fake, seen), 10, "no answer")
-    time.sleep(3)
-    assert lab_probe_count(edge_lab, "cms-failover") == 1
+    wait_until(lambda: answers_to(fake, seen), 10, "no answer")
+    wait_idle(slack_redis)
+    assert edge_lab.probe_count("cms-failover") == 1
     assert slack_worker.proc.poll() is None  # the worker itself lives on

@@ -16,10 +16,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.console import run_chat
-from tests.conftest import LabProcess, RedisServer, WorkerProcess, _wait, children_of
+from tests.harness import (
+    HOST_DEADLINE,
+    SLACK_WORKER,
+    LabProcess,
+    RedisServer,
+    WorkerProcess,
+    children_of,
+    scaled,
+    stop_cleanly,
+    wait_settled,
+    wait_until,
+)
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, BotProcess, blocks_text, parents
 from workers import topology as topo
-from workers.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY
 from workers.settings import Settings
 
 # -- WinRM faults, per host ------------------------------------------------------------------
@@ -51,28 +61,29 @@ def test_a_winrm_fault_is_that_hosts_error_and_the_report_stays_whole(status, fa
 # -- a worker killed outright ------------------------------------------------------------------
 
 
-def test_a_worker_killed_mid_check_turns_into_a_failed_message(redis_server, lab, worker, tmp_path):
-    """The whole worker (parent and work-horse) dies: no callback runs; the watchdog reports."""
+def test_a_worker_killed_mid_check_turns_into_a_failed_message(db_url, lab, tmp_path):
+    """The whole worker (parent and work-horse) dies: no callback runs; the watchdog of another
+    worker (on other queues, so it cannot take the check itself) reports."""
     lab.scenarios("hang:fe03.contoso.com")  # the check runs a host deadline long
-    victim = WorkerProcess(tmp_path, redis_server.url, lab.topology, host_deadline="30", queue_prefix="victim")
-    settings = Settings(redis_url=redis_server.url, topology=lab.topology, chat_timeout=60, queue_prefix="victim")
-    _wait(lambda: "Listening on" in victim.log.read_text(), 30, "victim worker did not start")
+    victim = WorkerProcess(tmp_path, db_url, lab.topology, host_deadline="30", queue_prefix="victim")
+    survivor = WorkerProcess(tmp_path, db_url, lab.topology)
+    settings = Settings(redis_url=db_url, topology=lab.topology, chat_timeout=scaled(60), queue_prefix="victim")
     out, result = io.StringIO(), {}
     chat = threading.Thread(target=lambda: result.update(outcome=run_chat(
-        redis_server.client(), settings, topo.load(lab.topology), "/cms-status", "U-TEST", out=out)))
+        redis.Redis.from_url(db_url), settings, topo.load(lab.topology), "/cms-status", "U-TEST", out=out)))
     chat.start()
-    _wait(lambda: "checking" in out.getvalue(), 20, "the check did not start")
-    time.sleep(1)
-    horses = children_of(victim.proc.pid)
-    assert horses, "no work-horse running"
+    wait_until(lambda: "checking" in out.getvalue(), 20, "the check did not start")
+    horses = wait_until(lambda: children_of(victim.proc.pid), 20, "no work-horse running")
     for pid in [victim.proc.pid, *horses]:  # the worker and its work-horse, as a power cut would
         os.kill(pid, signal.SIGKILL)
+    victim.proc.wait()
     killed = time.monotonic()
-    chat.join(70)
+    chat.join(scaled(70))
     assert not chat.is_alive()
     assert result["outcome"].exit_code == 2
     assert "the check was lost" in out.getvalue()
     print(f"reported {time.monotonic() - killed:.0f} s after the kill")
+    stop_cleanly(survivor)
 
 
 # -- Redis restarted in the middle of a flow ---------------------------------------------------
@@ -81,17 +92,15 @@ def test_a_worker_killed_mid_check_turns_into_a_failed_message(redis_server, lab
 @pytest.fixture
 def durable_redis(tmp_path):
     server = RedisServer(tmp_path, durable=True)
-    if not server.owned:
-        pytest.skip("needs a redis-server binary to restart")  # pragma: no cover - CI installs it
+    assert server.owned, "restarting Redis needs a redis-server binary (.ci/run installs it)"
     yield server
-    server.stop()
+    assert not server.stop(), "redis-server had to be killed"
 
 
 def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_path):
     lab.scenarios("hang:fe03.contoso.com")
-    w = WorkerProcess(tmp_path, durable_redis.url, lab.topology, host_deadline="4")
-    settings = Settings(redis_url=durable_redis.url, topology=lab.topology, chat_timeout=60)
-    _wait(lambda: "Listening on" in w.log.read_text(), 30, "worker did not start")
+    w = WorkerProcess(tmp_path, durable_redis.url, lab.topology, host_deadline=str(HOST_DEADLINE))
+    settings = Settings(redis_url=durable_redis.url, topology=lab.topology, chat_timeout=scaled(60))
     try:
         from workers.contract import connect
 
@@ -100,11 +109,11 @@ def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_
         chat = threading.Thread(target=lambda: result.update(outcome=run_chat(
             conn, settings, topo.load(lab.topology), "/cms-status", "U-TEST", out=out)))
         chat.start()
-        _wait(lambda: "checking" in out.getvalue(), 20, "the check did not start")
-        durable_redis.stop()
-        time.sleep(1)
+        wait_until(lambda: "checking" in out.getvalue(), 20, "the check did not start")
+        assert not durable_redis.stop()
+        time.sleep(1)  # an outage of a second, not a wait for anything
         durable_redis.start()
-        chat.join(70)
+        chat.join(scaled(70))
         assert not chat.is_alive()
         outcome = result["outcome"]
         # completed (fe03 timed out, the rest reported) or failed visibly: never silent
@@ -113,9 +122,9 @@ def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_
         lab.scenarios()
         again = run_chat(conn, settings, topo.load(lab.topology), "/cms-status", "U-TEST", out=io.StringIO())
         assert again.exit_code == 0
-        assert w.proc.poll() is None
+        assert w.running
     finally:
-        w.stop()
+        stop_cleanly(w)
 
 
 # -- hostile input ----------------------------------------------------------------------------
@@ -144,39 +153,27 @@ def strings_in(value) -> list[str]:
     return []
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(command=COMMANDS, text=TEXT, action=ACTIONS, value=PAYLOAD_VALUES, users=st.sampled_from([OPERATOR, BOTH]))
-def test_hostile_text_and_payloads_never_break_anything_and_never_reach_powershell(
-        hostile_bot, edge_lab, command, text, action, value, users):
-    bot, fake = hostile_bot
-    status, body = bot.command(command, text, user=users)
-    assert status == 200, body
-    assert "Traceback" not in body and "Error:" not in body.split("error ")[0]
-    status, body = bot.click(fake, action, value, user=users, thread="1700000000.000100")
-    assert status == 200 and "Traceback" not in body
+def test_hostile_text_and_payloads_never_break_anything_and_never_reach_powershell(bot, fake, edge_lab, slack_redis):
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(command=COMMANDS, text=TEXT, action=ACTIONS, value=PAYLOAD_VALUES, users=st.sampled_from([OPERATOR, BOTH]))
+    def one(command, text, action, value, users):
+        status, body = bot.command(command, text, user=users)
+        assert status == 200, body
+        assert "Traceback" not in body and "Error:" not in body.split("error ")[0]
+        status, body = bot.click(fake, action, value, user=users, thread="1700000000.000100")
+        assert status == 200 and "Traceback" not in body
 
-
-@pytest.fixture(scope="module")
-def hostile_bot(tmp_path_factory, slack_redis, edge_lab, slack_worker, fake):
-    redis.Redis.from_url(slack_redis).delete(LOCK_KEY, HOLDER_KEY, COOLDOWN_KEY)
-    edge_lab.scenarios()
-    fake.reset()
-    b = BotProcess(tmp_path_factory.mktemp("hostile"), slack_redis, edge_lab.topology, fake)
-    yield b, fake
+    one()
+    wait_settled(slack_redis, timeout=120)
     # what reached the servers: only names from the topology, fixed words, and our own file names
-    time.sleep(3)
-    names = set(topo.load(edge_lab.topology).names) | {s.internal_address for s in topo.load(edge_lab.topology).servers
-                                                         if s.internal_address}
+    topology = topo.load(edge_lab.topology)
+    names = set(topology.names) | {s.internal_address for s in topology.servers if s.internal_address}
     for command in edge_lab.stats()["commands"]:
         for s in strings_in(command["params"]):
             assert (s in names or s in ALLOWED_WORDS or re.fullmatch(r"[A-Z0-9]{2,15}", s)
-                    or re.fullmatch(r"cmsbot-(export|config)-[a-z0-9-]+\.zip", s) or re.fullmatch(r"[0-9A-F]{64}", s)), \
-                f"{s!r} reached a probe ({command['probe']})"
-    b.stop()
-
-
-def test_the_bot_log_has_no_stack_trace_shown_to_users(hostile_bot):
-    bot, fake = hostile_bot
+                    or re.fullmatch(r"cmsbot-(export|config)-[a-z0-9-]+\.zip", s)
+                    or re.fullmatch(r"[0-9A-F]{64}", s)), f"{s!r} reached a probe ({command['probe']})"
+    # and nothing shown to users carries a stack trace
     for call in fake.calls():
         text = json.dumps(call.params)
         assert "Traceback" not in text and 'File "' not in text
@@ -189,19 +186,26 @@ CANARY_TOKEN = "xoxb-canary-Pp42mWn7"
 CANARY_SECRET = "canary-signing-Hq55"
 
 
-def test_canary_secrets_never_appear_anywhere(tmp_path, redis_server, fake):
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+def dump(conn: redis.Redis, key: bytes):
+    read = {"string": conn.get, "hash": conn.hgetall, "stream": conn.xrange, "set": conn.smembers,
+            "list": lambda k: conn.lrange(k, 0, -1), "zset": lambda k: conn.zrange(k, 0, -1)}
+    return read.get(conn.type(key).decode(), lambda k: b"")(key)
+
+
+def test_canary_secrets_never_appear_anywhere(tmp_path, db_url, fake):
+    url = db_url
     lab = LabProcess(tmp_path, password=CANARY_PASSWORD)
-    worker = WorkerProcess(tmp_path, url, lab.topology, host_deadline="4", winrm_password=CANARY_PASSWORD)
+    worker = WorkerProcess(tmp_path, url, lab.topology, host_deadline=str(HOST_DEADLINE),
+                           winrm_password=CANARY_PASSWORD)
     fake.reset()
     bot = BotProcess(tmp_path, url, lab.topology, fake, token=CANARY_TOKEN, secret=CANARY_SECRET)
     try:
-        _wait(lambda: "Listening on" in worker.log.read_text(), 30, "worker did not start")
         lab.scenarios("fault-401:fe02.contoso.com", "share-acl-missing:fe03.contoso.com")
         bot.command("/cms-status", secret=CANARY_SECRET)
-        _wait(lambda: any(p["edits"] and "PROBLEMS" in p["text"] for p in parents(fake)), 40, "no verdict")
+        wait_until(lambda: any(p["edits"] and "PROBLEMS" in p["text"] for p in parents(fake)), 40, "no verdict")
+        # /cms-explain answers in the ack; then every job has ended and every event is delivered
         bot.command("/cms-explain", f"password={CANARY_PASSWORD} token", secret=CANARY_SECRET)
-        time.sleep(1)
+        wait_settled(url)
         leaks = []
         for call in fake.calls():
             if CANARY_PASSWORD in json.dumps(call.params) or CANARY_TOKEN in json.dumps(call.params):
@@ -213,11 +217,7 @@ def test_canary_secrets_never_appear_anywhere(tmp_path, redis_server, fake):
                     leaks.append(f"{log.name}: {canary}")
         conn = redis.Redis.from_url(url)
         for key in conn.scan_iter("*"):
-            kind = conn.type(key).decode()
-            dump = {"string": lambda: conn.get(key), "hash": lambda: conn.hgetall(key),
-                    "stream": lambda: conn.xrange(key), "list": lambda: conn.lrange(key, 0, -1),
-                    "set": lambda: conn.smembers(key), "zset": lambda: conn.zrange(key, 0, -1)}.get(kind, lambda: b"")()
-            text = repr(dump)
+            text = repr(dump(conn, key))
             for canary in (CANARY_PASSWORD, CANARY_TOKEN, CANARY_SECRET):
                 # the user pasted the password into /cms-explain: it may be echoed back to that user only
                 if canary in text and not (canary == CANARY_PASSWORD and "explain" in text):
@@ -226,22 +226,18 @@ def test_canary_secrets_never_appear_anywhere(tmp_path, redis_server, fake):
         # the auth failure is reported, without the password
         assert any("credentials were rejected" in json.dumps(m.get("blocks")) for m in fake.messages())
     finally:
-        bot.stop()
-        worker.stop()
-        lab.stop()
+        stop_cleanly(bot, worker, lab)
 
 
 # -- approvals under contention ---------------------------------------------------------------
 
 
-def test_twenty_racing_requests_and_clicks_run_one_failover(fake, edge_lab, slack_worker, redis_server, tmp_path):
-    """Its own Redis database, workers and bot: no earlier test's approvals, cooldown or queue reach it."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/4"
-    if redis_server.owned:  # never flush a Redis the session did not start
-        redis.Redis.from_url(url).flushdb()
+def test_twenty_racing_requests_and_clicks_run_one_failover(fake, edge_lab, db_url, tmp_path):
+    """Two workers and the bot on the test's own database."""
+    url = db_url
     edge_lab.scenarios()
     fake.reset()
-    workers = [WorkerProcess(tmp_path, url, edge_lab.topology, **slack_worker.settings) for _ in range(2)]
+    workers = [WorkerProcess(tmp_path, url, edge_lab.topology, **SLACK_WORKER) for _ in range(2)]
     bot = BotProcess(tmp_path, url, edge_lab.topology, fake)
     try:
         requests = [threading.Thread(target=bot.command, args=("/cms-failover", "")) for _ in range(20)]
@@ -250,8 +246,8 @@ def test_twenty_racing_requests_and_clicks_run_one_failover(fake, edge_lab, slac
         for t in requests:
             t.join()
         try:
-            _wait(lambda: len([p for p in parents(fake) if "Approve" in blocks_text(p)]) == 20, 120, "")
-        except RuntimeError:
+            wait_until(lambda: len([p for p in parents(fake) if "Approve" in blocks_text(p)]) == 20, 120, "")
+        except AssertionError:
             raise AssertionError(f"not 20 open cards: {[p['text'][:160] for p in parents(fake)]}") from None
         cards = [p for p in parents(fake) if "Approve" in blocks_text(p)]
 
@@ -267,13 +263,11 @@ def test_twenty_racing_requests_and_clicks_run_one_failover(fake, edge_lab, slac
             t.start()
         for t in clicks:
             t.join()
-        _wait(lambda: sum("converged in" in blocks_text(m) for m in fake.messages()) >= 1, 60, "nothing converged")
-        time.sleep(8)
+        wait_until(lambda: sum("converged in" in blocks_text(m) for m in fake.messages()) >= 1, 60, "nothing converged")
+        wait_settled(url)
         assert [c["probe"] for c in edge_lab.stats()["commands"]].count("cms-failover") == 1
         refusals = sum(("another CMS change is running" in blocks_text(m) or "cooldown" in blocks_text(m))
                        for m in fake.messages() if m.get("thread_ts"))
         assert refusals == 19
     finally:
-        bot.stop()
-        for w in workers:
-            w.stop()
+        stop_cleanly(bot, *workers)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import _wait
+from tests.harness import jobs_in_flight, wait_idle, wait_until
 from tests.slack_support import (
     GROUP_OPERATOR,
     VIEWER,
@@ -21,6 +21,7 @@ from tests.slack_support import (
     wait_for_verdict,
 )
 from workers.contract import AUDIT_STREAM, EVENTS_STREAM, id_for_delivery
+
 
 def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
     started = time.monotonic()
@@ -39,25 +40,28 @@ def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
 
 
 def test_wrong_or_stale_signature_is_refused(bot, fake, slack_redis):
-    conn = redis.Redis.from_url(slack_redis)
-    before = conn.xlen(EVENTS_STREAM) if conn.exists(EVENTS_STREAM) else 0
     assert bot.command("/cms-status", secret="not-the-secret")[0] == 401
     assert bot.command("/cms-status", timestamp=int(time.time()) - 600)[0] == 401
-    time.sleep(1)
-    assert fake.calls("chat.postMessage") == []
-    assert (conn.xlen(EVENTS_STREAM) if conn.exists(EVENTS_STREAM) else 0) == before
+    # a signed request after them: once its thread is complete, anything the refused ones
+    # had started would be there too
+    assert bot.command("/cms-status")[0] == 200
+    wait_for_verdict(fake)
+    wait_idle(slack_redis)
+    assert len(parents(fake)) == 1
+    requests = {f[b"request"] for _, f in redis.Redis.from_url(slack_redis).xrange(EVENTS_STREAM)}
+    assert len(requests) == 1
 
 
-def test_retried_delivery_runs_once(bot, fake, edge_lab):
+def test_retried_delivery_runs_once(bot, fake, edge_lab, slack_redis):
     edge_lab.scenarios()
     first = bot.command("/cms-status", trigger="trig-same")
     again = bot.command("/cms-status", trigger="trig-same", headers={"X-Slack-Retry-Num": "1",
                                                                      "X-Slack-Retry-Reason": "http_timeout"})
     assert first[0] == again[0] == 200
     wait_for_verdict(fake)
-    time.sleep(1.5)
+    wait_idle(slack_redis)
     assert len(parents(fake)) == 1
-    assert [c["probe"] for c in edge_lab.stats()["commands"]].count("cms-status") == 1
+    assert edge_lab.probe_count("cms-status") == 1
 
 
 def test_rate_limits_are_retried_and_nothing_is_lost(bot, fake):
@@ -76,10 +80,10 @@ def test_bot_restarted_mid_request_completes_the_thread_once(bot, fake, edge_lab
     edge_lab.scenarios("hang:fe03.contoso.com")  # the job takes a host deadline
     bot.command("/cms-status", trigger="trig-restart")
     request_id = id_for_delivery("T0001", "trig-restart").encode()
-    _wait(lambda: len(parents(fake)) == 1, 20, "no parent")
+    wait_until(lambda: len(parents(fake)) == 1, 20, "no parent")
     bot.kill()
     conn = redis.Redis.from_url(slack_redis)
-    _wait(lambda: any(f[b"request"] == request_id and f[b"kind"] == b"result" for _, f in conn.xrange(EVENTS_STREAM)),
+    wait_until(lambda: any(f[b"request"] == request_id and f[b"kind"] == b"result" for _, f in conn.xrange(EVENTS_STREAM)),
           30, "the job did not finish")
     bot.start()
     parent = wait_for_verdict(fake)
@@ -90,22 +94,22 @@ def test_bot_restarted_mid_request_completes_the_thread_once(bot, fake, edge_lab
     assert len([m for m in thread if m["text"].endswith("answered") or m["text"] == "finished"]) == 1
 
 
-def test_unknown_target_lists_known_names_ephemerally(bot, fake):
+def test_unknown_target_lists_known_names_ephemerally(bot, fake, slack_redis):
     status, body = bot.command("/cms-status", "pool99.contoso.com")
     assert status == 200
     doc = ack_body(body)
     assert "pool99.contoso.com" in doc["text"] and "pool01.contoso.com" in doc["text"]
     assert doc.get("response_type") in (None, "ephemeral")
-    time.sleep(1)
+    assert jobs_in_flight(slack_redis) == 0  # a job is enqueued before the ack, or not at all
     assert fake.calls("chat.postMessage") == []
 
 
-def test_channel_not_allowed_and_operator_only_commands_are_refused(bot, fake):
+def test_channel_not_allowed_and_operator_only_commands_are_refused(bot, fake, slack_redis):
     status, body = bot.command("/cms-status", channel="C0RANDOM")
     assert "channel allowed for cms-chatops" in ack_body(body)["text"]
     status, body = bot.command("/cms-replicate", user=VIEWER)
     assert "operator" in ack_body(body)["text"]
-    time.sleep(1)
+    assert jobs_in_flight(slack_redis) == 0  # a job is enqueued before the ack, or not at all
     assert fake.calls("chat.postMessage") == []
 
 
@@ -125,10 +129,11 @@ def test_viewer_pressing_an_operator_button_is_refused(bot, fake, slack_redis):
     audits = conn.xlen(AUDIT_STREAM) if conn.exists(AUDIT_STREAM) else 0
     value = json.dumps({"a": "start-replica", "t": "edge02.contoso.com"})
     assert bot.click(fake, "remediate-start-replica", value, user=VIEWER, thread="1700000000.000001")[0] == 200
-    _wait(lambda: fake.calls("response_url"), 10, "no ephemeral answer")
+    wait_until(lambda: fake.calls("response_url"), 10, "no ephemeral answer")
     answer = fake.calls("response_url")[0].params
     assert "operator" in answer["text"] and answer["response_type"] == "ephemeral"
-    time.sleep(1)
+    # the refusal is the handler's last act: nothing after it can still come
+    assert jobs_in_flight(slack_redis) == 0
     assert (conn.xlen(AUDIT_STREAM) if conn.exists(AUDIT_STREAM) else 0) == audits
     assert fake.calls("chat.postMessage") == []
 
@@ -143,11 +148,11 @@ def test_remediation_button_fixes_the_lab_and_the_recheck_shows_it(bot, fake, ed
     assert "Start-CsWindowsService -Name REPLICA on edge02.contoso.com" in json.dumps(start["confirm"])
     # a member of the operators' user group clicks it
     assert bot.click(fake, start["action_id"], start["value"], user=GROUP_OPERATOR, thread=parent["ts"])[0] == 200
-    _wait(lambda: any("Re-check after the action" in blocks_text(m) for m in fake.thread(parent["ts"])), 60,
+    wait_until(lambda: any("Re-check after the action" in blocks_text(m) for m in fake.thread(parent["ts"])), 60,
           "no re-check in the thread")
     recheck = next(m for m in fake.thread(parent["ts"]) if "Re-check after the action" in blocks_text(m))
     assert "8/8 replicas up to date" in blocks_text(recheck)
-    _wait(lambda: fake.thread(parent["ts"])[0]["text"].startswith("OK: 8/8"), 10, "parent verdict not updated")
+    wait_until(lambda: fake.thread(parent["ts"])[0]["text"].startswith("OK: 8/8"), 10, "parent verdict not updated")
     conn = redis.Redis.from_url(slack_redis)
     entries = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
     mine = [e for e in entries if e.get("who") == GROUP_OPERATOR and e.get("target") == "edge02.contoso.com"]

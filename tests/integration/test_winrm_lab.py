@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import sys
 import time
 
 import pytest
 
+from tests.harness import LAB_PASSWORD, LAB_USER, LabProcess, cmsbot, scaled, stop_cleanly
 from workers import probes
 from workers import topology as topo
 from workers.fleet import Fleet
@@ -16,8 +16,6 @@ from workers.parsers import parse_cms_status
 from workers.settings import Settings
 from workers.status import probe_params
 from workers.winrm import AuthFailed, Credentials, HostShell, ProbeFailed
-
-from tests.conftest import LAB_PASSWORD, LAB_USER, LabProcess
 
 
 def shell_for(lab, server: str, env: dict[str, str], password: str = LAB_PASSWORD, deadline: float = 10) -> HostShell:
@@ -71,7 +69,7 @@ def test_one_shell_runs_several_probes_with_their_own_parameters(lab):
 def big_lab(tmp_path_factory):
     lab = LabProcess(tmp_path_factory.mktemp("biglab"), "--servers", "200")
     yield lab
-    lab.stop()
+    stop_cleanly(lab)
 
 
 def test_large_output_arrives_in_several_receive_chunks(big_lab):
@@ -89,9 +87,8 @@ def test_large_output_arrives_in_several_receive_chunks(big_lab):
 
 
 def test_lab_rejects_an_unknown_scenario_with_the_known_ones(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bot.cli", "lab", "--port", "0", "--topology-out",
-                           str(tmp_path / "t.yaml"), "--scenario", "meltdown"], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(cmsbot("lab", "--port", "0", "--topology-out", str(tmp_path / "t.yaml"),
+                                 "--scenario", "meltdown"), capture_output=True, text=True, timeout=scaled(30))
     assert proc.returncode == 2
     assert "unknown scenario 'meltdown'" in proc.stderr and "replica-behind" in proc.stderr
 
@@ -99,9 +96,9 @@ def test_lab_rejects_an_unknown_scenario_with_the_known_ones(tmp_path):
 def test_lab_prints_ready_line_with_server_count(tmp_path):
     lab = LabProcess(tmp_path, "--servers", "3", "--version", "lync2013")
     try:
-        assert lab.log.read_text().strip() == f"lab ready: 3 servers, topology {lab.topology}"
+        assert lab.text().strip() == f"lab ready: 3 servers, topology {lab.topology}"
         topology = topo.load(lab.topology)
         assert topology.deployment.version is topo.Version.lync2013
         assert [s.fqdn for s in topology.servers] == ["fe01.contoso.com", "fe02.contoso.com", "fe03.contoso.com"]
     finally:
-        lab.stop()
+        stop_cleanly(lab)
