@@ -20,13 +20,16 @@ RUN groupadd --system --gid "${GID}" cmsbot \
         --shell /usr/sbin/nologin cmsbot
 
 WORKDIR /src
+# The app's dependencies exactly as locked (with hashes), then the app itself
+# as a regular (non-editable) install without extras: the code lands in
+# site-packages, so the source tree is not needed afterwards.
+COPY requirements/app.txt requirements/app.txt
+RUN pip install --no-cache-dir --require-hashes -r requirements/app.txt
 COPY pyproject.toml README.md ./
 COPY bot/ bot/
 COPY workers/ workers/
 COPY lab/ lab/
-# A regular (non-editable) install without extras: the code lands in
-# site-packages, so the source tree is not needed afterwards.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
  && rm -rf /src
 
 # /shared is where `cmsbot lab` writes its topology in docker-compose.yml's

@@ -78,7 +78,7 @@ class SlackFake:
         self.reset()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "SlackFake":
+    def start(self) -> SlackFake:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -107,7 +107,7 @@ class SlackFake:
             self._thread.join(5)
             self._server = self._thread = None
 
-    def __enter__(self) -> "SlackFake":
+    def __enter__(self) -> SlackFake:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bot import blocks
 from workers.models import (
@@ -19,7 +19,7 @@ from workers.models import (
     StoreStatus,
 )
 
-NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 def big_report(servers: int = 200, behind: int = 120) -> StatusReport:

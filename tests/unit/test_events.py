@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydantic
@@ -21,7 +21,7 @@ from workers.events import (
     parse_pasted,
 )
 
-UTC = timezone.utc
+UTC = UTC
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "events"
 SEED = Path("/work/shared/seeds/cms-replication-failures.md")
 FTA = "LS File Transfer Agent Service"

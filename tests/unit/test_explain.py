@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ def test_other_server_names_and_real_dates():
         "dd/mm/yyyy hh:mm:ss AM|PM", "23/04/2025 11:15:02 PM")
     e = explain(text)
     assert e.code == "replica.share-access-denied" and e.replicas == ["lyncfe7.corp.fabrikam.net"]
-    assert e.time == datetime(2025, 4, 23, 23, 15, 2, tzinfo=timezone.utc) and not e.date_ambiguous
+    assert e.time == datetime(2025, 4, 23, 23, 15, 2, tzinfo=UTC) and not e.date_ambiguous
 
 
 def test_unknown_event_gets_its_fields_and_an_honest_answer():

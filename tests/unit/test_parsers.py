@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from workers.models import HostErrorKind, ServiceState
 from workers.parsers import ParseError, parse_cms_status, parse_replica_health
 from workers.winrm import Output, ProbeFailed
 
-UTC = timezone.utc
+UTC = UTC
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ps51"
 
 CLIXML_MODULE_ERROR = (

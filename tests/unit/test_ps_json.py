@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from workers.models import ServiceState
 from workers.ps_json import as_bool, as_datetime, as_list, as_service_state, as_str, as_strings
 
-UTC = timezone.utc
+UTC = UTC
 # 1700000000000 ms after the epoch.
 T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 
