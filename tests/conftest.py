@@ -1,6 +1,6 @@
 """Fixtures for both tiers, and the session's guarantees.
 
-- tests/unit is marked `unit`: the pure core from recorded probe output, no process, no socket.
+- tests/unit is marked `unit`: the pure core from recorded probe output; no Redis, lab or worker.
 - tests/integration is marked `integration`: real Redis (the session's own `redis-server` on a
   free port when the binary is present, else REDIS_URL, never flushed), the lab over real
   WS-Management, real RQ workers, the real bot against the Slack fake.
@@ -45,6 +45,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(str(item.path)).parent.name
         if tier in TIERS:
             item.add_marker(tier)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None:  # even with -q: a failure in a shuffled order must be repeatable
+        terminalreporter.write_line(f"test order shuffled with --randomly-seed={seed}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

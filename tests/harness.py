@@ -284,13 +284,6 @@ class LabProcess(Managed):
         return [c["probe"] for c in self.stats()["commands"]].count(probe)
 
 
-def workers_listening(url: str) -> int:
-    from bot.console import workers_listening as listening
-    from workers.settings import Settings
-
-    return listening(redis.Redis.from_url(url), Settings())
-
-
 class WorkerProcess(Managed):
     """`cmsbot worker` on `redis_url`, talking to the lab; returns once it listens."""
 

@@ -113,6 +113,7 @@ def test_denied_or_expired_requests_cannot_start(bot, fake, edge_lab, slack_redi
 def test_racing_approvers_and_double_clicks_start_exactly_one_execution(bot, fake, edge_lab, slack_redis):
     edge_lab.scenarios()
     card = request_card(bot, fake)
+    seen = len(fake.calls("response_url"))
     clicks = [threading.Thread(target=click, args=(bot, fake, card, "approval-approve", user))
               for user in (APPROVER, APPROVER, APPROVER2, APPROVER2, BOTH)]
     for t in clicks:
@@ -120,7 +121,10 @@ def test_racing_approvers_and_double_clicks_start_exactly_one_execution(bot, fak
     for t in clicks:
         t.join()
     wait_in_thread(fake, card, "converged in")
-    wait_idle(slack_redis)  # every click has been answered and every job it enqueued has ended
+    # the four clicks that lost the race were each told so: every click has been handled,
+    # so once the queue is idle, every job a click could have started has ended
+    wait_until(lambda: len(answers_to(fake, seen)) == 4, 20, "not every losing click was answered")
+    wait_idle(slack_redis)
     assert edge_lab.probe_count("cms-failover") == 1
     notes = [m for m in fake.thread(card["ts"])[1:] if "approved: executing" in m.get("text", "")]
     assert len(notes) == 1
