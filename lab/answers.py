@@ -68,7 +68,8 @@ def answers(name: str) -> Callable[[Answer], Answer]:
 
 
 def run(state: LabState, server: LabServer, probe: str, version: int, params: dict[str, Any],
-        stdin: bytes = b"") -> str:
+        stdin: bytes | None = b"") -> str:
+    """`stdin` None: the command's standard input is a console (WINRS_CONSOLEMODE_STDIN), not a pipe."""
     if probe not in ANSWERS:
         raise UnknownProbe(probe)
     state.tick()
@@ -327,8 +328,10 @@ def _export_configuration(state: LabState, server: LabServer, params: dict[str, 
 
 @answers("import-configuration")
 def _import_configuration(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("_stdin") is None:  # the probe's own check of [Console]::IsInputRedirected
+        raise ProbeError("standard input is a console, not the zip (the caller must send it on stdin)")
     try:
-        blob = base64.b64decode(b"".join(params.get("_stdin", b"").split()), validate=True)
+        blob = base64.b64decode(b"".join(params["_stdin"].split()), validate=True)
     except ValueError:
         raise ProbeError("the configuration arrived on stdin is not base64") from None
     digest = hashlib.sha256(blob).hexdigest().upper()

@@ -55,6 +55,7 @@ class Command:
     sent: int = 0
     stdin: bytearray = field(default_factory=bytearray)
     stdin_open: bool = False  # the probe reads stdin: it answers once stdin is closed
+    console_stdin: bool = True  # WINRS_CONSOLEMODE_STDIN: sent bytes never reach the process
 
 
 @dataclass
@@ -168,7 +169,7 @@ class Lab:
             raise Fault("The request for the Windows Remote Shell with ShellId failed because the shell was not found "
                         "on the server.", code=2150858843, subcode="w:InvalidSelectors")
         if action == SHELL_ACTION + "Command":
-            return self._command(server, shell, body_el, message_id)
+            return self._command(server, shell, root, body_el, message_id)
         if action == SHELL_ACTION + "Receive":
             return await self._receive(server, shell, body_el, message_id, timeout)
         if action == SHELL_ACTION + "Send":
@@ -205,7 +206,8 @@ class Lab:
         )
         return _envelope(ACTION + "Create", message_id, created)
 
-    def _command(self, server: LabServer, shell: Shell, body: ET.Element | None, message_id: str) -> str:
+    def _command(self, server: LabServer, shell: Shell, root: ET.Element, body: ET.Element | None,
+                 message_id: str) -> str:
         line = body.find("rsp:CommandLine", NS) if body is not None else None
         if line is None:
             raise Fault("The Command request has no CommandLine.")
@@ -214,8 +216,14 @@ class Lab:
         self.stats.commands.append({"server": server.fqdn, "probe": probe, "params": params})
         command_id = str(uuid.uuid4()).upper()
         ready = time.monotonic() + self.latency
+        # WinRS defaults to console mode; only in pipe mode (FALSE) does the process read what is sent
+        # as redirected standard input (MS-WSMV 3.1.4.11, Command). In console mode a probe that reads stdin
+        # sees a console and answers at once, without waiting for any Send.
+        console = (_text(root, "s:Header/w:OptionSet/w:Option[@Name='WINRS_CONSOLEMODE_STDIN']") or "TRUE").upper()
+        console_stdin = console != "FALSE"
         shell.commands[command_id] = Command(probe=probe, version=version, params=params, ready_at=ready,
-                                             stdin_open=probe in answers.READS_STDIN)
+                                             stdin_open=probe in answers.READS_STDIN and not console_stdin,
+                                             console_stdin=console_stdin)
         return _envelope(SHELL_ACTION + "Command", message_id,
                          f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>")
 
@@ -244,7 +252,8 @@ class Lab:
         cmd = shell.commands.get(stream.get("CommandId", "") if stream is not None else "")
         if cmd is None or stream is None:
             raise Fault("The command was not found.", code=2150858843, subcode="w:InvalidSelectors")
-        cmd.stdin += base64.b64decode(stream.text or "")
+        if not cmd.console_stdin:  # in console mode WinRS accepts the bytes, the process never reads them
+            cmd.stdin += base64.b64decode(stream.text or "")
         if stream.get("End", "false").lower() == "true":
             cmd.stdin_open = False
             cmd.ready_at = time.monotonic() + self.latency
@@ -265,7 +274,8 @@ class Lab:
                 raise Fault("The WS-Management service cannot complete the operation within the time specified in "
                             "OperationTimeout.", code=TIMED_OUT_CODE, subcode="w:TimedOut")
         if cmd.output is None:
-            text = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params, bytes(cmd.stdin))
+            text = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params,
+                               None if cmd.console_stdin else bytes(cmd.stdin))
             if server.fault == "fault-codepage":  # what a shell left at code page 850 prints
                 text = text.replace("Volume license key installed", "Volumenlizenzschlüssel installiert")
                 cmd.output = text.encode("cp850", errors="replace") + b"\r\n"

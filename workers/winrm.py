@@ -116,7 +116,13 @@ class HostShell:
         given, is sent in chunks and then closed."""
         with self._lock:
             shell_id = self._open()
-            command_id = self._call(lambda p: p.run_command(shell_id, command, arguments))
+            # With input, the command runs with WINRS_CONSOLEMODE_STDIN=FALSE: in console mode (pywinrm's
+            # default) Windows does not hand the sent bytes to the process as redirected input, so
+            # [Console]::IsInputRedirected is false and import-configuration.ps1 gets no zip.
+            # MS-WSMV 3.1.4.11 (Command, option WINRS_CONSOLEMODE_STDIN); Ansible's winrm
+            # connection plugin passes console_mode_stdin=(stdin is None) for the same reason.
+            command_id = self._call(lambda p: p.run_command(shell_id, command, arguments,
+                                                            console_mode_stdin=stdin is None))
             if stdin is not None:
                 chunks = [stdin[i:i + STDIN_CHUNK] for i in range(0, len(stdin), STDIN_CHUNK)] or [b""]
                 for i, chunk in enumerate(chunks):

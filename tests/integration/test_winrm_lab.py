@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 import time
 
 import pytest
+import winrm
 
 from tests.harness import LAB_PASSWORD, LAB_USER, LabProcess, cmsbot, scaled, stop_cleanly
 from workers import probes
@@ -63,6 +65,31 @@ def test_one_shell_runs_several_probes_with_their_own_parameters(lab):
     assert stats["shells"]["fe01.contoso.com"] == 1
     assert [c["probe"] for c in stats["commands"]] == ["cms-status", "replica-health"]
     assert stats["commands"][1]["params"] == {"note": "x"}
+
+
+def test_standard_input_reaches_a_probe_only_in_pipe_mode(lab):
+    """WinRS hands the bytes sent to a command to its process only with WINRS_CONSOLEMODE_STDIN=FALSE
+    (MS-WSMV 3.1.4.11). Our client uses pipe mode whenever a command has input, so a re-seed's zip
+    reaches import-configuration; pywinrm's default, console mode, never delivers it."""
+    lab.scenarios()
+    blob = b"PK\x03\x04 a configuration export"
+    params = {"fileName": "cmsbot-export-test.zip", "sha256": hashlib.sha256(blob).hexdigest()}
+    env = probes.shell_env({"import-configuration": params})
+    cmd, args = probes.command("import-configuration")
+
+    shell = shell_for(lab, "fe03.contoso.com", env)
+    data = probes.decode("import-configuration", shell.run(cmd, args, stdin=base64.b64encode(blob)))
+    shell.close()
+    assert data["Imported"] is True and data["Sha256"] == params["sha256"].upper()
+
+    console = winrm.Protocol(topo.load(lab.topology).server("fe03.contoso.com").endpoint, transport="basic",
+                             username=LAB_USER, password=LAB_PASSWORD)
+    shell_id = console.open_shell(env_vars=env)
+    command_id = console.run_command(shell_id, cmd, args)  # console_mode_stdin=True, pywinrm's default
+    console.send_command_input(shell_id, command_id, base64.b64encode(blob), end=True)
+    out, _, _ = console.get_command_output(shell_id, command_id)
+    console.close_shell(shell_id)
+    assert b"standard input is a console, not the zip" in out
 
 
 @pytest.fixture(scope="module")
