@@ -336,13 +336,12 @@ class WorkerPool:
 
 
 def jobs_in_flight(url: str) -> int:
-    """Jobs queued or running on this database, on any queue."""
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
+    """Jobs on this database that have not ended: queued, taken by a worker, or running. Read from
+    each job's own status, so a job between its queue and the started registry still counts."""
     conn = redis.Redis.from_url(url)
-    return sum(q.count + q.started_job_registry.count
-               for q in Queue.all(connection=conn, serializer=JSONSerializer))
+    ended = {b"finished", b"failed", b"stopped", b"canceled"}
+    return sum(1 for key in conn.scan_iter("rq:job:*")
+               if conn.type(key) == b"hash" and conn.hget(key, "status") not in ended)
 
 
 def wait_idle(url: str, timeout: float = 60) -> None:

@@ -520,6 +520,17 @@ def describe_plan(plan: Plan) -> str:
     return f"CMS recovery in {plan.target}: {len(plan.steps)} steps"
 
 
+def cms_change_blocking(conn: redis.Redis) -> str | None:
+    """Why nothing else may touch the CMS now, or None: a failover or recovery holds the lock, or
+    its cooldown runs while the deployment converges. Remediations and /cms-replicate (forced
+    replication, export, import) would act on a store that is moving or has no active master."""
+    if conn.exists(LOCK_KEY):
+        holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
+        return f"another CMS change is running ({holder.decode() if holder else 'holder unknown'})"
+    cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
+    return f"cooldown after the last CMS change {cooldown.decode()}" if cooldown else None
+
+
 def cooldown_text(reason: str, seconds: float) -> str:
     until = utcnow() + timedelta(seconds=seconds)
     return f"until {until.strftime('%H:%M:%S UTC')} ({reason})"

@@ -21,6 +21,7 @@ from rq.timeouts import JobTimeoutException
 from workers import approvals
 from workers import topology as topo
 from workers.contract import Request, append_audit, append_event, claim, load_request
+from workers.failover import cms_change_blocking
 from workers.liveness import LOST_CHECK, Heartbeat, claim_report
 from workers.remediate import RemediationRefused, describe, remediate, replicate
 from workers.settings import Settings
@@ -76,8 +77,14 @@ def _status(ctx: Ctx) -> dict[str, Any]:
 
 
 def replicate_scope(request_id: str) -> dict[str, Any] | None:
-    return _run(request_id, lambda ctx: _finish(ctx, "force-replication", ctx.request.args.get("target", "all"),
-                                                replicate(ctx.topology, ctx.settings, ctx.target(), ctx.emit)))
+    return _run(request_id, _replicate)
+
+
+def _replicate(ctx: Ctx) -> dict[str, Any]:
+    target = ctx.request.args.get("target", "all")
+    if blocked := cms_change_blocking(ctx.conn):  # checked again here: the bot's check was at request time
+        return _refused(ctx, "force-replication", target, blocked)
+    return _finish(ctx, "force-replication", target, replicate(ctx.topology, ctx.settings, ctx.target(), ctx.emit))
 
 
 def remediation(request_id: str) -> dict[str, Any] | None:
@@ -89,17 +96,25 @@ def _remediation(ctx: Ctx) -> dict[str, Any]:
     who = ctx.request.user
     scope = ctx.request.args.get("scope")
     try:
+        if blocked := cms_change_blocking(ctx.conn):
+            raise RemediationRefused(blocked)
         append_audit(ctx.conn, request=ctx.request.id, who=who, what=kind, target=target,
                      detail=describe(kind, target), result="started")
         outcome = remediate(ctx.topology, ctx.settings, kind, target, ctx.request.id, ctx.emit,
                             scope=ctx.topology.everything() if scope == "all" else
                             ctx.topology.resolve(scope) if scope else None)
     except RemediationRefused as e:
-        ctx.conn.delete(f"cmsbot:remediating:{kind}:{target}")
-        append_audit(ctx.conn, request=ctx.request.id, who=who, what=kind, target=target, result=f"refused: {e}")
-        ctx.emit("failed", {"reason": f"not done: {e}"})
-        return {"ok": False}
+        return _refused(ctx, kind, target, str(e))
     return _finish(ctx, kind, target, outcome)
+
+
+def _refused(ctx: Ctx, kind: str, target: str, reason: str) -> dict[str, Any]:
+    """Nothing was done: free the guard, audit and say why."""
+    ctx.conn.delete(f"cmsbot:remediating:{kind}:{target}")
+    append_audit(ctx.conn, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
+                 result=f"refused: {reason}")
+    ctx.emit("failed", {"reason": f"not done: {reason}"})
+    return {"ok": False}
 
 
 def _finish(ctx: Ctx, kind: str, target: str, outcome) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from bot.handlers import Deps, guarded, just_ack, slack_request
 from bot.roles import Role
 from bot.slack_threads import parent_key
 from workers.contract import load_request
+from workers.failover import cms_change_blocking
 from workers.jobs import REMEDIATE_JOB
 from workers.remediate import KINDS, describe
 from workers.topology import UnknownTarget
@@ -50,6 +51,9 @@ def register(app, deps: Deps) -> None:
                            response_type="ephemeral", replace_original=False)
         if not deps.roles.channel_allowed(channel):
             return respond(text=deps.roles.refusal(Role.viewer, "run remediations here"),
+                           response_type="ephemeral", replace_original=False)
+        if blocked := cms_change_blocking(deps.conn):
+            return respond(text=f"Not now: {blocked}. Remediations wait until the CMS change has converged.",
                            response_type="ephemeral", replace_original=False)
         # one run of an action on a server at a time: a double click or two operators
         if not deps.conn.set(f"cmsbot:remediating:{kind}:{server.name}", user, nx=True, ex=REMEDIATION_GUARD):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bot.handlers import Deps, guarded, permitted, scoped_request
 from bot.roles import Role
+from workers.failover import cms_change_blocking
 from workers.jobs import REPLICATE_JOB
 
 
@@ -16,6 +17,8 @@ def register(app, deps: Deps) -> None:
         req = scoped_request(ack, command, deps, "/cms-replicate")
         if req is None:
             return
+        if blocked := cms_change_blocking(deps.conn):
+            return ack(text=f"Not now: {blocked}. Forcing replication waits until the CMS change has converged.")
         deps.enqueue(req, REPLICATE_JOB, change=True,
                      audit={"what": "force-replication", "target": req.args.get("target", "all"),
                             "result": "requested"})

@@ -13,6 +13,7 @@ import redis
 from tests.harness import jobs_in_flight, wait_idle, wait_until
 from tests.slack_support import (
     GROUP_OPERATOR,
+    OPERATOR,
     VIEWER,
     ack_body,
     blocks_text,
@@ -20,7 +21,9 @@ from tests.slack_support import (
     parents,
     wait_for_verdict,
 )
-from workers.contract import AUDIT_STREAM, EVENTS_STREAM, id_for_delivery
+from workers.contract import AUDIT_STREAM, EVENTS_STREAM, Request, id_for_delivery, queue_name, submit
+from workers.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY
+from workers.jobs import REMEDIATE_JOB
 
 
 def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
@@ -168,3 +171,45 @@ def test_replicate_forces_replication_waits_rechecks_and_reports_the_difference(
     result = next(m for m in fake.thread(parent["ts"])[1:] if "force-replication" in blocks_text(m))
     assert "fe04.contoso.com: UpToDate False -&gt; True" in blocks_text(result)
     assert [c["probe"] for c in edge_lab.stats()["commands"]].count("force-replication") == 1
+
+
+def test_remediations_and_replicate_wait_while_a_cms_change_runs_or_cools_down(bot, fake, edge_lab, slack_redis):
+    """Forced replication, export and import must not act on a store that is moving."""
+    conn = redis.Redis.from_url(slack_redis)
+    conn.set(LOCK_KEY, "token")
+    conn.set(HOLDER_KEY, "normal failover of the CMS from pool01.contoso.com to pool02.contoso.com")
+    status, body = bot.command("/cms-replicate", "pool02.contoso.com")
+    assert status == 200
+    assert "Not now: another CMS change is running (normal failover of the CMS" in ack_body(body)["text"]
+    value = json.dumps({"a": "reseed", "t": "fe03.contoso.com"})
+    assert bot.click(fake, "remediate-reseed", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
+    wait_until(lambda: fake.calls("response_url"), 10, "no answer to the button")
+    assert "Remediations wait until the CMS change has converged" in fake.calls("response_url")[0].params["text"]
+
+    conn.delete(LOCK_KEY, HOLDER_KEY)
+    conn.set(COOLDOWN_KEY, "until 12:00:00 UTC (failover converged)")
+    status, body = bot.command("/cms-replicate")
+    assert "Not now: cooldown after the last CMS change until 12:00:00 UTC" in ack_body(body)["text"]
+    # refused before anything was enqueued or sent to a server
+    assert jobs_in_flight(slack_redis) == 0 and fake.calls("chat.postMessage") == []
+    assert [c["probe"] for c in edge_lab.stats()["commands"]] == []
+
+
+def test_a_remediation_job_rechecks_the_cms_lock_before_touching_anything(slack_worker, edge_lab, slack_redis):
+    """The bot checks at request time; the worker checks again when the job starts."""
+    conn = redis.Redis.from_url(slack_redis)
+    conn.set(LOCK_KEY, "token")
+    conn.set(HOLDER_KEY, "CMS recovery in pool01.contoso.com")
+    req = Request(command="remediate", args={"action": "reseed", "target": "fe03.contoso.com"}, user=OPERATOR,
+                  origin="console")
+    submit(conn, req, REMEDIATE_JOB, queue_name=queue_name("cmsbot", "change"), timeout=120)
+
+    def failed() -> list[dict]:
+        return [json.loads(f[b"body"]) for _, f in conn.xrange(EVENTS_STREAM)
+                if f[b"request"].decode() == req.id and f[b"kind"] == b"failed"]
+    (failed_event,) = wait_until(failed, 30, "the job did not refuse")
+    wait_idle(slack_redis)
+    assert failed_event["reason"] == "not done: another CMS change is running (CMS recovery in pool01.contoso.com)"
+    assert edge_lab.stats()["commands"] == []
+    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
+    assert [a["result"] for a in audit if a.get("request") == req.id][-1].startswith("refused: another CMS change")
