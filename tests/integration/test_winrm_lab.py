@@ -83,7 +83,8 @@ def test_standard_input_reaches_a_probe_only_in_pipe_mode(lab):
     assert data["Imported"] is True and data["Sha256"] == params["sha256"].upper()
 
     console = winrm.Protocol(topo.load(lab.topology).server("fe03.contoso.com").endpoint, transport="basic",
-                             username=LAB_USER, password=LAB_PASSWORD)
+                             username=LAB_USER, password=LAB_PASSWORD,
+                             server_cert_validation="ignore")  # plain HTTP on loopback: no certificate
     shell_id = console.open_shell(env_vars=env)
     command_id = console.run_command(shell_id, cmd, args)  # console_mode_stdin=True, pywinrm's default
     console.send_command_input(shell_id, command_id, base64.b64encode(blob), end=True)
