@@ -271,11 +271,13 @@ def cmd_worker(args) -> int:
         return _fail(e)
     import threading
 
+    from workers.allowed_jobs import OurJob
     from workers.jobs import lost_reason, on_work_horse_killed
     from workers.liveness import watch
 
+    # OurJob: only the project's own entry points and callbacks run (Redis is a trust boundary)
     worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60,
-                    work_horse_killed_handler=on_work_horse_killed)
+                    work_horse_killed_handler=on_work_horse_killed, job_class=OurJob)
     stop = threading.Event()
     threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
                      name="watchdog", daemon=True).start()
