@@ -57,7 +57,9 @@ class Message:
     blocks: list[Block] = field(default_factory=list)
 
     def payload(self) -> dict:
-        return {"text": self.text, "blocks": [b.to_dict() for b in self.blocks]}
+        # Slack reads `text` as mrkdwn too (notifications, fallbacks): escaped like every block,
+        # so a server-supplied "<!channel>" or "<https://...|...>" stays inert text
+        return {"text": esc(self.text), "blocks": [b.to_dict() for b in self.blocks]}
 
 
 @dataclass
@@ -259,7 +261,7 @@ def explanation(e: Explanation) -> Message:
 
 def help_message(lines: list[tuple[str, str, str]]) -> Message:
     text = "*cms-chatops* checks and repairs Central Management Store replication.\n"
-    text += "\n".join(f"• `{u}`: {d}. Example: `{esc(ex)}`" for u, d, ex in lines)
+    text += "\n".join(f"• `{esc(u)}`: {esc(d)}. Example: `{esc(ex)}`" for u, d, ex in lines)
     return Message(text="cms-chatops commands", blocks=sections(text))
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from bot import blocks
+from bot.commands import HELP
 from workers.models import (
     Action,
     CmsService,
@@ -77,3 +80,25 @@ def test_small_healthy_report_is_one_message_without_attachment():
     rendered = blocks.report(r.model_copy(update={"host_errors": []}))
     assert len(rendered.messages) == 1 and rendered.attachment is None
     assert "8/8 replicas up to date" in str(rendered.messages[0].payload())
+
+
+HOSTILE = "OK: master <!channel> <https://evil.example/login|Click to re-auth> & more"
+
+
+@pytest.mark.parametrize("message", [
+    blocks.parent_verdict("/cms-status", "U0OPS", None, HOSTILE, True),
+    blocks.progress(HOSTILE),
+    blocks.note(HOSTILE),
+    blocks.plain(HOSTILE),
+    blocks.failed(HOSTILE),
+], ids=["verdict", "progress", "note", "plain", "failed"])
+def test_the_notification_text_is_as_inert_as_the_blocks(message):
+    """Slack reads `text` as mrkdwn in notifications and fallbacks: server text must not mention or link there."""
+    text = message.payload()["text"]
+    assert "<!channel>" not in text and "<https://" not in text
+    assert "&lt;!channel&gt;" in text and "&amp; more" in text
+
+
+def test_help_shows_placeholders_as_text_not_links():
+    payload = blocks.help_message(list(HELP.values())).payload()
+    assert "<event>" not in str(payload) and "&lt;event&gt;" in str(payload)
