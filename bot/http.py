@@ -20,6 +20,7 @@ log = logging.getLogger("cmsbot.http")
 
 EVENTS_PATH = "/slack/events"
 MAX_BODY = 1024 * 1024
+SOCKET_TIMEOUT = 10.0  # seconds: Slack sends a whole request at once
 
 
 class SlackHTTPServer(ThreadingHTTPServer):
@@ -31,12 +32,22 @@ def make_server(listener: socket.socket, app: App, healthy: Callable[[], bool]) 
     """A server on an already listening socket (shared by pre-forked processes)."""
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = SOCKET_TIMEOUT  # a client that stops sending frees its thread
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             url = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if url.path != EVENTS_PATH or length > MAX_BODY:
-                return self._send(404 if url.path != EVENTS_PATH else 413, {}, "")
+            if url.path != EVENTS_PATH:
+                return self._send(404, {}, "")
+            try:
+                length = int(self.headers.get("Content-Length") or "")
+            except ValueError:
+                length = -1
+            if length < 0:  # rfile.read(-1) would read until the client stops sending
+                self.close_connection = True
+                return self._send(411 if "Content-Length" not in self.headers else 400, {}, "")
+            if length > MAX_BODY:
+                self.close_connection = True
+                return self._send(413, {}, "")
             body = self.rfile.read(length).decode("utf-8", errors="replace")
             headers: dict[str, str | Sequence[str]] = {k.lower(): v for k, v in self.headers.items()}
             resp = app.dispatch(BoltRequest(body=body, query=url.query, headers=headers))

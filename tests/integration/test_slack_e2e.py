@@ -5,6 +5,7 @@ a real worker on real Redis, pywinrm against the lab."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -213,3 +214,18 @@ def test_a_remediation_job_rechecks_the_cms_lock_before_touching_anything(slack_
     assert edge_lab.stats()["commands"] == []
     audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
     assert [a["result"] for a in audit if a.get("request") == req.id][-1].startswith("refused: another CMS change")
+
+
+def test_a_request_without_a_usable_length_is_refused_before_it_is_read(bot, fake):
+    """rfile.read(-1) would buffer whatever the client streams, before any signature check."""
+    def raw(length_header: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", bot.port), timeout=10) as s:
+            s.sendall(f"POST /slack/events HTTP/1.1\r\nHost: bot\r\n{length_header}\r\n".encode() + b"x" * 65536)
+            return s.recv(200)
+    assert raw("Content-Length: -1\r\n").startswith(b"HTTP/1.1 400")
+    assert raw("Content-Length: many\r\n").startswith(b"HTTP/1.1 400")
+    assert raw("").startswith(b"HTTP/1.1 411")
+    assert raw(f"Content-Length: {2 * 1024 * 1024}\r\n").startswith(b"HTTP/1.1 413")
+    # and a real request right after is served as usual
+    assert bot.command("/cms-status")[0] == 200
+    assert wait_for_verdict(fake)["text"].startswith("OK")
