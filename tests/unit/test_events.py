@@ -23,7 +23,8 @@ from workers.events import (
 
 UTC = UTC
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "events"
-SEED = Path("/work/shared/seeds/cms-replication-failures.md")
+# the team's shared folder lies beside the checkout (as in CI); a lone clone skips the one check that reads it
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "cms-replication-failures.md"
 FTA = "LS File Transfer Agent Service"
 
 
