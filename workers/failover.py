@@ -477,14 +477,16 @@ def converged(cms: CmsStatus | None, location_services: list[CmsService], target
               topology: Topology) -> tuple[bool, str]:
     if cms is None:
         return False, "the CMS could not be read"
-    target_servers = {s.fqdn for s in topology.pool(target).servers}
+    # Microsoft's failover article expects ActiveMasterFqdn to point "to the FQDN of CMS_Pool"; a
+    # Standard Edition pool (and the lab) names its server. Either names the target pool.
+    in_target = {s.fqdn.lower() for s in topology.pool(target).servers} | {target.lower()}
     master = cms.store.active_master_fqdn
     ftas = cms.store.active_file_transfer_agents
     active = [s.pool_fqdn for s in (location_services or cms.services) if s.active]
     current = sum(r.up_to_date for r in cms.replicas)
     state = (f"master {master or 'blank'}, FTA {', '.join(ftas) or 'none'}, active {', '.join(active) or 'none'}, "
              f"{current}/{len(cms.replicas)} replicas up to date")
-    ok = (master in target_servers and bool(ftas) and all(f in target_servers for f in ftas)
+    ok = ((master or "").lower() in in_target and bool(ftas) and all(f.lower() in in_target for f in ftas)
           and active == [target] and current == len(cms.replicas))
     return ok, state
 

@@ -490,6 +490,16 @@ def test_converged_only_when_master_ftas_and_the_only_active_pool_are_the_target
     assert converged(facts.cms, facts.location.services, POOL2, topology)[0] is False
 
 
+def test_converged_when_the_store_names_the_pool_not_a_server():
+    """Microsoft's failover article: ActiveMasterFqdn points "to the FQDN of CMS_Pool" (an Enterprise pool)."""
+    facts = R.facts("healthy")
+    store = facts.cms.store.model_copy(update={"active_master_fqdn": POOL1, "active_file_transfer_agents": [POOL1]})
+    cms = facts.cms.model_copy(update={"store": store})
+    ok, state = converged(cms, facts.location.services, POOL1, R.topology_of("healthy"))
+    assert ok and state.startswith(f"master {POOL1}, FTA {POOL1}")
+    assert converged(cms, facts.location.services, POOL2, R.topology_of("healthy"))[0] is False
+
+
 def test_not_converged_while_both_pools_claim_the_cms():
     facts = R.facts("moving-after-forced-failover")
     ok, state = converged(facts.cms, facts.location.services, POOL2, R.topology_of("moving-after-forced-failover"))
