@@ -78,11 +78,12 @@ class BotProcess(Managed):
             "trigger_id": trigger or f"trig-{time.monotonic_ns()}"})
         return self.post(body, **kw)
 
-    def click(self, fake: SlackFake, action_id: str, value: str, *, user: str, thread: str) -> tuple[int, str]:
+    def click(self, fake: SlackFake, action_id: str, value: str, *, user: str, thread: str,
+              channel: str = CHANNEL) -> tuple[int, str]:
         payload = {
             "type": "block_actions", "team": {"id": "T0001"}, "user": {"id": user}, "api_app_id": "A0001",
-            "trigger_id": f"trig-{time.monotonic_ns()}", "channel": {"id": CHANNEL},
-            "container": {"type": "message", "message_ts": thread, "channel_id": CHANNEL, "thread_ts": thread},
+            "trigger_id": f"trig-{time.monotonic_ns()}", "channel": {"id": channel},
+            "container": {"type": "message", "message_ts": thread, "channel_id": channel, "thread_ts": thread},
             "response_url": f"{fake.root}/api/response_url",
             "actions": [{"action_id": action_id, "block_id": "b1", "type": "button", "value": value,
                          "action_ts": str(time.time())}],

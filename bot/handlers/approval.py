@@ -36,6 +36,10 @@ def register(app, deps: Deps) -> None:
         if not deps.roles.has(user, Role.approver):
             return respond(text=deps.roles.refusal(Role.approver, "approve or deny CMS changes"),
                            response_type="ephemeral", replace_original=False)
+        channel = str((body.get("channel") or {}).get("id") or "")
+        if not deps.roles.channel_allowed(channel):  # as for every other command and button
+            return respond(text=deps.roles.refusal(Role.viewer, "approve or deny CMS changes here"),
+                           response_type="ephemeral", replace_original=False)
         outcome, _ = approvals.decide(deps.conn, approval_id, user, approve)
         if outcome in ANSWERS:
             respond(text=ANSWERS[outcome], response_type="ephemeral", replace_original=False)
@@ -47,7 +51,6 @@ def register(app, deps: Deps) -> None:
         approval = approvals.load(deps.conn, approval_id)
         append_event(deps.conn, approval.request, "approval", {"approval": approval_id, "by": user, "outcome": outcome})
         if outcome == "approved":
-            channel = str((body.get("channel") or {}).get("id") or "")
             card_ts = (body.get("container") or {}).get("message_ts")
             args = {"approval": approval_id, "kind": approval.kind, "plan_hash": approval.hash}
             req = slack_request(body, "cms-execute", args, user=user, channel=channel, thread=card_ts)

@@ -17,6 +17,7 @@ from tests.harness import (
     LAB_USER,
     WorkerProcess,
     children_of,
+    jobs_in_flight,
     stop_cleanly,
     wait_idle,
     wait_until,
@@ -149,6 +150,18 @@ def test_a_job_enqueued_without_a_consumed_approval_refuses_to_run(bot, fake, ed
     assert "not executed: it has not been approved" in failed()
     assert approvals.load(conn, approval_id).status == "pending"
     assert edge_lab.probe_count("cms-failover") == 0
+
+
+def test_an_approval_from_a_channel_not_allowed_is_refused(bot, fake, edge_lab, slack_redis):
+    card = request_card(bot, fake)
+    approval_id = card_buttons(card)["approval-approve"]["value"]
+    seen = len(fake.calls("response_url"))
+    assert bot.click(fake, "approval-approve", approval_id, user=APPROVER, thread=card["ts"],
+                     channel="C0RANDOM")[0] == 200
+    wait_until(lambda: answers_to(fake, seen), 10, "no answer")
+    assert "channel" in answers_to(fake, seen)[0]
+    assert approvals.load(redis.Redis.from_url(slack_redis), approval_id).status == "pending"
+    assert jobs_in_flight(slack_redis) == 0 and edge_lab.probe_count("cms-failover") == 0
 
 
 @pytest.fixture
