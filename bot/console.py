@@ -90,7 +90,7 @@ def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: st
                         wants=lambda e: e.request == request.id, start="$")
     try:
         submit(conn, request, STATUS_JOB, queue_name=queue_name(settings.queue_prefix, STATUS),
-               timeout=settings.job_timeout, on_failure=Callback(FAILURE_CALLBACK))
+               timeout=settings.job_timeout(len(topology.servers)), on_failure=Callback(FAILURE_CALLBACK))
         thread.parent()
         deadline = time.monotonic() + settings.chat_timeout
         while thread.exit_code is None and time.monotonic() < deadline:

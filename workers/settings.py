@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -51,17 +52,22 @@ class Settings(BaseSettings):
             object.__setattr__(self, "winrm_password", SecretStr(secret))
         return self
 
-    @property
-    def job_timeout(self) -> int:
-        """RQ's hard limit for a status job: every stage's deadline plus slack."""
-        return int(self.host_deadline * 3 + 60)
+    def waves(self, servers: int) -> int:
+        """How many rounds of `fanout` servers a stage over `servers` takes."""
+        return max(1, math.ceil(servers / self.fanout))
+
+    def job_timeout(self, servers: int) -> int:
+        """RQ's hard limit for a status job over `servers`: the first stage, one host deadline per
+        fan-out wave, then the CMS fallback and the second stage, plus slack. Shorter, and RQ kills a
+        check whose servers are still answering and discards every result."""
+        return int(self.host_deadline * (self.waves(servers) + 2) + 60)
 
     @property
     def failover_timeout(self) -> int:
         """RQ's hard limit for a failover or recovery job: preflight, the change, convergence."""
         return int(self.host_deadline * 20 + self.failover_deadline + self.replication_wait + 120)
 
-    @property
-    def change_timeout(self) -> int:
-        """RQ's hard limit for a remediation: its steps, the replication wait and a re-check."""
-        return int(self.host_deadline * 6 + self.replication_wait + 60)
+    def change_timeout(self, servers: int) -> int:
+        """RQ's hard limit for a remediation or /cms-replicate over `servers`: its steps, the
+        replication wait and the checks before and after (each one host deadline per wave)."""
+        return int(self.host_deadline * (2 * self.waves(servers) + 4) + self.replication_wait + 60)

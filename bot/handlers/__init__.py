@@ -40,11 +40,15 @@ class Deps:
     topology: Topology
     roles: Roles
 
+    def _timeout(self, change: bool) -> int:
+        servers = len(self.topology.servers)
+        return self.settings.change_timeout(servers) if change else self.settings.job_timeout(servers)
+
     def enqueue(self, req: Request, job: str, *, change: bool, accepted: dict[str, Any] | None = None,
                 audit: dict[str, Any] | None = None, timeout: int | None = None) -> None:
         name = queue_name(self.settings.queue_prefix, CHANGE if change else STATUS)
         submit(self.conn, req, job, queue_name=name,
-               timeout=timeout or (self.settings.change_timeout if change else self.settings.job_timeout),
+               timeout=timeout or self._timeout(change),
                on_failure=Callback(FAILURE_CALLBACK), accepted={"queue": name, **(accepted or {})}, audit=audit)
 
 
