@@ -38,9 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cms-chatops")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmsbot",
                                 description="ChatOps for the Lync / Skype for Business Central Management Store.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(title="commands")
 
     demo = sub.add_parser("demo", help="run /cms-status end to end on the simulated lab and print the thread")

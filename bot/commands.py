@@ -25,6 +25,13 @@ HELP = {
     "/cms-help": ("/cms-help", "this list", "/cms-help"),
 }
 MAX_LISTED = 25
+# commands that are real but cannot run from this path (`cmsbot chat`): where they do run
+ELSEWHERE = {
+    "/cms-failover": "needs another person's approval on its card: request it in Slack",
+    "/cms-recover": "needs another person's approval on its card: request it in Slack",
+    "/cms-explain": "runs without the queue here: `cmsbot explain FILE` (or - for standard input)",
+    "/cms-help": "lists the commands in Slack; here: `cmsbot --help`",
+}
 
 
 class CommandError(ValueError):
@@ -42,6 +49,8 @@ def parse(text: str, topology: Topology) -> Command:
     if not words:
         raise CommandError("Type a command, e.g. `/cms-status`. " + usage())
     name, rest = words[0].lower(), words[1:]
+    if name in ELSEWHERE:
+        raise CommandError(f"`{name}` {ELSEWHERE[name]}.")
     if name not in ("/cms-status", "/cms-replicate"):
         raise CommandError(f"Unknown command. {usage()}")
     if name in ("/cms-status", "/cms-replicate"):
