@@ -155,7 +155,8 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
 def _replication_events(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
     events = fta_log(state) if server.fqdn == state.fta_host.fqdn else []
     since = now() - timedelta(hours=float(params.get("sinceHours", 24)))
-    events = [e for e in events if e["_time"] >= since][: int(params.get("maxEvents", 200))]  # replication-events.ps1 default
+    limit = int(params.get("maxEvents", 200))  # replication-events.ps1's default
+    events = [e for e in events if e["_time"] >= since][:limit]
     return {
         "CollectedAt": ms_date(now()),
         "Computer": server.fqdn,
@@ -227,7 +228,7 @@ def _access_text(product: str, fqdn: str) -> str:
 
 @answers("reachability")
 def _reachability(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
-    timeout = int(params.get("timeoutMs", 3000))  # reachability.ps1 default
+    timeout = int(params.get("timeoutMs", 3000))  # reachability.ps1's default
     results = []
     for target in params.get("targets", []):
         fqdn, port = str(target.get("fqdn", "")), int(target.get("port", 0))
