@@ -477,8 +477,8 @@ def converged(cms: CmsStatus | None, location_services: list[CmsService], target
               topology: Topology) -> tuple[bool, str]:
     if cms is None:
         return False, "the CMS could not be read"
-    # Microsoft's failover article expects ActiveMasterFqdn to point "to the FQDN of CMS_Pool"; a
-    # Standard Edition pool (and the lab) names its server. Either names the target pool.
+    # Microsoft's failover article expects ActiveMasterFqdn to point "to the FQDN of CMS_Pool" (for a
+    # Standard Edition server that is its own FQDN); the lab names a pool member. Accept either.
     in_target = {s.fqdn.lower() for s in topology.pool(target).servers} | {target.lower()}
     master = cms.store.active_master_fqdn
     ftas = cms.store.active_file_transfer_agents
