@@ -7,9 +7,17 @@ Two entry points:
   (the seed pads with no-break spaces), Slack code fences around it, perhaps an
   "Event Xml:" section after the description. It never raises.
 * ``classify`` names the CMS replication failure scenario an LS File Transfer
-  Agent Service event describes (domain.md section 4), and the replicas, UNC
-  paths and certificate facts it mentions. It never guesses: no signature, or
-  an event id / source that disagrees, gives ``code=None``.
+  Agent Service event describes (domain.md section 4), or the LS Master
+  Replicator Agent Service's "Can't watch" failure on the CMS file store, and
+  the replicas, UNC paths and certificate facts it mentions. It never guesses:
+  no signature, or an event id / source that disagrees, gives ``code=None``.
+
+Real Event Viewer text is not tidy. When several replicas fail, Windows writes
+the per-replica entries back to back with no separator after the period
+(``a.contoso.com: Https destination unavailable.b.contoso.com: ...``,
+``...\\from-replica.)b.contoso.com: Access failed. ...``), and a paste is often
+wrapped, sometimes in the middle of an FQDN or a UNC path. ``_unwrap`` and
+``_entry_host`` undo both; their comments give the rules.
 
 Every regular expression here is linear in its input: no nested or adjacent
 quantifiers that can overlap, and scans that could restart inside a token are
@@ -30,8 +38,12 @@ HTTPS_UNREACHABLE = "replica.https-unreachable"
 EDGE_CERT_INVALID = "replica.edge-cert-invalid"
 SHARE_ACCESS_DENIED = "replica.share-access-denied"
 
-EVENT_IDS = {HTTPS_UNREACHABLE: 1017, EDGE_CERT_INVALID: 1015, SHARE_ACCESS_DENIED: 1034}
+MASTER_WATCH_FAILED = "cms.master-replicator-watch-failed"
+
+EVENT_IDS = {HTTPS_UNREACHABLE: 1017, EDGE_CERT_INVALID: 1015, SHARE_ACCESS_DENIED: 1034, MASTER_WATCH_FAILED: 2020}
 FTA_SOURCE = "ls file transfer agent service"
+MRA_SOURCE = "ls master replicator agent service"
+FTA_CODES = frozenset({HTTPS_UNREACHABLE, EDGE_CERT_INVALID, SHARE_ACCESS_DENIED})
 
 
 class CertificateFacts(Model):
@@ -45,7 +57,8 @@ class Classified(Model):
     code: str | None = None
     replicas: list[str] = Field(default_factory=list)
     paths: list[str] = Field(default_factory=list)
-    certificate: CertificateFacts | None = None
+    certificate: CertificateFacts | None = None  # the first of ``certificates``
+    certificates: list[CertificateFacts] = Field(default_factory=list)
 
 
 class PastedEvent(Model):
@@ -106,7 +119,9 @@ _TLDS = frozenset({
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOSTNAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 # What may stand right before a host named in a list (not a URL, path or key=).
-_LIST_BEFORE = frozenset(" \t\n,;:([\"'")
+# ")" too: Windows glues the next entry straight after "(<path>.)"; "." for a
+# wrap that left the reason's final period at the start of the next line.
+_LIST_BEFORE = frozenset(" \t\n,;:().[\"'")
 
 
 def _fqdn(token: str) -> str | None:
@@ -130,6 +145,119 @@ def _hostname(value: str) -> str | None:
     return name if _HOSTNAME.fullmatch(name) and any(c.isalnum() for c in name) else None
 
 
+# --------------------------------------------------------------------------- wrapped lines
+
+# A pasted event is often wrapped: hard-wrapped at a fixed width by a console,
+# a mail client or a chat export (every character kept, a newline inserted
+# every N columns, even inside an FQDN or a UNC path), or word-wrapped the way
+# Microsoft's own article on File Store problems shows event 2020 (lines of
+# 131-150 columns broken after a space, after a hyphen or before a backslash,
+# e.g. "...\xds-master\replicas" + newline + "\lyncfe01.contoso.com\...").
+#
+# ``_unwrap`` re-joins a line break (with nothing in between) only when one of
+# these holds; any other break stays a newline, i.e. whitespace:
+#
+# W. Fixed width: the longest line is at least _WRAP_MIN columns long and at
+#    least two lines of exactly that length are followed by a non-blank line.
+#    Then every line of exactly that length is joined to the next non-blank
+#    one, unless it ends a known failure reason (see F: a new entry starts
+#    there; list lines of equal length are a coincidence, not a wrap). An
+#    unwrapped event has one longest line, not several of equal length; a line
+#    that ended in spaces a tool trimmed is shorter, so its break rightly stays
+#    whitespace.
+# U. UNC continuation: the line ends inside a UNC path (its last
+#    whitespace-free run holds "\\" and the path is not closed by ")" "," ";"),
+#    the next line does not start a new path ("\\"), and either the path ends
+#    in "\", "-" or "." or the next line's first run contains a "\" (a path
+#    fragment such as "ster\data.zip)" or "\lyncfe01.contoso.com\..." never
+#    stands on its own). Also "(" at the end of a line and "\\" at the start of
+#    the next.
+# F. FQDN continuation: no whitespace on either side of the break; the
+#    [A-Za-z0-9.-] runs on both sides join into a valid FQDN; the two runs are
+#    not both valid FQDNs already (two hosts on consecutive lines are never
+#    glued); the left run has a dot or ends in "-", or the right one starts
+#    with "." or "-" (so two plain words, "unavailable" + "edge02.contoso.com",
+#    are never glued: that needs rule W); and the text before the break does
+#    not end a known failure reason ("Https destination unavailable.", "Access
+#    failed.", "Access denied."), which is where a new entry starts.
+#
+# Blank lines (paragraph breaks) are never joined. Rule F may still glue a
+# reason's last word to the next host ("...not reachable." + "edge02..."):
+# that is the very shape Windows writes for back-to-back entries, and
+# ``_entry_host`` splits it again with the same rules as for Windows' own glue.
+
+_WRAP_MIN = 40
+_KNOWN_REASONS = ("https destination unavailable", "access failed", "access denied", "access is denied")
+_TAIL_MAX = 4096  # how much of a logical line the rules look back at
+_FQDN_TAIL = re.compile(r"[A-Za-z0-9.-]{1,253}\Z")
+_FQDN_HEAD = re.compile(r"[A-Za-z0-9.-]{1,253}")
+_PATH_CLOSED = frozenset("),;")
+
+
+def _wrap_width(lines: list[str]) -> int | None:
+    if len(lines) < 3:
+        return None
+    width = max(len(line) for line in lines)
+    if width < _WRAP_MIN:
+        return None
+    full = sum(1 for i in range(len(lines) - 1) if len(lines[i]) == width and lines[i + 1].strip())
+    return width if full >= 2 else None
+
+
+def _ends_reason(text: str) -> bool:
+    tail = " ".join(text[-80:].split()).lower().rstrip(" .")
+    return tail.endswith(_KNOWN_REASONS)
+
+
+def _joins(logical: str, line: str, nxt: str, width: int | None) -> bool:
+    """Whether the break between ``line`` (ending ``logical``) and ``nxt`` is a wrap (rules W, U, F)."""
+    if not nxt.strip() or not line.strip():
+        return False
+    if width is not None and len(line) == width:
+        return not _ends_reason(logical[-_TAIL_MAX:])
+    if line[-1].isspace() or nxt[0].isspace():
+        return False
+    left = logical[-_TAIL_MAX:].rsplit(None, 1)[-1]
+    right = nxt[:_TAIL_MAX].split(None, 1)[0]
+    unc = left.rfind("\\\\")
+    if unc >= 0:
+        path = left[unc:]
+        if path[-1] not in _PATH_CLOSED and not right.startswith("\\\\") and len(path) > 2 and (
+                path.endswith(("\\", "-", ".")) or "\\" in right):
+            return True
+    if left.endswith("(") and right.startswith("\\\\"):
+        return True
+    t1 = _FQDN_TAIL.search(left)
+    t2 = _FQDN_HEAD.match(right)
+    if t1 is None or t2 is None:
+        return False
+    a, b = t1.group(), t2.group()
+    if _fqdn(a + b) is None or (_fqdn(a) and _fqdn(b)):
+        return False
+    if not ("." in a or a.endswith("-") or b.startswith((".", "-"))):
+        return False
+    return not _ends_reason(logical[-_TAIL_MAX:])
+
+
+def _unwrap(text: str, width: int | None = None) -> str:
+    """``text`` (LF newlines) with wrapped lines re-joined; see the rules above. Pure, linear."""
+    if "\n" not in text:
+        return text
+    lines = text.split("\n")
+    if width is None:
+        width = _wrap_width(lines)
+    out: list[list[str]] = [[lines[0]]]
+    logical = lines[0][-_TAIL_MAX:]  # the end of the logical line being built
+    for prev, line in zip(lines, lines[1:], strict=False):
+        if _joins(logical, prev, line, width):
+            out[-1].append(line)
+            logical = (logical + line)[-_TAIL_MAX:]
+        else:
+            out.append([line])
+            logical = line[-_TAIL_MAX:]
+    return "\n".join("".join(parts) for parts in out)
+
+
 # --------------------------------------------------------------------------- signatures
 
 _FAILURES = re.compile(r"replica\s+file\s+transfer\s+failures?\s*:", re.I)
@@ -141,6 +269,8 @@ _CERT = re.compile(r"unable\s+to\s+match\s+host\s*/\s*cluster\s+against\s+(?:the
 _PARAGRAPH_END = re.compile(r"\n[ \t\u00a0]*\n|(?<![A-Za-z])(?:cause|resolution)\s*:|^[ \t]*event[ \t]*xml[ \t]*:",
                             re.I | re.M)
 _ACCESS_DENIED = re.compile(r"access\s+(?:is\s+)?denied", re.I)
+_CANT_WATCH = re.compile(r"(?<![A-Za-z])(?:can['\u2019]?t|can\s?not)\s+watch(?![A-Za-z])", re.I)
+_MASTER_REPLICATOR = re.compile(r"master\s+replicator\s+agent", re.I)
 
 _KEY_HOST = re.compile(r"(?<![A-Za-z])host\s?=\s?([^,\s]+)", re.I)
 _KEY_CLUSTER = re.compile(r"(?<![A-Za-z])cluster\s?=\s?([^,\s]+)", re.I)
@@ -148,9 +278,31 @@ _RDN = re.compile(r"(?<![A-Za-z0-9])(?:CNn?|OU|O|DC|C|L|ST|S|E)\s?=", re.I)
 _RDN_CN = re.compile(r"(?<![A-Za-z0-9])CNn?\s?=\s?([^,]*)", re.I)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
-_UNC_PAREN = re.compile(r"\(([ \t\u00a0]*\\\\[^()\n]{1,4096})\)")
+_UNC_PAREN = re.compile(r"\(([ \t\u00a0\n]*\\\\[^()\n]{1,4096})\)")
 _UNC_BARE = re.compile(r"(?<![\\\w])\\\\[^\s\\/()<>\"'|,;]+(?:\\[^\s\\()<>\"'|,;]*)*")
 _UNC_SPLIT = re.compile(r"[ ,;]+(?=\\\\)")
+
+
+def _entry_host(reason_so_far: str, token: str) -> int:
+    """Where the host starts in ``token``, an FQDN-shaped run right before an entry's ":".
+
+    Windows glues an entry to the previous one's reason without a separator:
+    "...: Https destination unavailable.edge02.contoso.com: ...". The run then
+    reads "unavailable.edge02.contoso.com". Its first label belongs to the
+    previous reason (``reason_so_far``, the text since that entry's ":") when
+    the remainder is an FQDN and either the reason plus that label ends a
+    known reason, or the reason is not complete yet (it is not a known reason
+    and does not end in "." "," ";" ")"). Returns 0 when the run is the host.
+    """
+    dot = token.find(".")
+    if dot <= 0 or _fqdn(token[dot + 1:]) is None:
+        return 0
+    before = " ".join(reason_so_far.split()).lower()
+    if not before or before.rstrip(" .").endswith(_KNOWN_REASONS):
+        return 0
+    if (before + " " + token[:dot].lower()).endswith(_KNOWN_REASONS):
+        return dot + 1
+    return dot + 1 if before[-1] not in ".,;)" else 0
 
 
 def _replica_failures(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
@@ -170,15 +322,18 @@ def _replica_failures(text: str) -> tuple[list[tuple[int, str]], list[tuple[int,
             before = text[tok.start() - 1] if tok.start() > start else " "
             if before not in _LIST_BEFORE and not before.isspace():
                 continue
-            name = _fqdn(tok.group())
-            if name is None:
-                continue
-            seen.append((tok.start(), name))
+            token = tok.group()
             after = tok.end()
             while after < end and text[after].isspace():
                 after += 1
-            if after < end and text[after] == ":" and not text[after + 1:after + 2].isdigit():
-                entries.append((tok.start(), name, after + 1))
+            is_entry = after < end and text[after] == ":" and not text[after + 1:after + 2].isdigit()
+            offset = _entry_host(text[entries[-1][2]:tok.start()], token) if is_entry and entries else 0
+            name = _fqdn(token[offset:])
+            if name is None:
+                continue
+            seen.append((tok.start() + offset, name))
+            if is_entry:
+                entries.append((tok.start() + offset, name, after + 1))
         for i, (pos, name, reason_at) in enumerate(entries):
             reason_end = entries[i + 1][0] if i + 1 < len(entries) else end
             reason = _flat(text[reason_at:reason_end]).lower().lstrip(" ,;.-")
@@ -187,12 +342,24 @@ def _replica_failures(text: str) -> tuple[list[tuple[int, str]], list[tuple[int,
     return seen, https
 
 
-def _certificate(text: str) -> tuple[int, CertificateFacts] | None:
-    sig = _CERT.search(text)
-    if sig is None:
-        return None
-    stop = _PARAGRAPH_END.search(text, sig.end())
-    tail = _flat(text[sig.end():stop.start() if stop else len(text)])
+def _certificates(text: str) -> list[tuple[int, CertificateFacts]]:
+    """Every "Unable to match host/cluster against certificate" reason, back-to-back ones included."""
+    sigs = list(_CERT.finditer(text))
+    found: list[tuple[int, CertificateFacts]] = []
+    stop: re.Match[str] | None = None
+    searched_from = -1
+    for i, sig in enumerate(sigs):
+        if searched_from < 0 or (stop is not None and stop.start() < sig.end()):
+            stop = _PARAGRAPH_END.search(text, sig.end())
+            searched_from = sig.end()
+        end = stop.start() if stop else len(text)
+        if i + 1 < len(sigs):
+            end = min(end, sigs[i + 1].start())
+        found.append((sig.start(), _certificate_facts(_flat(text[sig.end():max(end, sig.end())]))))
+    return found
+
+
+def _certificate_facts(tail: str) -> CertificateFacts:
     host = _KEY_HOST.search(tail)
     cluster = _KEY_CLUSTER.search(tail)
     after = max((m.end() for m in (host, cluster) if m), default=0)
@@ -206,9 +373,15 @@ def _certificate(text: str) -> tuple[int, CertificateFacts] | None:
     def value(m: re.Match[str] | None) -> str | None:
         return (m.group(1).strip().rstrip(".,;") or None) if m else None
 
-    return sig.start(), CertificateFacts(
+    return CertificateFacts(
         host=value(host), cluster=value(cluster), subject=subject,
         subject_cn=(cn.group(1).strip().rstrip(".") or None) if cn else None)
+
+
+def _split_glued_paths(path: str) -> list[str]:
+    """A UNC path never holds "\\\\" after its start: one that does is two paths written back to back."""
+    parts = path[2:].split("\\\\")
+    return ["\\\\" + part for part in parts if part.strip(" .,;")]
 
 
 def _unc_paths(text: str) -> list[tuple[int, str]]:
@@ -221,7 +394,7 @@ def _unc_paths(text: str) -> list[tuple[int, str]]:
         for part in _UNC_SPLIT.split(inner):
             part = part.strip().rstrip(".,;")
             if part.startswith("\\\\") and len(part) > 2:
-                found.append((offset, part))
+                found.extend((offset, p.rstrip(".,;")) for p in _split_glued_paths(part))
     ci = 0
     for m in _UNC_BARE.finditer(text):
         while ci < len(covered) and covered[ci][1] <= m.start():
@@ -230,7 +403,7 @@ def _unc_paths(text: str) -> list[tuple[int, str]]:
             continue
         path = m.group().rstrip(".,;:")
         if len(path) > 2:
-            found.append((m.start(), path))
+            found.extend((m.start(), p.rstrip(".,;:")) for p in _split_glued_paths(path))
     found.sort(key=lambda item: item[0])
     return found
 
@@ -239,6 +412,23 @@ def _unc_host_share(path: str) -> tuple[str | None, str]:
     parts = path[2:].split("\\")
     share = parts[1].strip().lower() if len(parts) > 1 else ""
     return _hostname(parts[0]), share
+
+
+def _master_replicas(paths: list[tuple[int, str]]) -> list[tuple[int, str]] | None:
+    """Replicas named by "...\\xds-master\\replicas\\<fqdn>\\..." paths; None when no path is under xds-master."""
+    under_master = False
+    names: list[tuple[int, str]] = []
+    for pos, path in paths:
+        parts = [p.strip().lower() for p in path[2:].split("\\")]
+        if "xds-master" not in parts[1:]:
+            continue
+        under_master = True
+        i = parts.index("xds-master", 1)
+        if i + 2 < len(parts) and parts[i + 1] == "replicas":
+            name = _fqdn(parts[i + 2])
+            if name:
+                names.append((pos, name))
+    return names if under_master else None
 
 
 def _unique(items: list[tuple[int, str]]) -> list[str]:
@@ -255,11 +445,16 @@ def classify(event_id: int | None, source: str | None, message: str) -> Classifi
     text matches. A text matching several scenarios, none, or one its id or
     source contradicts gives ``code=None``; replicas, paths and certificate
     facts are reported whatever the code.
+
+    The Master Replicator Agent's "Can't watch \\\\<file store>\\...\\xds-master\\
+    replicas\\<replica>\\from-replica" failure (event 2020) is a signature of
+    its own: a text showing it, or an event from that source, never gets a
+    File Transfer Agent code.
     """
-    text = _clean(message)
+    text = _unwrap(_clean(message))
 
     seen, https = _replica_failures(text)
-    cert = _certificate(text)
+    certs = _certificates(text)
     paths = _unc_paths(text)
     replica_paths: list[tuple[int, str]] = []
     for pos, path in paths:
@@ -267,33 +462,46 @@ def classify(event_id: int | None, source: str | None, message: str) -> Classifi
         if host and share == "xds-replica":
             replica_paths.append((pos, host))
     cert_hosts: list[tuple[int, str]] = []
-    if cert is not None:
-        for value in (cert[1].host, cert[1].cluster):
+    for pos, facts in certs:
+        for value in (facts.host, facts.cluster):
             name = _hostname(value) if value else None
             if name:
-                cert_hosts.append((cert[0], name))
+                cert_hosts.append((pos, name))
+    master = _master_replicas(paths)
+    master_sig = master is not None and (_CANT_WATCH.search(text) is not None
+                                         or _MASTER_REPLICATOR.search(text) is not None)
 
     matched: dict[str, list[tuple[int, str]]] = {}
-    if https:
-        matched[HTTPS_UNREACHABLE] = https
-    if cert is not None:
-        matched[EDGE_CERT_INVALID] = cert_hosts
-    if replica_paths and _ACCESS_DENIED.search(text):
-        matched[SHARE_ACCESS_DENIED] = replica_paths
-
-    source_ok = source is None or not source.strip() or _flat(source).lower() == FTA_SOURCE
-    if event_id is not None:
-        candidates = [c for c in matched if EVENT_IDS[c] == event_id]
+    if master_sig and master is not None:
+        matched[MASTER_WATCH_FAILED] = master + [(pos, name) for pos, name in seen if name not in
+                                                 {n for _, n in master}]
     else:
-        candidates = list(matched)
-    code = candidates[0] if source_ok and len(candidates) == 1 else None
+        if https:
+            matched[HTTPS_UNREACHABLE] = https
+        if certs:
+            matched[EDGE_CERT_INVALID] = cert_hosts
+        if replica_paths and _ACCESS_DENIED.search(text):
+            matched[SHARE_ACCESS_DENIED] = replica_paths
 
-    replicas = matched[code] if code else seen + cert_hosts + replica_paths
+    src = _flat(source).lower() if isinstance(source, str) and source.strip() else None
+    if src is None:
+        allowed = set(EVENT_IDS)
+    elif src == FTA_SOURCE:
+        allowed = set(FTA_CODES)
+    elif src == MRA_SOURCE:
+        allowed = {MASTER_WATCH_FAILED}
+    else:
+        allowed = set()
+    candidates = [c for c in matched if c in allowed and (event_id is None or EVENT_IDS[c] == event_id)]
+    code = candidates[0] if len(candidates) == 1 else None
+
+    replicas = matched[code] if code else seen + cert_hosts + replica_paths + (master or [])
     return Classified(
         code=code,
         replicas=_unique(replicas),
         paths=_unique(paths),
-        certificate=cert[1] if cert else None,
+        certificate=certs[0][1] if certs else None,
+        certificates=[facts for _, facts in certs],
     )
 
 
@@ -355,6 +563,21 @@ def _event_id(value: str | None) -> int | None:
     return int(m.group()) if m else None
 
 
+def _unwrap_header(head: str, width: int) -> str:
+    """Header lines a fixed-width wrap cut ("Source: LS File Transfer Agent Ser" + "vice"), re-joined.
+
+    A line of exactly ``width`` columns continues on the next one unless that one starts a label.
+    """
+    lines = head.split("\n")
+    out: list[list[str]] = [[lines[0]]]
+    for prev, line in zip(lines, lines[1:], strict=False):
+        if len(prev) == width and line.strip() and not _LABELS.match(line.lstrip(" \t\u00a0")):
+            out[-1].append(line)
+        else:
+            out.append([line])
+    return "\n".join("".join(parts) for parts in out)
+
+
 def parse_pasted(text: str) -> PastedEvent:
     """An Event Viewer "Copy details as text" paste -> its fields. Never raises.
 
@@ -363,8 +586,11 @@ def parse_pasted(text: str) -> PastedEvent:
     """
     text = _strip_fences(_clean(text))
 
+    width = _wrap_width(text.split("\n"))
     desc = _DESCRIPTION.search(text)
     head = text[:desc.start()] if desc else text
+    if width is not None:
+        head = _unwrap_header(head, width)
     fields: dict[str, str | None] = {}
     labels = list(_LABELS.finditer(head))
     if desc is None and len({_label_key(m) for m in labels}) < 2:
@@ -399,6 +625,10 @@ def parse_pasted(text: str) -> PastedEvent:
     moment, ambiguous = parse_event_time(date_text)
 
     if xml is not None:
+        # A wrapped paste wraps the XML too (a 60-column wrap splits SystemTime="..."): the
+        # whole paste's fixed width, else the XML's own rules (see _unwrap), before reading it.
+        xml = _unwrap(xml, width)
+
         def first(rx: re.Pattern[str]) -> str | None:
             m = rx.search(xml)
             return _field(m.group(1)) if m else None

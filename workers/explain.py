@@ -32,10 +32,15 @@ class Explanation(Model):
     fix: list[str] = []
 
 
-def certificate_code(facts: CertificateFacts | None) -> str:
-    """1015 alone: a name mismatch when the presented CN is neither host nor cluster."""
-    names = {n.lower() for n in (facts.host, facts.cluster) if n} if facts else set()
-    if facts and facts.subject_cn and names and facts.subject_cn.lower() not in names:
+def _names_another_host(facts: CertificateFacts) -> bool:
+    names = {n.lower() for n in (facts.host, facts.cluster) if n}
+    return bool(facts.subject_cn and names and facts.subject_cn.lower() not in names)
+
+
+def certificate_code(facts: CertificateFacts | list[CertificateFacts] | None) -> str:
+    """1015 alone: a name mismatch when every presented CN is neither its host nor its cluster."""
+    every = facts if isinstance(facts, list) else [facts] if facts else []
+    if every and all(_names_another_host(f) for f in every):
         return "replica.edge-cert-name-mismatch"
     return "replica.edge-cert-invalid"
 
@@ -43,7 +48,7 @@ def certificate_code(facts: CertificateFacts | None) -> str:
 def explain(text: str) -> Explanation:
     pasted = parse_pasted(text)
     c = classify(pasted.event_id, pasted.source, pasted.description)
-    code = certificate_code(c.certificate) if c.code == "replica.edge-cert-invalid" else c.code
+    code = certificate_code(c.certificates or c.certificate) if c.code == "replica.edge-cert-invalid" else c.code
     fields = dict(source=pasted.source, event_id=pasted.event_id, level=pasted.level, computer=pasted.computer,
                   time=pasted.time, date_text=pasted.date_text, date_ambiguous=pasted.date_ambiguous,
                   replicas=c.replicas, paths=c.paths, code=code)
@@ -52,7 +57,8 @@ def explain(text: str) -> Explanation:
     k = KNOWLEDGE[code]
     who = ", ".join(c.replicas) or "the replica"
     summary = f"{k.title}: {who}"
-    if c.certificate and c.certificate.subject:
-        summary += f" (presented {c.certificate.subject})"
+    subjects = [f.subject for f in (c.certificates or ([c.certificate] if c.certificate else [])) if f.subject]
+    if subjects:
+        summary += f" (presented {'; '.join(dict.fromkeys(subjects))})"
     fix = [step.replace("<replica>", c.replicas[0]) if c.replicas else step for step in k.fix]
     return Explanation(**fields, summary=summary, meaning=k.meaning, checks=list(k.checks), fix=fix)

@@ -12,7 +12,9 @@ import pytest
 
 from workers.events import (
     EDGE_CERT_INVALID,
+    FTA_CODES,
     HTTPS_UNREACHABLE,
+    MASTER_WATCH_FAILED,
     SHARE_ACCESS_DENIED,
     CertificateFacts,
     Classified,
@@ -316,6 +318,234 @@ def test_product_wording(product):
         assert classify(event.event_id, event.source, event.description).code is not None
 
 
+# --------------------------------------------------------------------------- real-shaped corpus (issue 16, item 7)
+
+MRA = "LS Master Replicator Agent Service"
+TWO_EDGES = ["edge01.contoso.com", "edge02.contoso.com"]
+EDGE_CERTS = ["edge01.contoso.com", "edgepool.contoso.com", "edge02.contoso.com"]
+TWO_SHARES = [r"\\fe03.contoso.com\xds-replica\from-master\data.zip", r"\\med01.contoso.com\xds-replica\from-master\data.zip"]
+MASTER_PATHS = [
+    r"\\filesharehost.contoso.com\LyncPool01\1-CentralMgmt-1\CMSFileStore\xds-master\replicas\lyncfe01.contoso.com"
+    r"\from-replica",
+    r"\\filesharehost.contoso.com\LncPool01\1-CentralMgmt-1\CMSFileStore\xds-master\replicas\lyncfe05.contoso.com"
+    r"\from-replica",  # "LncPool01": the Microsoft article's own typo, kept
+]
+MASTER_REPLICAS = ["lyncfe01.contoso.com", "lyncfe05.contoso.com"]
+CERTS = [
+    CertificateFacts(host="edge01.contoso.com", cluster="edgepool.contoso.com",
+                     subject="CN=edge01.contoso.com, OU=IT, O=Contoso", subject_cn="edge01.contoso.com"),
+    CertificateFacts(host="edge02.contoso.com", cluster="edgepool.contoso.com",
+                     subject="CN=edge02.contoso.com, OU=IT, O=Contoso", subject_cn="edge02.contoso.com"),
+]
+
+# file -> (event id and source read from it, code, replicas, paths)
+CORPUS = {
+    "fta-1017-two-edges-concatenated.txt": (1017, FTA, HTTPS_UNREACHABLE, TWO_EDGES, []),
+    "fta-1017-two-edges-wrap60-lf.txt": (1017, FTA, HTTPS_UNREACHABLE, TWO_EDGES, []),
+    "fta-1017-two-edges-wrap60-crlf-eventxml.txt": (1017, FTA, HTTPS_UNREACHABLE, TWO_EDGES, []),
+    "fta-1017-two-edges-wrap90-crlf-nohdr.txt": (None, None, HTTPS_UNREACHABLE, TWO_EDGES, []),
+    "fta-1034-two-paths-concatenated.txt": (1034, FTA, SHARE_ACCESS_DENIED, ["fe03.contoso.com", "med01.contoso.com"],
+                                            TWO_SHARES),
+    "fta-1034-two-paths-wrap80-crlf.txt": (1034, FTA, SHARE_ACCESS_DENIED, ["fe03.contoso.com", "med01.contoso.com"],
+                                           TWO_SHARES),
+    "fta-1034-two-paths-wrap60-nohdr.txt": (None, None, SHARE_ACCESS_DENIED, ["fe03.contoso.com", "med01.contoso.com"],
+                                            TWO_SHARES),
+    "fta-1015-two-edges-concatenated.txt": (1015, FTA, EDGE_CERT_INVALID, EDGE_CERTS, []),
+    "fta-1015-two-edges-wrap60-lf.txt": (1015, FTA, EDGE_CERT_INVALID, EDGE_CERTS, []),
+    "fta-1015-two-edges-wrap80-crlf-nohdr.txt": (None, None, EDGE_CERT_INVALID, EDGE_CERTS, []),
+    "ms-article-mra-2020.txt": (2020, MRA, MASTER_WATCH_FAILED, MASTER_REPLICAS, MASTER_PATHS),
+    "mra-2020-wrap80-crlf.txt": (2020, MRA, MASTER_WATCH_FAILED, MASTER_REPLICAS, MASTER_PATHS),
+    "mra-2020-wrap60-nohdr.txt": (None, None, MASTER_WATCH_FAILED, MASTER_REPLICAS, MASTER_PATHS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_reads_every_replica_and_path(name):
+    event_id, source, code, replicas, paths = CORPUS[name]
+    event, result = pasted_and_classified(name)
+    assert (event.event_id, event.source) == (event_id, source)
+    assert result.code == code
+    assert result.replicas == replicas
+    assert result.paths == paths
+    if code == EDGE_CERT_INVALID:
+        assert result.certificates == CERTS and result.certificate == CERTS[0]
+    # the description alone, without id or source, reads the same
+    assert classify(None, None, event.description) == result
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_corpus_line_ends_do_not_matter(name, eol):
+    text = fixture(name).replace("\r\n", "\n").replace("\n", eol)
+    event = parse_pasted(text)
+    assert classify(event.event_id, event.source, event.description) == pasted_and_classified(name)[1]
+
+
+def test_corpus_files_are_what_their_names_say():
+    for name in CORPUS:
+        raw = fixture(name)
+        assert ("\r\n" in raw) == ("crlf" in name), name
+        assert raw.startswith("Log Name:") == ("nohdr" not in name), name
+        assert ("Event Xml:" in raw) == ("eventxml" in name), name
+        if "wrap" in name:
+            width = int(name.split("wrap")[1][:2])
+            lengths = [len(line) for line in raw.replace("\r\n", "\n").split("\n")]
+            assert max(lengths) == width and lengths.count(width) >= 2, name
+
+
+@pytest.mark.parametrize("name, inside", [
+    ("fta-1015-two-edges-wrap60-lf.txt", "CN=edge\n01.contoso.com"),
+    ("fta-1015-two-edges-wrap80-crlf-nohdr.txt", "host=edge01.contoso.co\r\nm,"),
+    ("fta-1017-two-edges-wrap90-crlf-nohdr.txt", "edge02.c\r\nontoso.com"),
+    ("fta-1034-two-paths-wrap60-nohdr.txt", "\\from-master\\d\nata.zip"),
+    ("mra-2020-wrap60-nohdr.txt", "\\\\fileshar\nehost.contoso.com"),
+    ("mra-2020-wrap80-crlf.txt", "\\Ly\r\nncPool01"),
+    ("ms-article-mra-2020.txt", "\\replicas\n\\lyncfe01"),     # Microsoft's own word wrap, before a backslash
+    ("ms-article-mra-2020.txt", "CentralMgmt-\n1\\CMSFileStore"),  # and after a hyphen
+])
+def test_corpus_breaks_fall_inside_names_and_paths(name, inside):
+    assert inside in fixture(name)
+
+
+def test_ms_article_mra_event_verbatim_fields():
+    event, result = pasted_and_classified("ms-article-mra-2020.txt")
+    assert (event.log_name, event.task_category, event.level, event.computer) == (
+        "Lync Server", MRA, "Error", "lyncfe01.contoso.com")
+    assert event.date_text == "2/9/2015 9:24:07 PM" and event.date_ambiguous is True
+    assert "from-replica.)lyncfe05.contoso.com: Access failed." in event.description  # Windows' glue, as published
+    assert result.code == MASTER_WATCH_FAILED
+
+
+def test_wrapped_event_xml_still_gives_the_utc_instant():
+    event = parse_pasted(fixture("fta-1017-two-edges-wrap60-crlf-eventxml.txt"))
+    raw = fixture("fta-1017-two-edges-wrap60-crlf-eventxml.txt")
+    assert '418275300Z"\r\n />' in raw and 'event\r\ns/event">' in raw  # the 60-column wrap cuts the XML too
+    assert event.time == datetime(2024, 3, 14, 8, 12, 44, 418275, tzinfo=UTC) and not event.date_ambiguous
+    assert "<Event" not in event.description
+
+
+@pytest.mark.parametrize("glued, replicas", [
+    ("edge01.contoso.com: Https destination unavailable.edge02.contoso.com: Https destination unavailable.", TWO_EDGES),
+    ("edge01.contoso.com: Https destination unavailable.edge02.contoso.com: Https destination unavailable."
+     "edge03.contoso.com: Https destination unavailable.", [*TWO_EDGES, "edge03.contoso.com"]),
+    ("EDGE01.contoso.com: HTTPS destination unavailable.Edge02.Contoso.com: Https destination unavailable.", TWO_EDGES),
+    ("edge01.contoso.com: Https destination\nunavailable.edge02.contoso.com: Https destination unavailable.", TWO_EDGES),
+    # another reason glued in front: only the Https one counts, and its host is not "reachable.edge02..."
+    ("edge01.contoso.com: Replica machine is not reachable.edge02.contoso.com: Https destination unavailable.",
+     ["edge02.contoso.com"]),
+])
+def test_concatenated_1017_entries(glued, replicas):
+    result = classify(1017, FTA, "Replica file transfer failures: " + glued + "\n\nCause: x")
+    assert result.code == HTTPS_UNREACHABLE
+    assert result.replicas == replicas
+
+
+def test_concatenated_1017_names_every_replica_seen_even_with_other_reasons():
+    text = ("Replica file transfer failures: edge01.contoso.com: Replica machine is not reachable."
+            "edge02.contoso.com: Some other failure.")
+    result = classify(1017, FTA, text)
+    assert result.code is None
+    assert result.replicas == TWO_EDGES
+
+
+@pytest.mark.parametrize("text", [
+    "Access denied. (\\\\fe03.contoso.com\\xds-replica\\from-master\\data.zip)Access denied. "
+    "(\\\\med01.contoso.com\\xds-replica\\from-master\\data.zip)",
+    "Access denied. (\\\\fe03.contoso.com\\xds-replica\\from-master\\data.zip"
+    "\\\\med01.contoso.com\\xds-replica\\from-master\\data.zip)",  # two paths with nothing between them
+    "Access denied. (\\\\fe03.contoso.com\\xds-replica\\from-ma\r\nster\\data.zip)\r\nAccess denied. (\r\n"
+    "\\\\med01.contoso.com\\xds-replica\\from-master\\\ndata.zip)",  # word-wrapped inside and around the paths
+])
+def test_concatenated_and_wrapped_1034_paths(text):
+    result = classify(1034, FTA, text)
+    assert result.code == SHARE_ACCESS_DENIED
+    assert result.replicas == ["fe03.contoso.com", "med01.contoso.com"]
+    assert result.paths == TWO_SHARES
+
+
+@pytest.mark.parametrize("width", range(40, 131, 7))
+@pytest.mark.parametrize("name", ["fta-1017-two-edges-concatenated.txt", "fta-1034-two-paths-concatenated.txt",
+                                  "fta-1015-two-edges-concatenated.txt", "ms-article-mra-2020.txt"])
+def test_any_fixed_width_wrap_reads_the_same(name, width):
+    plain = pasted_and_classified(name)
+    text = plain[0].description
+    if name.startswith("ms-"):  # undo the article's own word wrap first
+        text = text.replace("these \nmachines", "these machines").replace("replicas\n\\", "replicas\\").replace(
+            "CentralMgmt-\n1", "CentralMgmt-1")
+    wrapped = "\n".join(chunk for line in text.split("\n")
+                        for chunk in ([line[i:i + width] for i in range(0, len(line), width)] or [""]))
+    assert classify(plain[0].event_id, plain[0].source, wrapped) == plain[1]
+
+
+@pytest.mark.parametrize("text, replicas", [
+    # two hosts on consecutive lines are never glued into one
+    ("Replica file transfer failures:\nedge01.contoso.com\nedge02.contoso.com: Https destination unavailable.",
+     ["edge02.contoso.com"]),
+    # a word and a host on consecutive lines are not glued without a fixed-width wrap
+    ("Replica file transfer failures:\nedge01.contoso.com: Https destination unavailable\n"
+     "edge02.contoso.com: Https destination unavailable", TWO_EDGES),
+    ("Replica file transfer failures:\nedge01.contoso.com: Https destination unavailable.\n"
+     "edge02.contoso.com: Https destination unavailable.", TWO_EDGES),
+    # a sentence end and a host on the next line are not glued either
+    ("Replica file transfer failures: edge01.contoso.com: Https destination unavailable.\n"
+     "edge02.contoso.com: Https destination unavailable.", TWO_EDGES),
+])
+def test_line_breaks_never_make_a_fake_host(text, replicas):
+    result = classify(1017, FTA, text)
+    assert result.code == HTTPS_UNREACHABLE
+    assert result.replicas == replicas
+    assert set(classify(None, None, text).replicas) <= set(TWO_EDGES)
+
+
+def test_equal_short_lines_are_not_a_fixed_width_wrap():
+    # three list lines of the same length: a coincidence, not a wrap (and the known reason ends each)
+    text = ("Replica file transfer failures:\nedge01.contoso.com: Https destination unavailable\n"
+            "edge02.contoso.com: Https destination unavailable\nedge03.contoso.com: Https destination unavailable\n")
+    assert classify(1017, FTA, text).replicas == [*TWO_EDGES, "edge03.contoso.com"]
+
+
+# --- the Master Replicator Agent's own events
+
+@pytest.mark.parametrize("name", ["ms-article-mra-2020.txt", "mra-2020-wrap80-crlf.txt", "mra-2020-wrap60-nohdr.txt"])
+@pytest.mark.parametrize("event_id", [None, 2020, 1017, 1015, 1034, 2010])
+@pytest.mark.parametrize("source", [None, MRA, FTA, "  ls MASTER replicator  agent service "])
+def test_master_replicator_events_never_get_an_fta_code(name, event_id, source):
+    event = parse_pasted(fixture(name))
+    result = classify(event_id, source, event.description)
+    assert result.code not in FTA_CODES
+    mra_ok = source is None or "master" in source.lower()
+    assert (result.code == MASTER_WATCH_FAILED) == (mra_ok and event_id in (None, 2020))
+    assert result.replicas == MASTER_REPLICAS and result.paths == MASTER_PATHS
+
+
+@pytest.mark.parametrize("name", ["seed-1017.txt", "seed-1015.txt", "seed-1034.txt", "fta-1017-two-edges-concatenated.txt",
+                                  "fta-1034-two-paths-concatenated.txt"])
+def test_fta_texts_with_the_master_replicator_source_are_not_classified(name):
+    event = parse_pasted(fixture(name))
+    assert classify(event.event_id, MRA, event.description).code is None
+    assert classify(2020, MRA, event.description).code is None
+
+
+@pytest.mark.parametrize("text", [
+    # an xds-master path without "Can't watch" or the Master Replicator's wording
+    r"Access denied. (\\fs01.contoso.com\LyncShare\1-CentralMgmt-1\CMSFileStore\xds-master\data.zip)",
+    # "Can't watch" a folder that is not under xds-master
+    r"lyncfe01.contoso.com: Access failed. (Can't watch \\fs01.contoso.com\LyncShare\1-WebServices-1\ABFiles.)",
+])
+def test_master_replicator_signature_needs_both_parts(text):
+    assert classify(None, None, text).code is None
+
+
+@pytest.mark.parametrize("name", ["ms-article-backup-4042.txt", "ls-user-services-32178.txt"])
+def test_other_real_events_with_unc_paths_are_not_a_signature(name):
+    event, result = pasted_and_classified(name)
+    assert result.code is None
+    assert classify(None, None, event.description).code is None
+    assert classify(None, None, fixture(name)).code is None
+    if name.startswith("ms-"):
+        assert event.event_id == 4042 and len(result.paths) == 3 and result.replicas == []
+
+
 # --------------------------------------------------------------------------- dates
 
 @pytest.mark.parametrize("date_text, expected, ambiguous", [
@@ -477,6 +707,14 @@ ADVERSARIAL = {
     "cause": "cause" + " " * 200_000,
     "fences": "```" * 66_000,
     "xml": "Event Xml:\n<System>" + "<TimeCreated SystemTime='" * 8_000,
+    "hard-wrapped": ("a" * 60 + "\n") * 3_300,
+    "hard-wrapped-unc": "Access denied. (" + ("\\\\a.b.com\\xds-replica\\" + "x" * 40 + "\n") * 1_600,
+    "unc-wrapped": ("\\\\a.b.com\\x-\n") * 15_000,
+    "fqdn-wrapped": ("edge01.contoso.c\nom: Https destination unavailable.") * 2_200,
+    "glued-entries": "Replica file transfer failures: " + "e.contoso.com: Https destination unavailable." * 2_300,
+    "glued-certs": "Unable to match host/cluster against certificate, host=a.b.com, CN=x, O=y." * 1_500,
+    "wrapped-header": ("Source: " + "S" * 52 + "\n") * 3_300,
+    "one-long-token-lines": ("a" * 5_000 + "\n") * 40,
 }
 
 
@@ -506,3 +744,14 @@ def test_models_are_frozen():
         result.code = "x"
     with pytest.raises(pydantic.ValidationError):
         parse_pasted("").description = "x"
+
+
+@pytest.mark.parametrize("width", [41, 45, 52, 60, 66])
+def test_event_xml_wrapped_inside_its_values_is_still_read(width):
+    lines = [chunk for line in fixture("lync-1017-with-event-xml.txt").split("\n")
+             for chunk in ([line[i:i + width] for i in range(0, len(line), width)] or [""])]
+    event = parse_pasted("\n".join(lines))
+    assert (event.source, event.event_id, event.computer, event.log_name) == (FTA, 1017, "fe01.contoso.com",
+                                                                              "Lync Server")
+    assert event.time == datetime(2024, 3, 12, 14, 5, 9, 123456, tzinfo=UTC)
+    assert classify(event.event_id, event.source, event.description).replicas == ["edge01.contoso.com"]

@@ -81,3 +81,47 @@ def test_cli_reads_stdin_and_says_when_unknown():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stdout.startswith(UNKNOWN)
+
+
+@pytest.mark.parametrize("name, code, replicas", [
+    ("fta-1017-two-edges-concatenated.txt", "replica.https-unreachable", ["edge01.contoso.com", "edge02.contoso.com"]),
+    ("fta-1017-two-edges-wrap60-crlf-eventxml.txt", "replica.https-unreachable",
+     ["edge01.contoso.com", "edge02.contoso.com"]),
+    ("fta-1034-two-paths-wrap80-crlf.txt", "replica.share-access-denied", ["fe03.contoso.com", "med01.contoso.com"]),
+    ("fta-1015-two-edges-wrap60-lf.txt", "replica.edge-cert-invalid",
+     ["edge01.contoso.com", "edgepool.contoso.com", "edge02.contoso.com"]),
+    ("ms-article-mra-2020.txt", "cms.master-replicator-watch-failed", ["lyncfe01.contoso.com", "lyncfe05.contoso.com"]),
+    ("mra-2020-wrap60-nohdr.txt", "cms.master-replicator-watch-failed", ["lyncfe01.contoso.com", "lyncfe05.contoso.com"]),
+])
+def test_concatenated_and_wrapped_events_are_explained(name, code, replicas):
+    e = explain((EVENTS / name).read_text(encoding="utf-8"))
+    assert e.code == code and e.replicas == replicas
+    text = explanation_text(e)
+    assert all(r in text for r in replicas)
+    assert e.meaning and e.fix and e.fix[-1].startswith("Wait 2-3 minutes")
+
+
+def test_master_replicator_event_is_explained_as_the_masters_file_store_problem():
+    e = explain((EVENTS / "ms-article-mra-2020.txt").read_text(encoding="utf-8"))
+    assert e.source == "LS Master Replicator Agent Service" and e.event_id == 2020
+    assert e.code == "cms.master-replicator-watch-failed"
+    assert "xds-master" in (e.meaning or "") and "File Transfer Agent" in (e.meaning or "")
+    assert any("MASTER" in step for step in e.fix)
+    assert not any("4443" in step or "xds-replica" in step for step in e.fix)
+    assert len(e.paths) == 2 and all("\\xds-master\\replicas\\" in p for p in e.paths)
+
+
+def test_two_edge_certificates_are_both_shown():
+    e = explain((EVENTS / "fta-1015-two-edges-concatenated.txt").read_text(encoding="utf-8"))
+    assert e.code == "replica.edge-cert-invalid"
+    assert "CN=edge01.contoso.com, OU=IT, O=Contoso; CN=edge02.contoso.com, OU=IT, O=Contoso" in e.summary
+    mismatch = (EVENTS / "fta-1015-two-edges-concatenated.txt").read_text(encoding="utf-8").replace(
+        "CN=edge01.contoso.com", "CN=sip.fabrikam.com")
+    assert explain(mismatch).code == "replica.edge-cert-invalid"  # one of the two still names its Edge
+    both = mismatch.replace("CN=edge02.contoso.com", "CN=sip.fabrikam.com")
+    assert explain(both).code == "replica.edge-cert-name-mismatch"
+
+
+def test_other_real_event_is_unknown():
+    e = explain((EVENTS / "ms-article-backup-4042.txt").read_text(encoding="utf-8"))
+    assert e.code is None and e.summary == UNKNOWN and e.event_id == 4042
