@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lab.deployment import (
+    DOMAIN,
     EVENT_EVERY,
     REPLICATOR_GROUP,
     REPORT_EVERY,
@@ -26,6 +27,7 @@ from lab.deployment import (
 from workers.topology import Role
 
 FTA_SOURCE = "LS File Transfer Agent Service"
+MRA_SOURCE = "LS Master Replicator Agent Service"
 GROUP_DN = "CN=RTCUniversalConfigReplicator,CN=Users,DC=contoso,DC=com"
 LOG_WINDOW = timedelta(hours=24)
 
@@ -171,7 +173,7 @@ def fta_log(state: LabState) -> list[dict[str, Any]]:
     t = now()
     product = state.product_name
     failing = [(s, state.failure(s)) for s in state.servers.values() if s.failing_since]
-    failing = [(s, why) for s, why in failing if why in ("https", "certificate", "access")]
+    failing = [(s, why) for s, why in failing if why in ("https", "certificate", "access", "master-watch")]
     if not failing:
         return []
     since = {s.fqdn: s.failing_since for s, _ in failing if s.failing_since}  # every failing server has one
@@ -182,6 +184,9 @@ def fta_log(state: LabState) -> list[dict[str, Any]]:
         https = [s.fqdn for s, why in failing if why == "https" and since[s.fqdn] <= slot]
         if https:
             events.append(_event(slot, 1017, _https_text(product, https)))
+        watched = [s.fqdn for s, why in failing if why == "master-watch" and since[s.fqdn] <= slot]
+        if watched:
+            events.append(_event(slot, 2020, _master_watch_text(product, state, watched), MRA_SOURCE))
         for s, why in failing:
             if since[s.fqdn] > slot:
                 continue
@@ -193,13 +198,15 @@ def fta_log(state: LabState) -> list[dict[str, Any]]:
     return events
 
 
-def _event(moment: datetime, event_id: int, message: str) -> dict[str, Any]:
-    return {"Id": event_id, "Source": FTA_SOURCE, "TimeCreated": moment, "Level": "Error", "Message": message,
+def _event(moment: datetime, event_id: int, message: str, source: str = FTA_SOURCE) -> dict[str, Any]:
+    return {"Id": event_id, "Source": source, "TimeCreated": moment, "Level": "Error", "Message": message,
             "_time": moment}
 
 
 def _https_text(product: str, replicas: list[str]) -> str:
-    failures = " ".join(f"{r}: Https destination unavailable." for r in replicas)
+    # Windows writes the entries back to back, no separator after the period (as in the 2020 event of
+    # Microsoft's article on unsupported file store shares)
+    failures = "".join(f"{r}: Https destination unavailable." for r in replicas)
     return (f"File transfer failed for some replica machines. {product}, File Transfer Agent will continuously "
             "attempt to replicate to these machines.\r\nWhile this condition persists, configuration changes will "
             f"not be delivered to these replica machines.\r\n\r\nReplica file transfer failures: {failures}\r\n\r\n"
@@ -214,6 +221,18 @@ def _cert_text(product: str, s: LabServer) -> str:
             f"{s.cert.subject}, OU=Certificates, OU=Server, O=Contoso.\r\n\r\n"
             f"Cause: {product}, Replica Replicator Agent presented an invalid certificate.\r\n\r\n"
             f"Resolution: Ensure that the certificate configured for {product}, Replica Replicator Agent is valid.")
+
+
+def _master_watch_text(product: str, state: LabState, replicas: list[str]) -> str:
+    """Event 2020's wording, from Microsoft's article on unsupported file store shares."""
+    share = state.cms_pool.split(".")[0]
+    store = f"\\\\fs01.{DOMAIN}\\{share}\\1-CentralMgmt-1\\CMSFileStore\\xds-master\\replicas"
+    failures = "".join(f"{r}: Access failed. (Can't watch {store}\\{r}\\from-replica.)" for r in replicas)
+    return (f"File transfer failed for some replica machines. {product}, Master Replicator Agent will continuously "
+            "attempt to replicate with these machines.\r\nWhile this condition persists, configuration changes will "
+            f"not be delivered to these replica machines.\r\nReplica file transfer failures:\r\n{failures}\r\n"
+            "Cause: Possible issues with writing files to the file shares listed above.\r\nResolution:\r\n"
+            "Check the accessibility of the file shares listed above.")
 
 
 def _access_text(product: str, fqdn: str) -> str:

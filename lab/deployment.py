@@ -64,6 +64,7 @@ class LabServer:
     in_group: bool = True  # computer account in RTCUniversalConfigReplicator
     port_4443_blocked: bool = False
     stuck: bool = False  # behind with no visible cause (replica-behind)
+    master_watch_failed: bool = False  # MASTER cannot watch its folder on the File Store
     synced_at: datetime | None = None  # last snapshot applied
     reported_at: datetime | None = None  # last status report the master received
     failing_since: datetime | None = None
@@ -117,7 +118,9 @@ class LabState:
 
     # -- derived replication state --------------------------------------------------
     def failure(self, s: LabServer) -> str | None:
-        """Why this replica cannot apply snapshots: https | certificate | access | stopped | None."""
+        """Why this replica cannot apply snapshots: master-watch | https | certificate | access | stopped | None."""
+        if s.master_watch_failed:
+            return "master-watch"
         if s.role is Role.edge:
             if s.port_4443_blocked or s.services.get("REPLICA") != RUNNING:
                 return "https"
@@ -416,6 +419,16 @@ def _share_acl_missing(state: LabState, s: LabServer | None) -> None:
     if s.role is Role.edge:
         raise ScenarioError("share-acl-missing applies to internal servers (Edge replicas use HTTPS 4443)")
     s.share_acl_ok = False
+    _start_failing(s, state)
+
+
+@scenario("master-watch-failed", "any")
+def _master_watch_failed(state: LabState, s: LabServer | None) -> None:
+    """The Master Replicator Agent cannot watch the replica's folder under CMSFileStore\\xds-master\\replicas on
+    the File Store (an unsupported or unreachable file store, or lost rights): event 2020 of
+    'LS Master Replicator Agent Service', as in Microsoft's article on unsupported file store shares."""
+    assert s
+    s.master_watch_failed = True
     _start_failing(s, state)
 
 

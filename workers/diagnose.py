@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from workers.events import classify
+from workers.events import MASTER_WATCH_FAILED, classify
 from workers.knowledge import KNOWLEDGE
 from workers.models import (
     Action,
@@ -117,6 +117,8 @@ def diagnose(report: StatusReport) -> list[Finding]:
         if found is None:  # explained by the FTA's group membership: reported once, below
             denied_for_group.append(status)
             continue
+        if not found and (watch := clues.latest(MASTER_WATCH_FAILED)):
+            found = [master_watch_finding(watch, status.fqdn)]
         if not found:
             found = [pending(status, now)] if is_pending(status, now) else [behind(clues, report)]
         findings += [with_unchecked(f, event_note) for f in found]
@@ -139,6 +141,14 @@ def events_by_replica(events: list[ReplicationEvent]) -> dict[str, dict[str, lis
         for replica in c.replicas:
             out.setdefault(replica.lower(), {}).setdefault(c.code, []).append(e)
     return out
+
+
+def master_watch_finding(e: ReplicationEvent, replica: str) -> Finding:
+    """The master's side of replication: MASTER cannot watch this replica's folder on the File Store."""
+    paths = classify(e.id, e.source, e.message).paths
+    return finding(MASTER_WATCH_FAILED, Severity.error, replica,
+                   f"the Master Replicator Agent cannot watch {replica}'s folder on the CMS File Store",
+                   [event_evidence(e, f"Access failed (Can't watch {', '.join(paths) or replica})")])
 
 
 def event_evidence(e: ReplicationEvent, detail: str) -> Evidence:

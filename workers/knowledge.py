@@ -153,6 +153,36 @@ KNOWLEDGE: dict[str, Knowledge] = {
                 "False for 2-3 minutes afterwards; this is not a failure yet.",
         fix=["Run /cms-status again at the re-check time; only a False that persists is a fault"],
     ),
+    # Event 2020, source LS Master Replicator Agent Service: the Master Replicator on the active CMS Front End
+    # "Can't watch \\<file store>\<share>\1-CentralMgmt-1\CMSFileStore\xds-master\replicas\<replica>\
+    # from-replica". Text and cause: Microsoft's "Issues when the Lync Server File Store share is in an
+    # unsupported configuration" (SupportArticles-docs, issue-file-store-share-unsupported.md); the xds-master
+    # permissions: "More Information" of the CMS replication failures article (the seed).
+    "cms.master-replicator-watch-failed": Knowledge(
+        title="Master Replicator cannot watch the CMS file store's replica folders",
+        meaning="The Master Replicator Agent (MASTER) on the active CMS Front End watches each replica's folder "
+                "under the pool's File Store share (<share>\\1-CentralMgmt-1\\CMSFileStore\\xds-master\\replicas\\"
+                "<replica>\\from-replica) for the replica's status reports. It cannot open that folder: the file "
+                "store is unreachable or hosted in an unsupported configuration (Microsoft names NAS devices), or the "
+                "CMSFileStore / xds-master folders lost the RTCUniversalConfigReplicator rights. Until it is fixed, "
+                "configuration changes are not delivered to the replicas it names. This is the master's side, not the "
+                "File Transfer Agent's xds-replica share on a replica.",
+        checks=["/cms-status: ActiveMasterFqdn names the server that logged the event (the active master)",
+                "From that server: Test-Path on the UNC path in the event, and Get-CsService -FileStore (the "
+                "UncPath the pool uses)",
+                "The file store is a Windows file server or DFS share, not a NAS device",
+                "CMSFileStore share ACL: RTCUniversalConfigReplicator with Change (contributor); NTFS: Modify "
+                "(Standard Edition: also 'RTC Local Config Replicator')",
+                "In AD: the CMS Front End's computer account is a member of RTCUniversalConfigReplicator"],
+        fix=["Bring the file store share back (file server, DFS, network path from the CMS pool)",
+             "If it is on an unsupported device, move the pool's file store to a supported Windows file server "
+             "(Topology Builder, publish) and reassign the pool to it",
+             "Restore RTCUniversalConfigReplicator's share (Change) and NTFS (Modify) rights on CMSFileStore so "
+             "xds-master and its subfolders inherit them; add the CMS Front End's computer account to the group",
+             "Restart MASTER on the active CMS Front End: Start-CsWindowsService -Name MASTER (after "
+             "Stop-CsWindowsService -Name MASTER)",
+             *FORCE_AND_RECHECK],
+    ),
     "cms.unavailable": Knowledge(
         title="Central Management Store unavailable",
         meaning="ActiveMasterFqdn or ActiveFileTransferAgents is empty: no Master Replicator is active, so no "

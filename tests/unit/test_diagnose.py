@@ -94,7 +94,7 @@ def test_the_readme_table_is_read_completely():
     codes = readme_finding_codes()
     assert {"replica.edge-cert-no-private-key", "replica.edge-cert-expired", "backup.error",
             "cms.service-stopped", "replica.share-acl-missing"} <= codes
-    assert len(codes) == 17
+    assert len(codes) == 18
 
 
 def test_every_readme_finding_code_is_diagnosed_from_a_recording():
@@ -164,6 +164,10 @@ CASES = [
     ("computer-not-in-group", "cms.fta-not-in-group", FE1, Severity.error,
      ["FE01 not a member of CN=RTCUniversalConfigReplicator", "LDAP query", "access denied on xds-replica of",
       *INTERNAL_REPLICAS, "RTCUniversalConfigReplicator > Members", "-Members FE01$"]),
+    # the master's side (event 2020 of the Master Replicator Agent, Microsoft's unsupported file store article)
+    ("master-watch-failed", "cms.master-replicator-watch-failed", FE3, Severity.error,
+     ["Event 2020", r"Can't watch \\fs01.contoso.com\pool01\1-CentralMgmt-1\CMSFileStore\xds-master\replicas"
+      r"\fe03.contoso.com\from-replica", FTA_LOG, "supported Windows file server"]),
     # no known signature / a change minutes ago
     ("replica-behind", "replica.behind", DIR1, Severity.error,
      ["UpToDate False", "no File Transfer Agent event names it", "TCP 445 from the FTA host connects",
