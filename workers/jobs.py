@@ -23,7 +23,7 @@ from workers import topology as topo
 from workers.contract import Request, append_audit, append_event, claim, load_request
 from workers.failover import cms_change_blocking
 from workers.liveness import LOST_CHECK, Heartbeat, claim_report
-from workers.remediate import RemediationRefused, describe, remediate, replicate
+from workers.remediate import RemediationRefused, describe, guard_key, remediate, replicate
 from workers.settings import Settings
 from workers.status import run_status
 
@@ -36,6 +36,9 @@ PREFLIGHT_JOB = "workers.jobs.preflight"
 EXECUTE_JOB = "workers.jobs.execute_change"
 FAILURE_CALLBACK = "workers.jobs.report_failure"
 CHANGE_COMMAND = "cms-execute"
+REMEDIATE_COMMAND = "remediate"
+UNKNOWN_REMEDIATION = ("the worker stopped in the middle of {what}: its outcome is unknown (it may have run). "
+                       "Run /cms-status to see the server's state before running it again.")
 
 
 @dataclass
@@ -110,7 +113,7 @@ def _remediation(ctx: Ctx) -> dict[str, Any]:
 
 def _refused(ctx: Ctx, kind: str, target: str, reason: str) -> dict[str, Any]:
     """Nothing was done: free the guard, audit and say why."""
-    ctx.conn.delete(f"cmsbot:remediating:{kind}:{target}")
+    ctx.conn.delete(guard_key(kind, target))
     append_audit(ctx.conn, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
                  result=f"refused: {reason}")
     ctx.emit("failed", {"reason": f"not done: {reason}"})
@@ -118,7 +121,7 @@ def _refused(ctx: Ctx, kind: str, target: str, reason: str) -> dict[str, Any]:
 
 
 def _finish(ctx: Ctx, kind: str, target: str, outcome) -> dict[str, Any]:
-    ctx.conn.delete(f"cmsbot:remediating:{kind}:{target}")
+    ctx.conn.delete(guard_key(kind, target))
     append_audit(ctx.conn, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
                  result="ok" if outcome.ok else "failed", detail=outcome.text)
     body: dict[str, Any] = {"action": {"kind": kind, "target": target, "ok": outcome.ok, "text": outcome.text,
@@ -166,7 +169,10 @@ def execute_change(request_id: str) -> dict[str, Any] | None:
 
 
 def lost_reason(conn: redis.Redis, request_id: str, command: str) -> str | None:
-    """What to say when a job's worker vanished; for a CMS change: outcome unknown, cooldown."""
+    """What to say when a job's worker vanished; for a CMS change: outcome unknown, cooldown;
+    for a remediation: outcome unknown, audited, its guard freed."""
+    if command == REMEDIATE_COMMAND:
+        return _lost_remediation(conn, request_id)
     if command != CHANGE_COMMAND:
         return None
     from workers.execute import UNKNOWN_OUTCOME
@@ -180,12 +186,24 @@ def lost_reason(conn: redis.Redis, request_id: str, command: str) -> str | None:
     return UNKNOWN_OUTCOME.format(what="CMS change")
 
 
+def _lost_remediation(conn: redis.Redis, request_id: str) -> str:
+    try:
+        request = load_request(conn, request_id)
+    except LookupError:
+        return UNKNOWN_REMEDIATION.format(what="the remediation")
+    kind, target = request.args.get("action", ""), request.args.get("target", "")
+    conn.delete(guard_key(kind, target))  # it will never end by itself: the next click may run it
+    append_audit(conn, request=request_id, who=request.user, what=kind, target=target,
+                 result="unknown: the worker stopped")
+    return UNKNOWN_REMEDIATION.format(what=describe(kind, target) if kind and target else "the remediation")
+
+
 def report_failure(job, connection, exc_type, exc_value, tb) -> None:
     """RQ on_failure callback (and the work-horse-killed handler): the thread hears that the
     job died, in plain words, once; a CMS change is never retried."""
     if not claim_report(connection, job.id):
         return  # the watchdog (or another callback) has reported it already
-    command = CHANGE_COMMAND if job.func_name == EXECUTE_JOB else ""
+    command = {EXECUTE_JOB: CHANGE_COMMAND, REMEDIATE_JOB: REMEDIATE_COMMAND}.get(job.func_name, "")
     reason = lost_reason(connection, job.id, command)
     if reason is None:
         if isinstance(exc_value, AbandonedJobError) or exc_type is AbandonedJobError:

@@ -26,6 +26,12 @@ Emit = Callable[[str, dict[str, Any]], None]
 KINDS = ("start-replica", "force-replication", "reseed")
 
 
+def guard_key(kind: str, target: str) -> str:
+    """One run of an action on a server at a time (a double click, two operators): held from the
+    click until the job ends, however it ends."""
+    return f"cmsbot:remediating:{kind}:{target}"
+
+
 class RemediationRefused(ValueError):
     """The action cannot be attempted; the message says why, for the thread."""
 

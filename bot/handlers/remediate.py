@@ -12,8 +12,8 @@ from bot.roles import Role
 from bot.slack_threads import parent_key
 from workers.contract import load_request
 from workers.failover import cms_change_blocking
-from workers.jobs import REMEDIATE_JOB
-from workers.remediate import KINDS, describe
+from workers.jobs import REMEDIATE_COMMAND, REMEDIATE_JOB
+from workers.remediate import KINDS, describe, guard_key
 from workers.topology import UnknownTarget
 
 INVALID = "This button is no longer valid; run /cms-status again for fresh ones."
@@ -56,12 +56,12 @@ def register(app, deps: Deps) -> None:
             return respond(text=f"Not now: {blocked}. Remediations wait until the CMS change has converged.",
                            response_type="ephemeral", replace_original=False)
         # one run of an action on a server at a time: a double click or two operators
-        if not deps.conn.set(f"cmsbot:remediating:{kind}:{server.name}", user, nx=True, ex=REMEDIATION_GUARD):
+        if not deps.conn.set(guard_key(kind, server.name), user, nx=True, ex=REMEDIATION_GUARD):
             return respond(text=f"{kind} on {server.name} is already running; its result will appear in the thread.",
                            response_type="ephemeral", replace_original=False)
         action = describe(kind, server.name)
         args = {"action": kind, "target": server.name, "scope": thread_scope(deps, channel, thread)}
-        req = slack_request(body, "remediate", args, user=user, channel=channel, thread=thread)
+        req = slack_request(body, REMEDIATE_COMMAND, args, user=user, channel=channel, thread=thread)
         deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"started: {action}"},
                      audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})
 

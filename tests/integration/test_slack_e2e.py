@@ -5,13 +5,15 @@ a real worker on real Redis, pywinrm against the lab."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 from pathlib import Path
 
 import redis
 
-from tests.harness import jobs_in_flight, wait_idle, wait_until
+from tests.harness import children_of, jobs_in_flight, wait_idle, wait_until
 from tests.slack_support import (
     GROUP_OPERATOR,
     OPERATOR,
@@ -229,3 +231,29 @@ def test_a_request_without_a_usable_length_is_refused_before_it_is_read(bot, fak
     # and a real request right after is served as usual
     assert bot.command("/cms-status")[0] == 200
     assert wait_for_verdict(fake)["text"].startswith("OK")
+
+
+def test_a_remediation_whose_worker_dies_is_reported_as_unknown_audited_and_can_run_again(
+        bot, fake, edge_lab, slack_worker, slack_redis):
+    edge_lab.scenarios("hang:fe03.contoso.com")  # Start REPLICA runs until the host deadline
+    conn = redis.Redis.from_url(slack_redis)
+    value = json.dumps({"a": "start-replica", "t": "fe03.contoso.com"})
+    assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
+    horses = wait_until(lambda: children_of(slack_worker.proc.pid), 20, "no work-horse running")
+    for pid in horses:
+        os.kill(pid, signal.SIGKILL)
+
+    def failed() -> list[str]:
+        return [json.loads(f[b"body"])["reason"] for _, f in conn.xrange(EVENTS_STREAM) if f[b"kind"] == b"failed"]
+    (reason,) = wait_until(failed, 30, "the lost remediation was not reported")
+    assert "Start-CsWindowsService -Name REPLICA on fe03.contoso.com" in reason and "outcome is unknown" in reason
+    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
+    assert [a["result"] for a in audit if a.get("what") == "start-replica"] == [
+        "requested", "started", "unknown: the worker stopped"]
+    # the guard is free: the next click runs instead of "already running"
+    seen = len(fake.calls("response_url"))
+    edge_lab.scenarios()
+    assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
+    wait_until(lambda: len([a for _, a in conn.xrange(AUDIT_STREAM) if a.get(b"result") == b"ok"]) == 1, 60,
+               "the second run did not finish")
+    assert not [c for c in fake.calls("response_url")[seen:] if "already running" in c.params.get("text", "")]
