@@ -239,6 +239,9 @@ def test_a_remediation_whose_worker_dies_is_reported_as_unknown_audited_and_can_
     conn = redis.Redis.from_url(slack_redis)
     value = json.dumps({"a": "start-replica", "t": "fe03.contoso.com"})
     assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
+    # killed in the middle of the action: after the job said it started it, while fe03 hangs
+    wait_until(lambda: any(a.get(b"result") == b"started" for _, a in conn.xrange(AUDIT_STREAM)), 20,
+               "the remediation did not start")
     horses = wait_until(lambda: children_of(slack_worker.proc.pid), 20, "no work-horse running")
     for pid in horses:
         os.kill(pid, signal.SIGKILL)
