@@ -290,7 +290,7 @@ def cmd_worker(args) -> int:
                     work_horse_killed_handler=on_work_horse_killed, job_class=OurJob)
     stop = threading.Event()
     threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
-                     name="watchdog", daemon=True).start()
+                     kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True).start()
     try:
         worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
     finally:

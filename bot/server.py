@@ -174,7 +174,7 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
     threads = SlackThreads(conn, client, listening)
     background = [threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True),
                   threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
-                                   name="watchdog", daemon=True)]
+                                   kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True)]
     for t in background:
         t.start()
     _report(conn, threads, stop)

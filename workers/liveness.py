@@ -3,7 +3,7 @@
 A job that dies with its whole worker (SIGKILL, OOM, power loss) leaves no
 callback behind, and RQ would only notice at its job timeout. Each running job
 keeps a score in a sorted set; a watchdog, in every worker and in the bot,
-removes entries whose heartbeat is older than STALE seconds and appends a
+removes entries whose heartbeat is older than CMSBOT_HEARTBEAT_STALE (STALE) and appends a
 `failed` event for them. Removal is atomic, so exactly one reporter speaks.
 """
 
@@ -69,10 +69,10 @@ def claim_report(conn: redis.Redis, request_id: str) -> bool:
     return bool(conn.set(lost_marker(request_id), 1, nx=True, ex=REQUEST_TTL))
 
 
-def sweep(conn: redis.Redis, on_lost: Callable[[str, str], str | None]) -> list[str]:
+def sweep(conn: redis.Redis, on_lost: Callable[[str, str], str | None], stale: float = STALE) -> list[str]:
     """Report every request whose heartbeat stopped. `on_lost(request_id, command)` may return
     its own reason (a CMS change: outcome unknown); None means the generic one."""
-    lost = [i.decode() for i in conn.eval(_SWEEP, 1, RUNNING, time.time() - STALE)]
+    lost = [i.decode() for i in conn.eval(_SWEEP, 1, RUNNING, time.time() - stale)]
     for request_id in lost:
         if not conn.set(lost_marker(request_id), 1, nx=True, ex=REQUEST_TTL):
             continue
@@ -87,11 +87,11 @@ def sweep(conn: redis.Redis, on_lost: Callable[[str, str], str | None]) -> list[
 
 
 def watch(conn: redis.Redis, on_lost: Callable[[str, str], str | None], stop: threading.Event,
-          every: float = BEAT_EVERY) -> None:
+          every: float = BEAT_EVERY, stale: float = STALE) -> None:
     """The watchdog loop (a daemon thread in workers and in the bot)."""
     while not stop.wait(every):
         try:
-            sweep(conn, on_lost)
+            sweep(conn, on_lost, stale)
         except redis.RedisError as e:
             log.warning("watchdog: Redis unavailable (%s)", type(e).__name__)
         except Exception:  # noqa: BLE001 - the watchdog must outlive a bad entry

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     fanout: int = Field(256, ge=1, le=1024, description="servers probed at once (I/O-bound threads)")
     chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
     replication_wait: float = Field(150.0, ge=0, description="seconds between forcing replication and re-checking")
+    heartbeat_stale: float = Field(20.0, ge=10, description="seconds without a heartbeat (jobs beat every 5 s) "
+                                                             "before a running job counts as lost and is reported")
 
     # CMS failover and recovery
     approvals_required: int = Field(1, ge=1, le=5, description="distinct approvers needed")

@@ -66,7 +66,7 @@ def test_a_worker_killed_mid_check_turns_into_a_failed_message(db_url, lab, tmp_
     worker (on other queues, so it cannot take the check itself) reports."""
     lab.scenarios("hang:fe03.contoso.com")  # the check runs a host deadline long
     victim = WorkerProcess(tmp_path, db_url, lab.topology, host_deadline="30", queue_prefix="victim")
-    survivor = WorkerProcess(tmp_path, db_url, lab.topology)
+    survivor = WorkerProcess(tmp_path, db_url, lab.topology, heartbeat_stale="10")  # the least allowed
     settings = Settings(redis_url=db_url, topology=lab.topology, chat_timeout=scaled(60), queue_prefix="victim")
     out, result = io.StringIO(), {}
     chat = threading.Thread(target=lambda: result.update(outcome=run_chat(
