@@ -172,12 +172,18 @@ def gather(topology: Topology, settings: Settings, conn: redis.Redis | None) -> 
             "host_errors": errors,
         })
     if conn is not None:
-        # the connection does not decode responses: replies are bytes
-        holder = cast(bytes | None, conn.get(HOLDER_KEY)) if conn.exists(LOCK_KEY) else None
-        cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
-        facts = facts.model_copy(update={"lock_holder": holder.decode() if holder else None,
-                                         "cooldown": cooldown.decode() if cooldown else None})
+        _, holder, cooldown = change_state(conn)
+        facts = facts.model_copy(update={"lock_holder": holder, "cooldown": cooldown})
     return facts
+
+
+def change_state(conn: redis.Redis) -> tuple[bool, str | None, str | None]:
+    """Whether the CMS lock is held, who holds it (None if not held or not said), and the cooldown text."""
+    held = bool(conn.exists(LOCK_KEY))
+    # the connection does not decode responses: replies are bytes
+    holder = cast(bytes | None, conn.get(HOLDER_KEY)) if held else None
+    cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
+    return held, holder.decode() if holder else None, cooldown.decode() if cooldown else None
 
 
 # -- preflight (pure) -------------------------------------------------------------------------
@@ -526,11 +532,10 @@ def cms_change_blocking(conn: redis.Redis) -> str | None:
     """Why nothing else may touch the CMS now, or None: a failover or recovery holds the lock, or
     its cooldown runs while the deployment converges. Remediations and /cms-replicate (forced
     replication, export, import) would act on a store that is moving or has no active master."""
-    if conn.exists(LOCK_KEY):
-        holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
-        return f"another CMS change is running ({holder.decode() if holder else 'holder unknown'})"
-    cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
-    return f"cooldown after the last CMS change {cooldown.decode()}" if cooldown else None
+    held, holder, cooldown = change_state(conn)
+    if held:
+        return f"another CMS change is running ({holder or 'holder unknown'})"
+    return f"cooldown after the last CMS change {cooldown}" if cooldown else None
 
 
 def cooldown_text(reason: str, seconds: float) -> str:
