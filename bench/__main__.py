@@ -81,9 +81,9 @@ def bench_ack(total: int = 200, concurrency: int = 50) -> dict:
 
 
 def _status_wall_time(servers: int, latency_ms: int) -> tuple[float, dict]:
-    from bot.console import run_chat
-    from workers import topology as topo
-    from workers.settings import Settings
+    from bot.delivery.console import run_chat
+    from cms import topology as topo
+    from cms.settings import Settings
 
     with parts() as p:
         lab = p.lab("--servers", str(servers), "--latency-ms", str(latency_ms))

@@ -22,7 +22,7 @@ from typing import cast
 
 import redis
 
-from workers.topology import Version
+from cms.topology import Version
 
 log = logging.getLogger("cmsbot")
 
@@ -113,7 +113,7 @@ class SetupError(Exception):
 def _settings(**overrides):
     from pydantic import ValidationError
 
-    from workers.settings import Settings
+    from cms.settings import Settings
 
     try:
         return Settings(**overrides)
@@ -123,7 +123,7 @@ def _settings(**overrides):
 
 
 def _redis(url: str) -> redis.Redis:
-    from workers.contract import connect
+    from hub.contract import connect
 
     conn = connect(url)
     try:
@@ -146,7 +146,7 @@ def _safe_url(url: str) -> str:
 
 
 def _topology(path: Path):
-    from workers import topology as topo
+    from cms import topology as topo
 
     try:
         return topo.load(path)
@@ -171,8 +171,8 @@ def cmd_lab(args) -> int:
 def cmd_explain(args) -> int:
     import json
 
-    from bot.render import explanation_text
-    from workers.explain import explain
+    from bot.render.text import explanation_text
+    from cms.explain import explain
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8", errors="replace")
@@ -191,7 +191,7 @@ def cmd_audit(args) -> int:
     import json
     from datetime import UTC, datetime, timedelta
 
-    from workers.contract import AUDIT_STREAM
+    from hub.contract import AUDIT_STREAM
 
     try:
         settings = _settings()
@@ -240,7 +240,7 @@ def _slack_settings():
 
 
 def cmd_reporter(args) -> int:
-    from bot.server import run_reporter
+    from bot.serve.server import run_reporter
 
     try:
         settings = _settings()
@@ -252,7 +252,7 @@ def cmd_reporter(args) -> int:
 
 
 def cmd_bot(args) -> int:
-    from bot.server import missing_settings, run
+    from bot.serve.server import missing_settings, run
 
     try:
         settings = _settings()
@@ -271,7 +271,7 @@ def cmd_worker(args) -> int:
     from rq import Worker
     from rq.serializers import JSONSerializer
 
-    from workers.contract import queues
+    from hub.contract import queues
 
     try:
         settings = _settings()
@@ -281,9 +281,9 @@ def cmd_worker(args) -> int:
         return _fail(e)
     import threading
 
+    from hub.liveness import watch
     from workers.allowed_jobs import OurJob
     from workers.jobs import lost_reason, on_work_horse_killed
-    from workers.liveness import watch
 
     # OurJob: only the project's own entry points and callbacks run (Redis is a trust boundary)
     worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60,
@@ -299,7 +299,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from bot.console import run_chat
+    from bot.delivery.console import run_chat
 
     try:
         settings = _settings()
@@ -323,7 +323,7 @@ DEMO_SCENARIOS = ["edge-4443-blocked:edge01.contoso.com", "edge-cert-wrong-name:
 
 
 def cmd_demo(args) -> int:
-    from bot.console import run_chat
+    from bot.delivery.console import run_chat
     from bot.local_redis import NO_REDIS, PrivateRedis, answers
 
     started: list[subprocess.Popen] = []
@@ -386,7 +386,7 @@ def _wait_for_line(proc: subprocess.Popen, logfile: Path, marker: str, timeout: 
 
 
 def _wait_for_worker(conn: redis.Redis, settings, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
-    from bot.console import workers_listening
+    from bot.delivery.console import workers_listening
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers.topology import Topology, UnknownTarget
+from cms.topology import Topology, UnknownTarget
 
 HELP = {
     "/cms-status": ("/cms-status [pool|server]", "replication status of every replica, or of one pool or server, "

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from cms.topology import Role
 from lab.deployment import (
     DOMAIN,
     EVENT_EVERY,
@@ -24,7 +25,6 @@ from lab.deployment import (
     LabState,
     now,
 )
-from workers.topology import Role
 
 FTA_SOURCE = "LS File Transfer Agent Service"
 MRA_SOURCE = "LS Master Replicator Agent Service"

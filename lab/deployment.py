@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from workers.topology import Deployment, Pool, Role, Server, Topology, Version
+from cms.topology import Deployment, Pool, Role, Server, Topology, Version
 
 DOMAIN = "contoso.com"
 ROOT_CA = "CN=Contoso Root CA, DC=contoso, DC=com"

@@ -9,10 +9,10 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from cms import topology as topo
+from cms.topology import Version
 from lab.deployment import LabState, ScenarioError, apply, build
 from lab.wsman import Lab
-from workers import topology as topo
-from workers.topology import Version
 
 DEFAULT_USER = "cmsbot"
 DEFAULT_PASSWORD = "lab-password"

@@ -128,9 +128,9 @@ def edge_worker(workers, edge_lab):
 
 
 def _status_runner(w: WorkerProcess, lab: LabProcess):
-    from bot.console import run_chat
-    from workers import topology as topo
-    from workers.settings import Settings
+    from bot.delivery.console import run_chat
+    from cms import topology as topo
+    from cms.settings import Settings
 
     settings = Settings(redis_url=w.redis_url, topology=lab.topology, chat_timeout=scaled(60))
     conn = redis.Redis.from_url(w.redis_url)
@@ -158,9 +158,9 @@ def edge_status(edge_worker, edge_lab):
 @pytest.fixture
 def chat(worker, lab, conn):
     """Run a slash command through the real queue; returns (exit code, thread text)."""
-    from bot.console import run_chat
-    from workers import topology as topo
-    from workers.settings import Settings
+    from bot.delivery.console import run_chat
+    from cms import topology as topo
+    from cms.settings import Settings
 
     settings = Settings(redis_url=worker.redis_url, topology=lab.topology, chat_timeout=scaled(60))
 

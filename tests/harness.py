@@ -351,7 +351,7 @@ def wait_idle(url: str, timeout: float = 60) -> None:
 
 def events_delivered(url: str, group: str) -> bool:
     """The consumer group has acknowledged every event appended so far."""
-    from workers.contract import EVENTS_STREAM
+    from hub.contract import EVENTS_STREAM
 
     conn = redis.Redis.from_url(url, decode_responses=True)
     if not conn.exists(EVENTS_STREAM):

@@ -18,14 +18,14 @@ from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
-from workers import approvals
-from workers import topology as topo
-from workers.contract import Request, append_audit, append_event, claim, load_request
-from workers.failover import cms_change_blocking
-from workers.liveness import LOST_CHECK, Heartbeat, claim_report
-from workers.remediate import RemediationRefused, describe, guard_key, remediate, replicate
-from workers.settings import Settings
-from workers.status import run_status
+from cms import topology as topo
+from cms.settings import Settings
+from hub import approvals
+from hub.contract import Request, append_audit, append_event, claim, load_request
+from hub.liveness import LOST_CHECK, Heartbeat, claim_report
+from workers.runs.failover import cms_change_blocking
+from workers.runs.remediate import RemediationRefused, describe, guard_key, remediate, replicate
+from workers.runs.status import run_status
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def preflight(request_id: str) -> dict[str, Any] | None:
 
 def _preflight(ctx: Ctx) -> dict[str, Any]:
     """Read-only: gather the facts, grade every check, store the plan for approval."""
-    from workers.failover import gather, plan_json, preflight_failover, preflight_recover
+    from workers.runs.failover import gather, plan_json, preflight_failover, preflight_recover
 
     kind = "failover" if ctx.request.command == "/cms-failover" else "recover"
     ctx.emit("progress", {"text": "preflight (read-only): the CMS's view and store, the Backup Service, the services "
@@ -160,7 +160,7 @@ def _preflight(ctx: Ctx) -> dict[str, Any]:
 
 def execute_change(request_id: str) -> dict[str, Any] | None:
     """An approved failover or recovery. Enqueued only by the decision that crossed the threshold."""
-    from workers.execute import execute
+    from workers.runs.change import execute
 
     return _run(request_id, lambda ctx: execute(ctx.conn, ctx.request, ctx.topology, ctx.settings, ctx.emit))
 
@@ -175,8 +175,8 @@ def lost_reason(conn: redis.Redis, request_id: str, command: str) -> str | None:
         return _lost_remediation(conn, request_id)
     if command != CHANGE_COMMAND:
         return None
-    from workers.execute import UNKNOWN_OUTCOME
-    from workers.failover import HOLDER_KEY, LOCK_KEY, set_cooldown
+    from workers.runs.change import UNKNOWN_OUTCOME
+    from workers.runs.failover import HOLDER_KEY, LOCK_KEY, set_cooldown
 
     holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
     if holder and f"request {request_id}" in holder.decode():

@@ -4,7 +4,7 @@ and finding code is covered from recorded probe output in tests/unit/test_diagno
 
 from __future__ import annotations
 
-from workers.models import Finding, Severity
+from cms.models import Finding, Severity
 
 EDGE1, EDGE2 = "edge01.contoso.com", "edge02.contoso.com"
 

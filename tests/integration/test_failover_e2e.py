@@ -12,6 +12,10 @@ import threading
 import pytest
 import redis
 
+from cms import topology as topo
+from cms.settings import Settings
+from hub import approvals
+from hub.contract import EVENTS_STREAM, Request, queue_name, submit
 from tests.harness import (
     LAB_PASSWORD,
     LAB_USER,
@@ -23,12 +27,8 @@ from tests.harness import (
     wait_until,
 )
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, blocks_text, parents
-from workers import approvals
-from workers import topology as topo
-from workers.contract import EVENTS_STREAM, Request, queue_name, submit
-from workers.failover import recognise, run_change
 from workers.jobs import EXECUTE_JOB
-from workers.settings import Settings
+from workers.runs.failover import recognise, run_change
 
 
 def cards(fake) -> list[dict]:

@@ -15,7 +15,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.console import run_chat
+from bot.delivery.console import run_chat
+from cms import topology as topo
+from cms.settings import Settings
 from tests.harness import (
     HOST_DEADLINE,
     SLACK_WORKER,
@@ -29,8 +31,6 @@ from tests.harness import (
     wait_until,
 )
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, BotProcess, blocks_text, parents
-from workers import topology as topo
-from workers.settings import Settings
 
 # -- WinRM faults, per host ------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_
     w = WorkerProcess(tmp_path, durable_redis.url, lab.topology, host_deadline=str(HOST_DEADLINE))
     settings = Settings(redis_url=durable_redis.url, topology=lab.topology, chat_timeout=scaled(60))
     try:
-        from workers.contract import connect
+        from hub.contract import connect
 
         conn = connect(durable_redis.url)
         out, result = io.StringIO(), {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from hub.contract import AUDIT_STREAM, EVENTS_STREAM, Request, id_for_delivery, queue_name, submit
 from tests.harness import children_of, jobs_in_flight, wait_idle, wait_until
 from tests.slack_support import (
     GROUP_OPERATOR,
@@ -24,9 +25,8 @@ from tests.slack_support import (
     parents,
     wait_for_verdict,
 )
-from workers.contract import AUDIT_STREAM, EVENTS_STREAM, Request, id_for_delivery, queue_name, submit
-from workers.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY
 from workers.jobs import REMEDIATE_JOB
+from workers.runs.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY
 
 
 def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):

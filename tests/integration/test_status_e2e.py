@@ -9,8 +9,8 @@ import time
 
 import redis
 
+from hub.contract import queue, request_key
 from tests.harness import HOST_DEADLINE, cmsbot, scaled, wait_idle
-from workers.contract import queue, request_key
 
 LAB_SERVERS = ["fe01", "fe02", "fe03", "fe04", "edge01", "edge02", "dir01", "med01"]
 

@@ -10,14 +10,14 @@ import time
 import pytest
 import winrm
 
+from cms import topology as topo
+from cms.parsers import parse_cms_status
+from cms.settings import Settings
 from tests.harness import LAB_PASSWORD, LAB_USER, LabProcess, cmsbot, scaled, stop_cleanly
 from workers import probes
-from workers import topology as topo
-from workers.fleet import Fleet
-from workers.parsers import parse_cms_status
-from workers.settings import Settings
-from workers.status import probe_params
-from workers.winrm import AuthFailed, Credentials, HostShell, ProbeFailed
+from workers.runs.status import probe_params
+from workers.transport.fleet import Fleet
+from workers.transport.winrm import AuthFailed, Credentials, HostShell, ProbeFailed
 
 
 def shell_for(lab, server: str, env: dict[str, str], password: str = LAB_PASSWORD, deadline: float = 10) -> HostShell:

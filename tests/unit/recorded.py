@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from workers import failover, probes, status
-from workers import topology as topo
-from workers.diagnose import diagnose
-from workers.fleet import HostRun
-from workers.models import Finding, HostError, StatusReport
-from workers.settings import Settings
-from workers.status import add_second_stage, build_report, cms_candidates, second_stage
-from workers.winrm import Output
+from cms import topology as topo
+from cms.diagnose import diagnose
+from cms.models import Finding, HostError, StatusReport
+from cms.settings import Settings
+from workers import probes
+from workers.runs import failover, status
+from workers.runs.status import add_second_stage, build_report, cms_candidates, second_stage
+from workers.transport.fleet import HostRun
+from workers.transport.winrm import Output
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "recorded"
 NAMES = sorted(p.stem for p in RECORDED.glob("*.json"))
@@ -52,7 +53,7 @@ def runs_of(call: dict[str, Any]) -> dict[str, HostRun]:
     return {server: host_run(server, rec) for server, rec in call["runs"].items()}
 
 
-# -- /cms-status: the pure functions of workers.status and workers.diagnose ----------------------
+# -- /cms-status: the pure functions of workers.runs.status and cms.diagnose ----------------------
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def everything_said(f: Finding) -> str:
 
 
 class ReplayFleet:
-    """Stands in for workers.fleet.Fleet: answers each call with the recorded one, in order, and
+    """Stands in for workers.transport.fleet.Fleet: answers each call with the recorded one, in order, and
     fails if the code under test asks for something else than it asked for when recorded."""
 
     def __init__(self, calls: list[dict[str, Any]]):
@@ -170,7 +171,7 @@ def settings() -> Settings:
 
 @cache
 def facts(name: str) -> failover.Facts:
-    """The preflight job's facts (workers.failover.gather), from the recorded probes. gather()
+    """The preflight job's facts (workers.runs.failover.gather), from the recorded probes. gather()
     reads the Fleet and builds the facts in one function, so it runs on a ReplayFleet."""
     with replaying(failover, doc(name)["preflight"]) as fleet:
         result = failover.gather(topology_of(name), settings(), None)

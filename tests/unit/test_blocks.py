@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import blocks
 from bot.commands import HELP
-from workers.models import (
+from bot.render import blocks
+from cms.models import (
     Action,
     CmsService,
     CmsStatus,

@@ -15,12 +15,12 @@ from datetime import datetime
 
 import pytest
 
-from bot import render
+from bot.render import text as render
+from cms.diagnose import diagnose
+from cms.models import HostErrorKind, Severity
+from cms.parsers import parse_replica_health
 from lab.deployment import SCENARIOS
 from tests.unit import recorded as R
-from workers.diagnose import diagnose
-from workers.models import HostErrorKind, Severity
-from workers.parsers import parse_replica_health
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from workers.events import (
+from cms.eventlog import (
     EDGE_CERT_INVALID,
     FTA_CODES,
     HTTPS_UNREACHABLE,

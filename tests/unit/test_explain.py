@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.render import explanation_text
-from workers.explain import UNKNOWN, explain
+from bot.render.text import explanation_text
+from cms.explain import UNKNOWN, explain
 
 EVENTS = Path(__file__).parent.parent / "fixtures" / "events"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from cms.models import HostErrorKind, ServiceState
+from cms.parsers import ParseError, parse_cms_status, parse_replica_health
 from workers import probes
-from workers.models import HostErrorKind, ServiceState
-from workers.parsers import ParseError, parse_cms_status, parse_replica_health
-from workers.winrm import Output, ProbeFailed
+from workers.transport.winrm import Output, ProbeFailed
 
 UTC = UTC
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ps51"

@@ -13,12 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.unit import recorded as R
-from workers import probes
-from workers.events import classify
-from workers.failover import parse_location
-from workers.models import ServiceState
-from workers.parsers import (
+from cms.eventlog import classify
+from cms.models import ServiceState
+from cms.parsers import (
     parse_ad_membership,
     parse_backup_status,
     parse_cms_status,
@@ -26,7 +23,10 @@ from workers.parsers import (
     parse_replica_health,
     parse_replication_events,
 )
-from workers.winrm import Output
+from tests.unit import recorded as R
+from workers import probes
+from workers.runs.failover import parse_location
+from workers.transport.winrm import Output
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 """Failover and recovery preflight, failure-mode recognition and the approved plan, from facts
 gathered out of probe output recorded from the lab.
 
-workers.failover.gather() reads the Fleet and builds its Facts in one function, so the facts come
+workers.runs.failover.gather() reads the Fleet and builds its Facts in one function, so the facts come
 from running gather() on a stand-in Fleet that answers with the recorded calls (tests/unit/
 recorded.py). Everything after it is pure: preflight_failover, preflight_recover, recognise,
 converged, describe_plan, plan_json, approvals.plan_hash. One test per GO / WARN / BLOCK rule.
@@ -15,10 +15,11 @@ import re
 
 import pytest
 
+from cms import topology as topo
+from cms.models import Severity
+from hub import approvals
 from tests.unit import recorded as R
-from workers import approvals
-from workers import topology as topo
-from workers.failover import (
+from workers.runs.failover import (
     BLOCK,
     GO,
     RECOVER_POINTER,
@@ -30,7 +31,6 @@ from workers.failover import (
     preflight_recover,
     recognise,
 )
-from workers.models import Severity
 
 pytestmark = pytest.mark.unit
 

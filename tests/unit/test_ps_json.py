@@ -1,4 +1,4 @@
-"""workers.ps_json: reading what Windows PowerShell 5.1's ConvertTo-Json prints."""
+"""cms.ps_json: reading what Windows PowerShell 5.1's ConvertTo-Json prints."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from workers.models import ServiceState
-from workers.ps_json import as_bool, as_datetime, as_list, as_service_state, as_str, as_strings
+from cms.models import ServiceState
+from cms.ps_json import as_bool, as_datetime, as_list, as_service_state, as_str, as_strings
 
 UTC = UTC
 # 1700000000000 ms after the epoch.

@@ -1,4 +1,4 @@
-"""The thread as text (bot/render.py) and as Block Kit (bot/blocks.py), for reports diagnosed
+"""The thread as text (bot/render/text.py) and as Block Kit (bot/render/blocks.py), for reports diagnosed
 from probe output recorded from the lab, and the approval card for recorded preflights.
 
 Slack's limits checked here: 50 blocks a message, 3000 characters a section's text, 150 a
@@ -13,13 +13,14 @@ import re
 
 import pytest
 
-from bot import blocks, render
+from bot.render import blocks
+from bot.render import text as render
+from cms.diagnose import diagnose
+from cms.models import SEVERITY_ORDER
+from cms.parsers import parse_replica_health
+from hub.approvals import Approval, plan_hash
 from tests.unit import recorded as R
-from workers.approvals import Approval, plan_hash
-from workers.diagnose import diagnose
-from workers.failover import plan_json, preflight_failover, preflight_recover
-from workers.models import SEVERITY_ORDER
-from workers.parsers import parse_replica_health
+from workers.runs.failover import plan_json, preflight_failover, preflight_recover
 
 pytestmark = pytest.mark.unit
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.settings import Settings
+from cms.settings import Settings
 
 
 def test_a_status_job_has_time_for_every_fan_out_wave():

@@ -1,10 +1,10 @@
-"""workers.topology: loading the deployment YAML and resolving user text."""
+"""cms.topology: loading the deployment YAML and resolving user text."""
 
 from __future__ import annotations
 
 import pytest
 
-from workers.topology import Role, Topology, TopologyError, UnknownTarget, Version, parse
+from cms.topology import Role, Topology, TopologyError, UnknownTarget, Version, parse
 
 PATH = "/etc/cmsbot/topology.yaml"
 

@@ -18,7 +18,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from workers.winrm import Output, ProbeFailed
+from workers.transport.winrm import Output, ProbeFailed
 
 HEADER = re.compile(r"^# probe: (?P<name>[a-z][a-z0-9-]*) v(?P<version>\d+)\s*$")
 LIB_NAME = "_lib"

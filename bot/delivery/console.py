@@ -1,0 +1,111 @@
+"""The console adapter: runs a command through the real queue and prints the
+thread as text. A second reporter next to Slack's, on the same events."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import redis
+from rq import Callback
+
+from bot import commands
+from bot.delivery.reporter import Reporter
+from bot.render import text as render
+from cms.models import StatusReport
+from cms.settings import Settings
+from cms.topology import Topology
+from hub.contract import STATUS, Event, Request, queue_name, submit, workers_on
+from workers.jobs import FAILURE_CALLBACK, STATUS_JOB
+
+EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_RUN = 0, 1, 2
+
+
+def workers_listening(conn: redis.Redis, settings: Settings) -> int:
+    return workers_on(conn, queue_name(settings.queue_prefix, STATUS))
+
+
+class ConsoleThread:
+    """Prints one request's events as a thread; remembers how it ended."""
+
+    def __init__(self, request: Request, out: TextIO):
+        self.request, self.out = request, out
+        self.exit_code: int | None = None
+        self.report: StatusReport | None = None
+
+    def parent(self) -> None:
+        self._print(f"{self.request.user} > {self.request.command} {self.request.args.get('target', '')}".rstrip())
+
+    def deliver(self, event: Event) -> bool:
+        if event.kind == "progress":
+            self._print(f"  | {event.body.get('text', '')}")
+        elif event.kind == "result" and "report" not in event.body:
+            action = event.body.get("action", {})
+            self._print(f"  | {action.get('text', 'done')}")
+            self.exit_code = EXIT_HEALTHY if action.get("ok") else EXIT_PROBLEMS
+        elif event.kind == "result":
+            report = self.report = StatusReport.model_validate(event.body["report"])
+            for line in render.report_text(report).splitlines():
+                self._print(f"  | {line}".rstrip())
+            self._print(f"verdict: {render.verdict(report)}")
+            self.exit_code = EXIT_HEALTHY if report.healthy else EXIT_PROBLEMS
+        elif event.kind == "failed":
+            self._print(f"  | FAILED: {event.body.get('reason', 'the command failed')}")
+            self._print("verdict: FAILED")
+            self.exit_code = EXIT_CANNOT_RUN
+        return True
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    report: StatusReport | None = None
+    request_id: str | None = None
+
+
+def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: str, user: str,
+             out: TextIO = sys.stdout) -> Outcome:
+    """Run one command through the queue, printing its thread as it arrives."""
+    try:
+        command = commands.parse(text, topology)
+    except commands.CommandError as e:
+        print(str(e), file=out)
+        return Outcome(EXIT_CANNOT_RUN)
+    if command.name != "/cms-status":
+        print(f"`{command.name}` changes the deployment and runs only from Slack, where roles and the audit "
+              "apply. The console runs `/cms-status [pool|server]`.", file=out)
+        return Outcome(EXIT_CANNOT_RUN)
+    if not workers_listening(conn, settings):
+        print(f"No worker is listening on the `{queue_name(settings.queue_prefix, STATUS)}` queue of "
+              f"{_redis_name(conn)}, so nothing would "
+              "answer. Start one with `cmsbot worker` (same REDIS_URL and CMSBOT_TOPOLOGY) and try again.", file=out)
+        return Outcome(EXIT_CANNOT_RUN)
+    request = Request(command=command.name, args=command.args, user=user, origin="console")
+    thread = ConsoleThread(request, out)
+    reporter = Reporter(conn, group=f"console:{request.id}", consumer="console", deliver=thread.deliver,
+                        wants=lambda e: e.request == request.id, start="$")
+    try:
+        submit(conn, request, STATUS_JOB, queue_name=queue_name(settings.queue_prefix, STATUS),
+               timeout=settings.job_timeout(len(topology.servers)), on_failure=Callback(FAILURE_CALLBACK))
+        thread.parent()
+        deadline = time.monotonic() + settings.chat_timeout
+        while thread.exit_code is None and time.monotonic() < deadline:
+            reporter.poll(block_ms=500)
+        if thread.exit_code is None:
+            print(f"No answer within {settings.chat_timeout:g} s; the job may still finish (request {request.id}).",
+                  file=out)
+            return Outcome(EXIT_CANNOT_RUN, request_id=request.id)
+        return Outcome(thread.exit_code, thread.report, request.id)
+    finally:
+        reporter.destroy()
+        reporter.forget(request.id)
+
+
+def _redis_name(conn: redis.Redis) -> str:
+    kw = conn.connection_pool.connection_kwargs
+    return f"Redis at {kw.get('host', '?')}:{kw.get('port', '?')}"

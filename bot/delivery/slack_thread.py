@@ -1,0 +1,256 @@
+"""Slack delivery of a request's events: its thread, exactly once per call.
+
+The parent message is posted when the request's `accepted` event arrives
+(after the slash command was acked), progress is one message edited in place,
+the result goes into the thread and the verdict back into the parent. Each
+Slack call is recorded under (request, seq, step) before the event is
+acknowledged, so a restart or a redelivery never posts twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.render import blocks
+from bot.render import text as render
+from cms.models import Finding, StatusReport
+from hub import approvals
+from hub.contract import REQUEST_TTL, Event, Request, load_request
+
+CHANGE_COMMANDS = {"/cms-failover", "/cms-recover"}
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+
+
+def _transient(e: SlackApiError) -> bool:
+    status = e.response.status_code if e.response is not None else 0
+    error = (e.response.get("error") if e.response is not None else "") or ""
+    return status == 429 or status >= 500 or error in TRANSIENT_ERRORS
+
+
+def parent_key(channel: str, ts: str) -> str:
+    return f"cmsbot:slack:parent:{channel}:{ts}"
+
+
+def _channel(req: Request) -> str:
+    assert req.channel is not None  # wants() takes only requests with a channel
+    return req.channel
+
+
+class SlackThreads:
+    def __init__(self, conn: redis.Redis, client: WebClient, workers_listening: Callable[[str], int]):
+        self.conn, self.client = conn, client
+        self._workers_listening = workers_listening
+        self._requests: OrderedDict[str, Request | None] = OrderedDict()
+
+    # -- reporter hooks ---------------------------------------------------------------
+    def wants(self, event: Event) -> bool:
+        req = self._request(event.request)
+        return req is not None and req.origin == "slack" and bool(req.channel)
+
+    def deliver(self, event: Event) -> bool:
+        """True: done with this event (delivered, or permanently undeliverable)."""
+        req = self._request(event.request)
+        assert req is not None
+        try:
+            handler = getattr(self, f"_on_{event.kind}", None)
+            if handler is not None:
+                handler(req, event)
+            return True
+        except SlackApiError as e:
+            if _transient(e):
+                log.warning("Slack is busy (%s); will retry event %s/%s", e.response.status_code, req.id, event.seq)
+                return False
+            log.error("Slack refused event %s/%s (%s): giving up on it", req.id, event.seq, e.response.get("error"))
+            return True
+        except OSError as e:
+            log.warning("cannot reach Slack (%s); will retry event %s/%s", type(e).__name__, req.id, event.seq)
+            return False
+
+    # -- state ------------------------------------------------------------------------------
+    def _request(self, request_id: str) -> Request | None:
+        if request_id not in self._requests:
+            try:
+                self._requests[request_id] = load_request(self.conn, request_id)
+            except LookupError:
+                self._requests[request_id] = None
+            while len(self._requests) > 2000:
+                self._requests.popitem(last=False)
+        return self._requests[request_id]
+
+    def _state_key(self, req: Request) -> str:
+        return f"cmsbot:slack:thread:{req.id}"
+
+    def _state(self, req: Request) -> dict[str, str]:
+        # the connection does not decode responses: replies are bytes
+        raw = cast(dict[bytes, bytes], self.conn.hgetall(self._state_key(req)))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def _save(self, req: Request, **fields: str) -> None:
+        key = self._state_key(req)
+        with self.conn.pipeline() as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py: Mapping's key type is invariant
+            pipe.expire(key, REQUEST_TTL)
+            pipe.execute()
+
+    def _once(self, req: Request, event: Event, step: str, call: Callable[[], str]) -> str:
+        """Run one Slack call for (event, step) at most once; returns its ts. A permanent
+        Slack refusal of this one step is logged and skipped, so the steps after it
+        (the verdict above all) still happen; transient errors propagate to be retried."""
+        key, field = f"cmsbot:slack:steps:{req.id}", f"{event.seq}:{step}"
+        done = cast(bytes | None, self.conn.hget(key, field))  # the connection does not decode responses
+        if done is not None:
+            return done.decode()
+        try:
+            ts = call() or ""
+        except SlackApiError as e:
+            if _transient(e):
+                raise
+            log.error("Slack refused step %s of event %s/%s: %s", step, req.id, event.seq,
+                      e.response.get("error") if e.response is not None else e)
+            ts = ""
+        with self.conn.pipeline() as pipe:
+            pipe.hset(key, field, ts)
+            pipe.expire(key, REQUEST_TTL)
+            pipe.execute()
+        return ts
+
+    def _post(self, req: Request, message: blocks.Message, thread: str | None) -> str:
+        kwargs: dict[str, Any] = {"thread_ts": thread} if thread else {}
+        return self.client.chat_postMessage(channel=_channel(req), **message.payload(), **kwargs)["ts"]
+
+    def _update(self, req: Request, ts: str, message: blocks.Message) -> str:
+        self.client.chat_update(channel=_channel(req), ts=ts, **message.payload())
+        return ts
+
+    # -- events ------------------------------------------------------------------------------
+    def _on_accepted(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        if req.thread:  # started from a button or command inside an existing thread
+            if not state:
+                owner = cast(bytes | None, self.conn.get(parent_key(req.channel or "", req.thread)))
+                self._save(req, parent=req.thread, owner=owner.decode() if owner else "")
+            text = event.body.get("text", f"{req.command} started")
+            self._once(req, event, "note", lambda: self._post(
+                req, blocks.note(text, ":hammer_and_wrench:", mention=req.user), req.thread))
+        elif "parent" not in state:
+            target = req.args.get("target")
+            ts = self._once(req, event, "parent",
+                            lambda: self._post(req, blocks.parent(req.command, req.user, target), None))
+            if not ts:
+                self._once(req, event, "cannot-post", lambda: self._tell_user(
+                    req, "I cannot post in this channel, so the result has nowhere to go. Invite me with "
+                         "`/invite @cmsbot` (or use a channel I am in) and run the command again."))
+                return
+            self._save(req, parent=ts, owner=req.id)
+            self.conn.set(parent_key(req.channel or "", ts), req.id, ex=REQUEST_TTL)
+        else:
+            return  # a duplicate delivery of the same command: its thread exists already
+        queue = event.body.get("queue")
+        if queue and not self._workers_listening(queue):
+            parent = self._state(req)["parent"]
+            self._once(req, event, "no-worker", lambda: self._post(req, blocks.note(
+                "No worker is listening right now, so this waits in the queue until one starts "
+                "(ask the team running cms-chatops to check `cmsbot worker`).", ":warning:"), parent))
+
+    def _on_progress(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        message = blocks.progress(event.body.get("text", "working"))
+        if "progress" in state:
+            self._once(req, event, "edit", lambda: self._update(req, state["progress"], message))
+        else:
+            ts = self._once(req, event, "post", lambda: self._post(req, message, state.get("parent")))
+            self._save(req, progress=ts)
+
+    def _on_result(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        parent = state.get("parent")
+        report = StatusReport.model_validate(event.body["report"]) if event.body.get("report") else None
+        findings = [Finding.model_validate(f) for f in event.body.get("findings", [])]
+        if "action" in event.body:
+            rendered = blocks.action_result(event.body["action"], report, findings)
+        else:
+            assert report is not None
+            rendered = blocks.report(report)
+        for i, message in enumerate(rendered.messages):
+            ts = self._once(req, event, f"message-{i}", functools.partial(self._post, req, message, parent))
+            if not ts and i == 0:  # Slack refused the blocks: the same report as plain text
+                text = (render.report_text(report) if report is not None
+                        else event.body.get("action", {}).get("text", ""))
+                # _once calls it right away, within this iteration
+                self._once(req, event, "plain", lambda: self._post(req, blocks.plain(text), parent))  # noqa: B023
+        if "progress" in state:
+            self._once(req, event, "progress-done", lambda: self._update(
+                req, state["progress"], blocks.progress("finished", done=True)))
+        owner = self._owner(req)
+        if owner.command in CHANGE_COMMANDS and parent:
+            action = event.body.get("action", {})
+            line = (":white_check_mark: " if action.get("ok") else ":x: ") + blocks.esc(action.get("text", "finished"))
+            self._once(req, event, "card", lambda: self._update_card(req, parent, f"executed: {line}"))
+        elif report is not None and parent:
+            verdict = render.verdict(report)
+            self._once(req, event, "verdict", lambda: self._update_parent(req, parent, verdict, report.healthy))
+        if attachment := rendered.attachment:
+            self._once(req, event, "file", lambda: self._upload(req, attachment, parent))
+
+    def _on_failed(self, req: Request, event: Event) -> None:
+        state = self._state(req)
+        parent = state.get("parent")
+        reason = event.body.get("reason", "the command failed")
+        self._once(req, event, "message", lambda: self._post(req, blocks.failed(reason), parent))
+        if parent and self._owner(req).command in CHANGE_COMMANDS:
+            self._once(req, event, "card", lambda: self._update_card(req, parent, f":x: {blocks.esc(reason)}"))
+        elif parent and state.get("owner") == req.id:
+            self._once(req, event, "verdict", lambda: self._update_parent(req, parent, f"FAILED: {reason}", False))
+
+    def _on_preflight(self, req: Request, event: Event) -> None:
+        """The preflight is done: the parent message becomes the approval card."""
+        state = self._state(req)
+        self._save(req, approval=event.body["approval"])
+        if "progress" in state:
+            self._once(req, event, "progress-done", lambda: self._update(
+                req, state["progress"], blocks.progress("preflight finished", done=True)))
+        self._once(req, event, "card", lambda: self._update_card(req, state["parent"]))
+
+    def _on_approval(self, req: Request, event: Event) -> None:
+        """A decision or an expiry: the card is edited in place."""
+        parent = self._state(req).get("parent")
+        if parent:
+            self._once(req, event, "card", lambda: self._update_card(req, parent))
+
+    def _update_card(self, req: Request, parent: str, status_line: str | None = None) -> str:
+        owner = self._owner(req)
+        approval_id = self._state(owner).get("approval")
+        if not approval_id:
+            return ""
+        return self._update(req, parent, blocks.card(approvals.load(self.conn, approval_id), status_line))
+
+    def _tell_user(self, req: Request, text: str) -> str:
+        return self.client.chat_postEphemeral(channel=_channel(req), user=req.user, text=text).get("message_ts", "")
+
+    def _update_parent(self, req: Request, parent: str, verdict: str, ok: bool) -> str:
+        owner = self._owner(req)
+        return self._update(req, parent, blocks.parent_verdict(owner.command, owner.user, owner.args.get("target"),
+                                                               verdict, ok))
+
+    def _owner(self, req: Request) -> Request:
+        """The request whose parent message this thread hangs under."""
+        owner_id = self._state(req).get("owner") or req.id
+        return self._request(owner_id) or req
+
+    def _upload(self, req: Request, text: str, thread: str | None) -> str:
+        response = self.client.files_upload_v2(channel=req.channel, thread_ts=thread, content=text,
+                                               filename=f"cms-status-{req.id}.txt", title="Full CMS status report")
+        files: list[dict[str, Any]] = response.get("files", [])
+        return json.dumps([f.get("id") for f in files])

@@ -1,0 +1,58 @@
+"""Approve / Deny on an approval card. Approvers only; never the requester; every
+decision atomic in Redis; only the decision that crosses the threshold starts it."""
+
+from __future__ import annotations
+
+from bot.listeners import Deps, guarded, just_ack, slack_request
+from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
+from bot.roles import Role
+from hub import approvals
+from hub.contract import append_event
+from workers.jobs import EXECUTE_JOB
+
+ANSWERS = {
+    "self": "You requested this change, so someone else has to approve it.",
+    "duplicate": "You have approved this already; it needs another approver.",
+    "recorded": "Approval recorded; it needs more approvers before it starts.",
+    "missing": "This approval no longer exists.",
+}
+
+
+def register(app, deps: Deps) -> None:
+    @guarded
+    def approve(body, respond):
+        decide(body, respond, approve=True)
+
+    @guarded
+    def deny(body, respond):
+        decide(body, respond, approve=False)
+
+    app.action(APPROVE_ACTION)(ack=just_ack, lazy=[approve])
+    app.action(DENY_ACTION)(ack=just_ack, lazy=[deny])
+
+    def decide(body, respond, approve: bool) -> None:
+        user = str((body.get("user") or {}).get("id") or "")
+        approval_id = str(((body.get("actions") or [{}])[0]).get("value") or "")
+        if not deps.roles.has(user, Role.approver):
+            return respond(text=deps.roles.refusal(Role.approver, "approve or deny CMS changes"),
+                           response_type="ephemeral", replace_original=False)
+        channel = str((body.get("channel") or {}).get("id") or "")
+        if not deps.roles.channel_allowed(channel):  # as for every other command and button
+            return respond(text=deps.roles.refusal(Role.viewer, "approve or deny CMS changes here"),
+                           response_type="ephemeral", replace_original=False)
+        outcome, _ = approvals.decide(deps.conn, approval_id, user, approve)
+        if outcome in ANSWERS:
+            respond(text=ANSWERS[outcome], response_type="ephemeral", replace_original=False)
+        if outcome.startswith("closed:"):
+            return respond(text=f"This request is already {outcome.split(':', 1)[1]}.", response_type="ephemeral",
+                           replace_original=False)
+        if outcome not in ("approved", "recorded", "denied"):
+            return
+        approval = approvals.load(deps.conn, approval_id)
+        append_event(deps.conn, approval.request, "approval", {"approval": approval_id, "by": user, "outcome": outcome})
+        if outcome == "approved":
+            card_ts = (body.get("container") or {}).get("message_ts")
+            args = {"approval": approval_id, "kind": approval.kind, "plan_hash": approval.hash}
+            req = slack_request(body, "cms-execute", args, user=user, channel=channel, thread=card_ts)
+            deps.enqueue(req, EXECUTE_JOB, change=True, timeout=deps.settings.failover_timeout,
+                         accepted={"text": f"approved: executing the {approval.kind}"})

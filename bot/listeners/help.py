@@ -1,0 +1,14 @@
+"""/cms-help: every command with an example."""
+
+from __future__ import annotations
+
+from bot.commands import HELP
+from bot.listeners import Deps, guarded
+from bot.render import blocks
+
+
+def register(app, deps: Deps) -> None:
+    @app.command("/cms-help")
+    @guarded
+    def cms_help(ack, command):
+        ack(**blocks.help_message(list(HELP.values())).payload())

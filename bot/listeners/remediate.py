@@ -1,0 +1,68 @@
+"""The remediation buttons on findings: operators only, each as a job."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import cast
+
+from bot.delivery.slack_thread import parent_key
+from bot.listeners import Deps, guarded, just_ack, slack_request
+from bot.render.blocks import ACTION_PREFIX
+from bot.roles import Role
+from cms.topology import UnknownTarget
+from hub.contract import load_request
+from workers.jobs import REMEDIATE_COMMAND, REMEDIATE_JOB
+from workers.runs.failover import cms_change_blocking
+from workers.runs.remediate import KINDS, describe, guard_key
+
+INVALID = "This button is no longer valid; run /cms-status again for fresh ones."
+REMEDIATION_GUARD = 600  # seconds; released when the job finishes
+
+
+def thread_scope(deps: Deps, channel: str, thread: str | None) -> str:
+    """What the command owning this thread checked, so the re-check covers the same ground."""
+    owner = cast(bytes | None, deps.conn.get(parent_key(channel, thread or "")))  # replies are not decoded
+    if owner:
+        try:
+            return load_request(deps.conn, owner.decode()).args.get("target") or "all"
+        except LookupError:
+            pass
+    return "all"
+
+
+def register(app, deps: Deps) -> None:
+    @guarded
+    def on_remediate(body, respond):
+        user = str((body.get("user") or {}).get("id") or "")
+        channel = str((body.get("channel") or {}).get("id") or "")
+        container = body.get("container") or {}
+        thread = container.get("thread_ts") or container.get("message_ts")
+        try:
+            value = json.loads((body.get("actions") or [{}])[0].get("value") or "")
+            kind, target = str(value["a"]), str(value["t"])
+            server = deps.topology.resolve(target)
+        except (ValueError, KeyError, TypeError, AttributeError, UnknownTarget):
+            return respond(text=INVALID, response_type="ephemeral", replace_original=False)
+        if kind not in KINDS or server.kind != "server" or not channel:
+            return respond(text=INVALID, response_type="ephemeral", replace_original=False)
+        if not deps.roles.has(user, Role.operator):
+            return respond(text=deps.roles.refusal(Role.operator, "run remediations"),
+                           response_type="ephemeral", replace_original=False)
+        if not deps.roles.channel_allowed(channel):
+            return respond(text=deps.roles.refusal(Role.viewer, "run remediations here"),
+                           response_type="ephemeral", replace_original=False)
+        if blocked := cms_change_blocking(deps.conn):
+            return respond(text=f"Not now: {blocked}. Remediations wait until the CMS change has converged.",
+                           response_type="ephemeral", replace_original=False)
+        # one run of an action on a server at a time: a double click or two operators
+        if not deps.conn.set(guard_key(kind, server.name), user, nx=True, ex=REMEDIATION_GUARD):
+            return respond(text=f"{kind} on {server.name} is already running; its result will appear in the thread.",
+                           response_type="ephemeral", replace_original=False)
+        action = describe(kind, server.name)
+        args = {"action": kind, "target": server.name, "scope": thread_scope(deps, channel, thread)}
+        req = slack_request(body, REMEDIATE_COMMAND, args, user=user, channel=channel, thread=thread)
+        deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"started: {action}"},
+                     audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})
+
+    app.action(re.compile(f"^{ACTION_PREFIX}"))(ack=just_ack, lazy=[on_remediate])

@@ -1,0 +1,25 @@
+"""/cms-replicate [pool|server]: force replication, wait, re-check, report the difference."""
+
+from __future__ import annotations
+
+from bot.listeners import Deps, guarded, permitted, scoped_request
+from bot.roles import Role
+from workers.jobs import REPLICATE_JOB
+from workers.runs.failover import cms_change_blocking
+
+
+def register(app, deps: Deps) -> None:
+    @app.command("/cms-replicate")
+    @guarded
+    def cms_replicate(ack, command):
+        if not permitted(ack, command, deps, "force replication", Role.operator):
+            return
+        req = scoped_request(ack, command, deps, "/cms-replicate")
+        if req is None:
+            return
+        if blocked := cms_change_blocking(deps.conn):
+            return ack(text=f"Not now: {blocked}. Forcing replication waits until the CMS change has converged.")
+        deps.enqueue(req, REPLICATE_JOB, change=True,
+                     audit={"what": "force-replication", "target": req.args.get("target", "all"),
+                            "result": "requested"})
+        ack()

@@ -1,0 +1,237 @@
+"""`cmsbot bot`: the Slack app plus its reporter, in one process.
+
+Socket Mode when an app-level token is configured (no inbound port), else the
+HTTP endpoint /slack/events (Bolt verifies every request's signature) and
+/healthz for a load balancer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import redis
+
+from bot.config import SlackSettings
+from bot.delivery.reporter import Reporter
+from bot.delivery.slack_thread import SlackThreads
+from bot.listeners import Deps
+from bot.roles import Roles
+from bot.serve.app import build_app, web_client
+from bot.serve.http import make_server
+from cms.settings import Settings
+from cms.topology import Topology
+from hub import approvals
+from hub.contract import append_audit, append_event, workers_on
+from hub.liveness import watch
+from workers.jobs import lost_reason
+
+log = logging.getLogger("cmsbot.bot")
+
+REPORTER_GROUP = "slack"
+REPORTER_NICENESS = 5
+WORKERS_FRESH = 5.0
+EXPIRY_EVERY = 2.0
+# Set by the bot for the reporter it starts (see _exit_with_parent).
+PARENT_ENV = "CMSBOT_REPORTER_PARENT"
+
+
+def missing_settings(slack: SlackSettings) -> list[str]:
+    missing = [] if slack.bot_token.get_secret_value() else ["CMSBOT_SLACK_BOT_TOKEN"]
+    if not slack.app_token.get_secret_value() and not slack.signing_secret.get_secret_value():
+        missing.append("CMSBOT_SLACK_SIGNING_SECRET (or CMSBOT_SLACK_APP_TOKEN for Socket Mode)")
+    return missing
+
+
+def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: Topology) -> int:
+    """Serve Slack (HTTP or Socket Mode) here; deliver in a supervised child process, so
+    acks never wait behind the reporter's work. Over HTTP, `http_processes` pre-forked
+    processes share the listening socket, so acks use every core."""
+    stop = threading.Event()
+    # The delivery group exists before the first command is acked: the reporter process
+    # may take a moment to start, and must still see every event from here on.
+    Reporter.ensure_group(conn, REPORTER_GROUP)
+    if slack.app_token.get_secret_value():
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        app, roles, client = _build(settings, slack, topology)
+        threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
+        threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True).start()
+        handler = SocketModeHandler(app, slack.app_token.get_secret_value())
+        def on_sigterm(*_: object) -> None:
+            stop.set()
+            handler.close()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        print("cmsbot bot: connected to Slack in Socket Mode", flush=True)
+        try:
+            handler.start()
+        finally:
+            stop.set()
+        return 0
+
+    listener = socket.create_server((slack.http_host, slack.http_port), backlog=512)
+    # Non-blocking: the processes sharing it all wake for one connection, and the ones that lose
+    # the accept race must go back to their loop (and see a shutdown), not sit in accept().
+    listener.setblocking(False)
+    children = []
+    for _ in range(max(1, slack.http_processes) - 1):
+        pid = os.fork()
+        if pid == 0:  # a serving child: its own app, clients and threads, built after the fork
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _exit_with_parent(os.getppid())
+            _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=threading.Event())
+            os._exit(0)
+        children.append(pid)
+    supervisor = threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True)
+    supervisor.start()
+    port = listener.getsockname()[1]
+    print(f"cmsbot bot: listening on http://{slack.http_host}:{port}/slack/events "
+          f"({len(children) + 1} processes)", flush=True)
+    try:
+        _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=stop)
+    finally:
+        stop.set()
+        supervisor.join(15)  # it stops the reporter process: never leave it orphaned
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    return 0
+
+
+def _build(settings: Settings, slack: SlackSettings, topology: Topology):
+    client = web_client(slack)
+    roles = Roles(slack)
+    # the listeners' own client: short timeouts, no retries, so a struggling Redis costs at
+    # most about a second before the user gets a clear error instead of Slack's timeout
+    fast = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    deps = Deps(conn=fast, settings=settings, slack=slack, topology=topology, roles=roles)
+    return build_app(deps, client), roles, client
+
+
+def _serve(listener: socket.socket, settings: Settings, slack: SlackSettings, topology: Topology, conn_url: str,
+           stop: threading.Event) -> None:
+    app, roles, client = _build(settings, slack, topology)
+    threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
+    health = redis.Redis.from_url(conn_url, socket_connect_timeout=1, socket_timeout=1)
+    server = make_server(listener, app, lambda: _redis_ok(health))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        stop.set()
+
+
+def _supervise_reporter(stop: threading.Event) -> None:
+    """Keep one `cmsbot reporter` child running while the bot runs; stop it with the bot."""
+    child: subprocess.Popen | None = None
+    try:
+        while not stop.is_set():
+            if child is None or child.poll() is not None:
+                if child is not None:
+                    log.warning("the reporter exited with %s; restarting it", child.returncode)
+                child = subprocess.Popen([sys.executable, "-m", "bot.cli", "reporter"], stdin=subprocess.DEVNULL,
+                                         env=dict(os.environ, **{PARENT_ENV: str(os.getpid())}))
+            stop.wait(1.0)
+    finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) -> int:
+    """`cmsbot reporter`: Slack delivery, the dead-job watchdog and approval expiry."""
+    client = web_client(slack)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent := os.environ.get(PARENT_ENV):
+        _exit_with_parent(int(parent))
+    # acks are latency-critical (Slack allows 3 s), delivery is not: under CPU contention the
+    # serving processes go first
+    os.nice(REPORTER_NICENESS)
+    seen: dict[str, tuple[float, int]] = {}
+
+    def listening(queue_name: str) -> int:
+        """Workers on the queue, re-read at most every few seconds (not per event)."""
+        at, count = seen.get(queue_name, (0.0, 0))
+        if time.monotonic() - at > WORKERS_FRESH:
+            count = workers_on(conn, queue_name)
+            seen[queue_name] = (time.monotonic(), count)
+        return count
+
+    threads = SlackThreads(conn, client, listening)
+    background = [threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True),
+                  threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
+                                   kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True)]
+    for t in background:
+        t.start()
+    _report(conn, threads, stop)
+    return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A child of the bot stops, through its own SIGTERM path, once the bot is gone: a bot that
+    was killed outright cannot stop it, and it would serve or deliver on as an orphan."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the bot that started this process (pid %s) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _redis_ok(conn: redis.Redis) -> bool:
+    try:
+        return bool(conn.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _report(conn: redis.Redis, threads: SlackThreads, stop: threading.Event) -> None:
+    """Deliver events to Slack until stopped; survive Redis restarts."""
+    reporter = None
+    while not stop.is_set():
+        try:
+            if reporter is None:
+                reporter = Reporter(conn, group=REPORTER_GROUP, consumer=socket.gethostname(),
+                                    deliver=threads.deliver, wants=threads.wants, start="$")
+            reporter.poll(block_ms=1000)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("reporter: Redis unavailable (%s); retrying", type(e).__name__)
+            reporter = None
+            stop.wait(1.0)
+        except Exception:  # noqa: BLE001 - a bad event must not stop delivery of the others
+            log.exception("reporter: unexpected error; continuing")
+            stop.wait(1.0)
+
+
+def _expire_approvals(conn: redis.Redis, stop: threading.Event) -> None:
+    """Close approval cards whose time ran out, so the card says so."""
+    while not stop.wait(EXPIRY_EVERY):
+        try:
+            for approval_id in approvals.expire_due(conn):
+                a = approvals.load(conn, approval_id)
+                append_audit(conn, request=a.request, approval=approval_id, what="approval", result="expired")
+                append_event(conn, a.request, "approval", {"approval": approval_id, "outcome": "expired"})
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("expiry: Redis unavailable; retrying")
+        except Exception:  # noqa: BLE001
+            log.exception("expiry: unexpected error; continuing")
+
+
+def _refresh_groups(roles: Roles, client, slack: SlackSettings, stop: threading.Event) -> None:
+    while not stop.is_set():
+        roles.refresh(client)
+        stop.wait(slack.group_refresh)

@@ -1,0 +1,199 @@
+"""Probe data (5.1 JSON, already decoded) -> typed models. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cms.models import (
+    Ace,
+    BackupModule,
+    CertificateInfo,
+    CmsService,
+    CmsStatus,
+    GroupMembership,
+    Membership,
+    PoolBackup,
+    PortTest,
+    Reachability,
+    ReplicaHealth,
+    ReplicaStatus,
+    ReplicationEvent,
+    ShareAcl,
+    StoreStatus,
+)
+from cms.ps_json import as_bool, as_datetime, as_fqdn, as_list, as_service_state, as_str, as_strings
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ParseError(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def parse_cms_status(data: Any) -> CmsStatus:
+    d = _mapping(data, "cms-status")
+    store = _mapping(d.get("Store") or {}, "cms-status Store")
+    replicas = []
+    for row in as_list(d.get("Replicas")):
+        row = _mapping(row, "cms-status replica")
+        fqdn = as_fqdn(row.get("ReplicaFqdn"))
+        if not fqdn:
+            continue
+        replicas.append(ReplicaStatus(
+            fqdn=fqdn,
+            up_to_date=as_bool(row.get("UpToDate")),
+            last_status_report=as_datetime(row.get("LastStatusReport")),
+            last_update_creation=as_datetime(row.get("LastUpdateCreation")),
+            product_version=as_str(row.get("ProductVersion")),
+        ))
+    services = [
+        CmsService(
+            pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "",
+            site_id=as_str(s.get("SiteId")),
+            version=as_str(s.get("Version")),
+            active=as_bool(s.get("Active")),
+        )
+        for s in (_mapping(x, "cms-status service") for x in as_list(d.get("Services")))
+        if as_str(s.get("PoolFqdn"))
+    ]
+    collected = as_datetime(d.get("CollectedAt"))
+    if collected is None:
+        raise ParseError("cms-status: CollectedAt missing")
+    return CmsStatus(
+        collected_at=collected,
+        product_version=as_str(d.get("ProductVersion")),
+        replicas=replicas,
+        store=StoreStatus(
+            active_master_fqdn=as_fqdn(store.get("ActiveMasterFqdn")),
+            active_file_transfer_agents=[f.lower() for f in as_strings(store.get("ActiveFileTransferAgents"))],
+            active_replicas=[f.lower() for f in as_strings(store.get("ActiveReplicas"))],
+            deleted_replicas=[f.lower() for f in as_strings(store.get("DeletedReplicas"))],
+        ),
+        services=services,
+    )
+
+
+def _collected(d: dict[str, Any], what: str):
+    collected = as_datetime(d.get("CollectedAt"))
+    if collected is None:
+        raise ParseError(f"{what}: CollectedAt missing")
+    return collected
+
+
+def parse_replica_health(server: str, data: Any) -> ReplicaHealth:
+    d = _mapping(data, "replica-health")
+    services = _mapping(d.get("Services") or {}, "replica-health Services")
+    return ReplicaHealth(
+        fqdn=server,
+        collected_at=_collected(d, "replica-health"),
+        product_version=as_str(d.get("ProductVersion")),
+        services={name: as_service_state(v) for name, v in services.items()},
+        acl=_share_acl(d) if any(k in d for k in ("Share", "Folder", "ShareError", "FolderError")) else None,
+        certificate=_certificate(d.get("Certificate")),
+        certificate_error=as_str(d.get("CertificateError")),
+    )
+
+
+def _share_acl(d: dict[str, Any]) -> ShareAcl:
+    share = d.get("Share")
+    folder = d.get("Folder")
+    return ShareAcl(
+        path=as_str((share or {}).get("Path")) or as_str((folder or {}).get("Path")),
+        share=[Ace(identity=as_str(a.get("Account")) or "?", rights=as_str(a.get("Right")) or "",
+                   allow=(as_str(a.get("Type")) or "Allow").lower() != "deny")
+               for a in map(_ace, as_list(share.get("Access")))] if isinstance(share, dict) else None,
+        folder=[Ace(identity=as_str(a.get("Identity")) or "?", rights=as_str(a.get("Rights")) or "",
+                    allow=(as_str(a.get("Type")) or "Allow").lower() != "deny", inherited=as_bool(a.get("Inherited")))
+                for a in map(_ace, as_list(folder.get("Access")))] if isinstance(folder, dict) else None,
+        owner=as_str((folder or {}).get("Owner")) if isinstance(folder, dict) else None,
+        share_error=as_str(d.get("ShareError")),
+        folder_error=as_str(d.get("FolderError")),
+    )
+
+
+def _ace(value: Any) -> dict[str, Any]:
+    return _mapping(value, "ACL entry")
+
+
+def _certificate(value: Any) -> CertificateInfo | None:
+    if not isinstance(value, dict):
+        return None
+    return CertificateInfo(
+        use=as_str(value.get("Use")) or "Default",
+        thumbprint=as_str(value.get("Thumbprint")),
+        subject=as_str(value.get("Subject")),
+        dns_names=as_strings(value.get("DnsNames")),
+        has_private_key=as_bool(value.get("HasPrivateKey")),
+        not_after=as_datetime(value.get("NotAfter")),
+        issuer=as_str(value.get("Issuer")),
+        root=as_str(value.get("Root")),
+        chain_status=as_strings(value.get("ChainStatus")),
+    )
+
+
+def parse_replication_events(data: Any) -> tuple[str | None, list[ReplicationEvent]]:
+    d = _mapping(data, "replication-events")
+    computer = as_str(d.get("Computer"))
+    events = []
+    for e in as_list(d.get("Events")):
+        e = _mapping(e, "replication event")
+        time = as_datetime(e.get("TimeCreated"))
+        event_id = e.get("Id")
+        if time is None or not isinstance(event_id, (int, str)) or not str(event_id).isdigit():
+            continue
+        events.append(ReplicationEvent(id=int(event_id), source=as_str(e.get("Source")) or "", time=time,
+                                       level=as_str(e.get("Level")), message=str(e.get("Message") or ""),
+                                       computer=computer))
+    return computer, sorted(events, key=lambda ev: ev.time, reverse=True)
+
+
+def parse_reachability(server: str, data: Any) -> Reachability:
+    d = _mapping(data, "reachability")
+    results = []
+    for r in as_list(d.get("Results")):
+        r = _mapping(r, "reachability result")
+        fqdn = as_fqdn(r.get("Fqdn"))
+        if not fqdn:
+            continue
+        share = r.get("ShareWritable")
+        results.append(PortTest(
+            fqdn=fqdn, address=as_str(r.get("Address")) or fqdn, port=int(r.get("Port") or 0),
+            connected=as_bool(r.get("Connected")), error=as_str(r.get("Error")),
+            elapsed_ms=int(r["ElapsedMs"]) if isinstance(r.get("ElapsedMs"), (int, float)) else None,
+            share_writable=None if share is None or share == "" else as_bool(share),
+            share_error=as_str(r.get("ShareError")),
+        ))
+    return Reachability(source=as_str(d.get("From")) or server, identity=as_str(d.get("Identity")),
+                        collected_at=_collected(d, "reachability"), results=results)
+
+
+def parse_ad_membership(data: Any) -> GroupMembership:
+    d = _mapping(data, "ad-membership")
+    computers = []
+    for c in as_list(d.get("Computers")):
+        c = _mapping(c, "ad-membership computer")
+        name = as_str(c.get("Name"))
+        if name:
+            computers.append(Membership(computer=name, found=as_bool(c.get("Found")), member=as_bool(c.get("Member")),
+                                        distinguished_name=as_str(c.get("DistinguishedName"))))
+    return GroupMembership(group=as_str(d.get("Group")), computers=computers)
+
+
+def parse_backup_status(data: Any) -> list[PoolBackup]:
+    d = _mapping(data, "backup-status")
+    pools = []
+    for p in as_list(d.get("Pools")):
+        p = _mapping(p, "backup-status pool")
+        pool = as_fqdn(p.get("PoolFqdn"))
+        if not pool:
+            continue
+        modules = [BackupModule(identity=as_str(m.get("Identity")) or "?", export_status=as_str(m.get("ExportStatus")),
+                                import_status=as_str(m.get("ImportStatus")))
+                   for m in (_mapping(x, "backup module") for x in as_list(p.get("Modules")))]
+        pools.append(PoolBackup(pool=pool, backup_pool=as_fqdn(p.get("BackupPoolFqdn")), modules=modules,
+                                error=as_str(p.get("Error"))))
+    return pools

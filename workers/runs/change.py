@@ -1,0 +1,182 @@
+"""Executing an approved CMS failover or recovery. Never retried automatically.
+
+Order matters: consume the approval (atomic, single use) -> take the
+deployment-wide lock -> refuse during a cooldown -> re-run preflight (state may
+have changed since the card) -> run exactly the stored plan -> verify -> start
+the cooldown. Every step goes to the thread and to the audit stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+from redis.exceptions import LockError
+
+from cms.settings import Settings
+from cms.topology import Topology
+from hub import approvals
+from hub.contract import Request, append_audit, utcnow
+from workers.runs.failover import (
+    BLOCK,
+    COOLDOWN_KEY,
+    HOLDER_KEY,
+    LOCK_KEY,
+    RECOVER_POINTER,
+    Plan,
+    describe_plan,
+    gather,
+    preflight_failover,
+    preflight_recover,
+    recognise,
+    run_change,
+    set_cooldown,
+    wait_for_convergence,
+)
+from workers.runs.status import run_status
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+STEP_PROBES = {"start-service": "start-service", "restore": "cms-restore", "reseed-local": "reseed-local",
+               "force-replication": "force-replication"}
+UNKNOWN_OUTCOME = (
+    "the worker stopped in the middle of the {what}: its outcome is unknown. It will NOT be retried. Before anything "
+    "else, run /cms-status and, on a Front End, Get-CsManagementStoreReplicationStatus -CentralManagementStoreStatus "
+    "and Get-CsService -CentralManagement: check ActiveMasterFqdn, ActiveFileTransferAgents and which pool is Active. "
+    "If the master is blank or both pools are Active, run /cms-recover."
+)
+
+
+def execute(conn: redis.Redis, request: Request, topology: Topology, settings: Settings, emit: Emit) -> dict[str, Any]:
+    approval_id = request.args.get("approval", "")
+    audit = _auditor(conn, request, approval_id)
+    try:
+        approval = approvals.consume(conn, approval_id, consumer=request.id,
+                                     approved_hash=request.args.get("plan_hash", ""), max_age=settings.approval_ttl)
+    except approvals.NotApproved as e:
+        audit("execute", f"refused: {e}")
+        emit("failed", {"reason": f"not executed: {e}"})
+        return {"ok": False}
+    plan = Plan.model_validate(approval.plan)
+    what = describe_plan(plan)
+    lock = conn.lock(LOCK_KEY, timeout=settings.failover_timeout, blocking=False)
+    if not lock.acquire(blocking=False):
+        holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
+        audit("execute", "refused: another CMS change holds the lock")
+        emit("failed", {"reason": "not executed: another CMS change is running "
+                                  f"({holder.decode() if holder else '?'})"})
+        return {"ok": False}
+    try:
+        conn.set(HOLDER_KEY, f"{what} (approved by {', '.join(approval.approvers)}, started "
+                             f"{utcnow().strftime('%H:%M:%S UTC')}, request {request.id})",
+                 ex=settings.failover_timeout)
+        cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
+        if cooldown and plan.action == "failover":
+            audit("execute", "refused: cooldown")
+            emit("failed", {"reason": f"not executed: cooldown after the last CMS change {cooldown.decode()}"})
+            return {"ok": False}
+        audit("execute", "started", detail=what)
+        emit("progress", {"text": "re-running preflight: the deployment may have changed since the card"})
+        facts = gather(topology, settings, None)
+        pre = (preflight_failover(topology, facts, plan.target, plan.mode or "normal") if plan.action == "failover"
+               else preflight_recover(topology, facts, approval_id))
+        blocks = [f"{c.name}: {c.reason}" for c in pre.checks
+                  if c.verdict == BLOCK and c.name != "one change at a time"]
+        if blocks:
+            audit("execute", "stopped: preflight BLOCK", detail="; ".join(blocks))
+            emit("failed", {"reason": "not executed, preflight now says BLOCK: " + "; ".join(blocks)})
+            return {"ok": False}
+        if plan.action == "failover" and (pre.plan.run_on, pre.plan.cmdlet) != (plan.run_on, plan.cmdlet):
+            audit("execute", "stopped: plan no longer matches")
+            emit("failed", {"reason": f"not executed: the approved plan ({plan.cmdlet} on {plan.run_on}) no longer "
+                                      f"matches the deployment ({pre.plan.cmdlet} on {pre.plan.run_on}); "
+                                      "request it again"})
+            return {"ok": False}
+        try:
+            if plan.action == "failover":
+                return _failover(plan, topology, settings, emit, audit)
+            return _recover(plan, topology, settings, emit, audit)
+        finally:
+            set_cooldown(conn, settings, f"after the {plan.action} of request {request.id}")
+    finally:
+        conn.delete(HOLDER_KEY)
+        try:
+            lock.release()
+        except LockError:
+            log.warning("the CMS lock expired before the %s finished", plan.action)
+
+
+def _auditor(conn: redis.Redis, request: Request, approval_id: str):
+    def audit(what: str, result: str, **extra: Any) -> None:
+        append_audit(conn, request=request.id, approval=approval_id, who=request.user, what=what, result=result,
+                     **extra)
+    return audit
+
+
+def _failover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, audit) -> dict[str, Any]:
+    assert plan.run_on and plan.target
+    emit("progress", {"text": f"running `{plan.cmdlet}` on {plan.run_on}"})
+    run = run_change(topology, settings, plan.run_on, "cms-failover", plan.steps[0].params)
+    if run.error:
+        audit("failover", f"unknown: {run.error.reason}")
+        emit("failed", {"reason": UNKNOWN_OUTCOME.format(what="failover")
+                        + f" (the WinRM call failed: {run.error.reason})"})
+        return {"ok": False}
+    data = run.results["cms-failover"]
+    errors, warnings = [str(e) for e in data.get("Errors") or []], [str(w) for w in data.get("Warnings") or []]
+    audit("failover", "ok" if data.get("Succeeded") else "failed", detail=str(data.get("Command")),
+          errors=errors, warnings=warnings)
+    if not data.get("Succeeded"):
+        findings = recognise(errors, warnings, plan.run_on, utcnow())
+        text = "the cmdlet failed: " + " | ".join(errors + [f"WARNING: {w}" for w in warnings])
+        if not findings:
+            text += f". {RECOVER_POINTER} if the CMS is left without a master."
+        emit("result", {"action": {"kind": "failover", "target": plan.target, "ok": False, "text": text},
+                        "findings": [f.model_dump(mode="json") for f in findings]})
+        return {"ok": False}
+    emit("progress", {"text": f"the cmdlet returned; watching convergence (deadline {settings.failover_deadline:g} s, "
+                              "RTO target 5 minutes)"})
+    ok, state, elapsed = wait_for_convergence(topology, settings, plan.target, emit)
+    audit("convergence", "converged" if ok else "timed out", detail=state)
+    report = run_status(topology, settings, topology.everything(), lambda k, b: None)
+    text = (f"converged in {elapsed:.0f} s: {state}" if ok else
+            f"did NOT converge within {settings.failover_deadline:g} s: {state}. {RECOVER_POINTER}")
+    emit("result", {"action": {"kind": "failover", "target": plan.target, "ok": ok, "text": text},
+                    "report": report.model_dump(mode="json"), "healthy": report.healthy})
+    return {"ok": ok}
+
+
+def _recover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, audit) -> dict[str, Any]:
+    done: list[str] = []
+    for i, step in enumerate(plan.steps, 1):
+        label = f"step {i}/{len(plan.steps)}: {step.detail}"
+        if step.kind == "status":
+            emit("progress", {"text": label})
+            report = run_status(topology, settings, topology.everything(), lambda k, b: None)
+            audit("recover-status", "healthy" if report.healthy else "problems")
+            text = "recovery finished: " + ("the deployment is healthy" if report.healthy else
+                                            "the final status check still shows problems (see below)")
+            emit("result", {"action": {"kind": "recover", "target": plan.target, "ok": report.healthy, "text": text,
+                                       "changes": done}, "report": report.model_dump(mode="json"),
+                            "healthy": report.healthy})
+            return {"ok": report.healthy}
+        emit("progress", {"text": f"{label} on {step.server}"})
+        run = run_change(topology, settings, step.server, STEP_PROBES[step.kind], step.params)
+        data = run.results.get(STEP_PROBES[step.kind], {})
+        failed = run.error.reason if run.error else (
+            " | ".join(str(e) for e in data.get("Errors") or []) if step.kind == "restore" and not data.get("Succeeded")
+            else None)
+        audit(f"recover:{step.kind}", "failed" if failed else "ok", target=step.server, detail=step.detail)
+        if failed:
+            not_done = [f"{s.detail} on {s.server}" for s in plan.steps[i:]]
+            emit("result", {"action": {"kind": "recover", "target": plan.target, "ok": False, "changes": done,
+                                       "text": f"{label} on {step.server} FAILED: {failed}. Stopped. Not done: "
+                                               + ("; ".join(not_done) or "nothing")}})
+            return {"ok": False}
+        note = f" (export kept at {data.get('Path')})" if step.kind == "reseed-local" and data.get("Path") else ""
+        done.append(f"{step.detail} on {step.server}: ok{note}")
+    return {"ok": True}

@@ -1,0 +1,141 @@
+"""The WinRM shells of one job, run in parallel with a deadline per server.
+
+One shell per server per job, opened on first use with every probe that job
+may run on that server already in its environment, reused for each probe,
+closed when the job ends. Fan-out is bounded by `settings.fanout`; one slow or
+dead server costs its own deadline, never the whole report's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from cms.models import HostError, HostErrorKind
+from cms.settings import Settings
+from cms.topology import Topology
+from workers import probes
+from workers.transport.winrm import Credentials, HostFailure, HostShell
+
+log = logging.getLogger(__name__)
+
+# How long past a host's deadline we wait for its thread before giving up on it.
+STRAGGLER_MARGIN = 2.0
+
+
+@dataclass
+class HostRun:
+    server: str
+    results: dict[str, Any] = field(default_factory=dict)
+    error: HostError | None = None
+
+
+def endpoint(topology: Topology, settings: Settings, server: str) -> str:
+    s = topology.server(server)
+    if s.endpoint:
+        return s.endpoint
+    scheme = topology.winrm.scheme or settings.winrm_scheme
+    port = topology.winrm.port or (5986 if scheme == "https" else 5985)
+    return f"{scheme}://{server}:{port}/wsman"
+
+
+class Fleet:
+    def __init__(self, topology: Topology, settings: Settings, calls_for: Callable[[str], dict[str, dict[str, Any]]]):
+        self._topology = topology
+        self._settings = settings
+        self._calls_for = calls_for
+        self._creds = Credentials(
+            username=settings.winrm_username,
+            password=settings.winrm_password.get_secret_value(),
+            transport=settings.winrm_transport,
+            ca_bundle=str(settings.winrm_ca_bundle) if settings.winrm_ca_bundle else None,
+            connect_timeout=settings.winrm_connect_timeout,
+            proxy=settings.winrm_proxy,
+        )
+        self._shells: dict[str, HostShell] = {}
+        self._pool = ThreadPoolExecutor(max_workers=settings.fanout, thread_name_prefix="fleet")
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _shell(self, server: str) -> HostShell:
+        if server not in self._shells:
+            env = probes.shell_env(self._calls_for(server))
+            self._shells[server] = HostShell(server, endpoint(self._topology, self._settings, server), self._creds,
+                                             env, deadline=0.0)
+        return self._shells[server]
+
+    def run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
+        """Run probes on one server in order, within its deadline even if the server
+        trickles its answer a byte at a time (socket timeouts alone would not end that)."""
+        future = self._pool.submit(self._run, server, names, stdin)
+        try:
+            return future.result(timeout=self._settings.host_deadline + STRAGGLER_MARGIN)
+        except FutureTimeout:
+            return HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out, probe=names[0],
+                                                   reason="no complete answer within the host deadline"))
+
+    def _run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
+        """Run probes on one server in order; stop at its first failure."""
+        run = HostRun(server)
+        shell = self._shell(server)
+        shell.deadline = time.monotonic() + self._settings.host_deadline
+        for name in names:
+            try:
+                cmd, args = probes.command(name)
+                run.results[name] = probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name)))
+            except HostFailure as f:
+                run.error = HostError(server=server, kind=f.kind, reason=f.reason, probe=name)
+                break
+            except Exception:  # noqa: BLE001 - a bug reading one host's answer is that host's error
+                log.exception("probe %s on %s failed unexpectedly", name, server)
+                run.error = HostError(server=server, kind=HostErrorKind.probe_failed, probe=name,
+                                      reason="internal error while reading this server's answer")
+                break
+        return run
+
+    def run_all(self, plan: dict[str, list[str]],
+                on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:
+        """Run every server's probes in parallel; each result reported as it lands."""
+        futures: dict[Future[HostRun], str] = {self._pool.submit(self._run, s, names): s for s, names in plan.items()}
+        waves = math.ceil(len(plan) / self._settings.fanout) or 1
+        give_up = time.monotonic() + self._settings.host_deadline * waves + STRAGGLER_MARGIN
+        runs: dict[str, HostRun] = {}
+        pending = set(futures)
+        while pending and time.monotonic() < give_up:
+            done, pending = wait(pending, timeout=max(0.0, give_up - time.monotonic()), return_when=FIRST_COMPLETED)
+            for f in done:
+                server = futures[f]
+                try:
+                    run = f.result()
+                except Exception:  # noqa: BLE001 - a bug in one host's run must not sink the report
+                    log.exception("probe run on %s failed", server)
+                    run = HostRun(server, error=HostError(server=server, kind=HostErrorKind.probe_failed,
+                                                          reason="internal error while reading this server's answer"))
+                runs[server] = run
+                if on_done:
+                    on_done(run)
+        for f in pending:  # stuck past every deadline: report, abandon the thread
+            server = futures[f]
+            runs[server] = HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out,
+                                                           probe=plan[server][0],
+                                                           reason="no complete answer within the host deadline"))
+            if on_done:
+                on_done(runs[server])
+        return runs
+
+    def close(self) -> None:
+        """Delete every shell (in parallel, short deadlines) and stop the pool."""
+        shells = list(self._shells.values())
+        self._shells.clear()
+        list(self._pool.map(lambda s: s.close(), shells))
+        self._pool.shutdown(wait=False, cancel_futures=True)
