@@ -84,17 +84,18 @@ def _status_wall_time(servers: int, latency_ms: int) -> tuple[float, dict]:
     from bot.delivery.console import run_chat
     from cms import topology as topo
     from cms.settings import Settings
+    from hub.keys import hub_for
 
     with parts() as p:
         lab = p.lab("--servers", str(servers), "--latency-ms", str(latency_ms))
         p.worker(lab, host_deadline="30")
         settings = Settings(redis_url=p.redis.url, topology=lab.topology, chat_timeout=120)
         topology = topo.load(lab.topology)
-        conn = p.redis.client()
-        run_chat(conn, settings, topology, "/cms-status", "bench", out=io.StringIO())  # warm up the worker
+        hub = hub_for(p.redis.client(), settings)
+        run_chat(hub, settings, topology, "/cms-status", "bench", out=io.StringIO())  # warm up the worker
         lab.scenarios()
         started = time.perf_counter()
-        outcome = run_chat(conn, settings, topology, "/cms-status", "bench", out=io.StringIO())
+        outcome = run_chat(hub, settings, topology, "/cms-status", "bench", out=io.StringIO())
         elapsed = time.perf_counter() - started
         assert outcome.report is not None, "no result"
         probed = len(outcome.report.health)

@@ -23,6 +23,7 @@ from typing import cast
 import redis
 
 from cms.topology import Version
+from hub.keys import Hub, hub_for
 
 log = logging.getLogger("cmsbot")
 
@@ -191,11 +192,9 @@ def cmd_audit(args) -> int:
     import json
     from datetime import UTC, datetime, timedelta
 
-    from hub.contract import AUDIT_STREAM
-
     try:
         settings = _settings()
-        conn = _redis(settings.redis_url)
+        hub = hub_for(_redis(settings.redis_url), settings)
         start = "-"
         if args.since:
             units = {"m": "minutes", "h": "hours", "d": "days"}
@@ -212,7 +211,7 @@ def cmd_audit(args) -> int:
     except SetupError as e:
         return _fail(e)
     # the connection does not decode responses: ids, names and values are bytes
-    for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], conn.xrange(AUDIT_STREAM, min=start)):
+    for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], hub.redis.xrange(hub.keys.audit, min=start)):
         entry = {k.decode(): v.decode() for k, v in fields.items()}
         if args.json:
             print(json.dumps({"id": entry_id.decode(), **entry}))
@@ -281,15 +280,16 @@ def cmd_worker(args) -> int:
         return _fail(e)
     import threading
 
-    from hub.liveness import watch
+    from hub.liveness import lost_reason, watch
     from workers.allowed_jobs import OurJob
-    from workers.jobs import lost_reason, on_work_horse_killed
+    from workers.jobs import on_work_horse_killed
 
     # OurJob: only the project's own entry points and callbacks run (Redis is a trust boundary)
-    worker = Worker(queues(conn, settings.queue_prefix), connection=conn, serializer=JSONSerializer, worker_ttl=60,
+    hub = hub_for(conn, settings)
+    worker = Worker(queues(hub), connection=conn, serializer=JSONSerializer, worker_ttl=60,
                     work_horse_killed_handler=on_work_horse_killed, job_class=OurJob)
     stop = threading.Event()
-    threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
+    threading.Thread(target=watch, args=(hub, lambda rid, cmd: lost_reason(hub, rid, cmd, settings.cooldown), stop),
                      kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True).start()
     try:
         worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
@@ -307,7 +307,7 @@ def cmd_chat(args) -> int:
         topology = _topology(settings.topology)
     except SetupError as e:
         return _fail(e)
-    return run_chat(conn, settings, topology, args.text, args.user or _login()).exit_code
+    return run_chat(hub_for(conn, settings), settings, topology, args.text, args.user or _login()).exit_code
 
 
 def _login() -> str:
@@ -339,12 +339,13 @@ def cmd_demo(args) -> int:
                     raise SetupError(NO_REDIS.format(url=_safe_url(url))) from None
                 url = private.url
             topology_path = Path(tmp) / "topology.yaml"
-            # a private queue namespace: no other worker on this Redis takes the demo's jobs
-            prefix = f"cmsbot-demo-{secrets.token_hex(4)}"
-            env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path), CMSBOT_QUEUE_PREFIX=prefix,
+            # a private namespace: the demo shares no key, queue, lock or approval with a bot on this Redis
+            namespace = f"cmsbot-demo-{secrets.token_hex(4)}"
+            env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path), CMSBOT_NAMESPACE=namespace,
                        CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=secrets.token_urlsafe(18),
                        CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http")
-            env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
+            for inherited in ("CMSBOT_WINRM_PASSWORD_FILE", "CMSBOT_QUEUE_PREFIX"):
+                env.pop(inherited, None)
             print(f"demo: Redis {_safe_url(url)}{' (private)' if private else ''}; starting the lab and a worker",
                   flush=True)
             scenarios = args.scenario if args.scenario is not None else DEMO_SCENARIOS
@@ -353,11 +354,11 @@ def cmd_demo(args) -> int:
             _wait_for_line(lab, Path(tmp) / "lab.log", "lab ready", 20)
             print("demo: " + (Path(tmp) / "lab.log").read_text().strip().splitlines()[-1], flush=True)
             worker = _start([sys.executable, "-m", "bot.cli", "worker"], env, Path(tmp) / "worker.log", started)
-            settings = _settings(redis_url=url, topology=topology_path, queue_prefix=prefix)
-            conn = _redis(url)
-            _wait_for_worker(conn, settings, worker, Path(tmp) / "worker.log")
+            settings = _settings(redis_url=url, topology=topology_path, namespace=namespace)
+            hub = hub_for(_redis(url), settings)
+            _wait_for_worker(hub, worker, Path(tmp) / "worker.log")
             print("", flush=True)
-            return run_chat(conn, settings, _topology(topology_path), args.command, "demo-user").exit_code
+            return run_chat(hub, settings, _topology(topology_path), args.command, "demo-user").exit_code
         except SetupError as e:
             return _fail(e)
         finally:
@@ -385,12 +386,12 @@ def _wait_for_line(proc: subprocess.Popen, logfile: Path, marker: str, timeout: 
     raise SetupError(f"the lab did not start: {logfile.read_text(errors='replace').strip()[-500:] or 'no output'}")
 
 
-def _wait_for_worker(conn: redis.Redis, settings, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
+def _wait_for_worker(hub: Hub, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
     from bot.delivery.console import workers_listening
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if workers_listening(conn, settings):
+        if workers_listening(hub):
             return
         if proc.poll() is not None:
             break

@@ -27,6 +27,7 @@ from cms.models import (
     Severity,
     StatusReport,
 )
+from cms.remediation import RemediationKind
 
 CMS_VIEW = "Get-CsManagementStoreReplicationStatus"
 PENDING_WINDOW = timedelta(minutes=5)  # domain: UpToDate is legitimately False 2-3 minutes after a change
@@ -55,15 +56,19 @@ def finding(code: str, severity: Severity, subject: str, summary: str, evidence:
 
 
 def force_button(server: str) -> Action:
-    return Action(kind="force-replication", target=server, label="Force replication and re-check")
+    return _button(RemediationKind.force_replication, server)
 
 
 def start_button(server: str) -> Action:
-    return Action(kind="start-replica", target=server, label="Start REPLICA")
+    return _button(RemediationKind.start_replica, server)
 
 
 def reseed_button(server: str) -> Action:
-    return Action(kind="reseed", target=server, label="Re-seed local store")
+    return _button(RemediationKind.reseed, server)
+
+
+def _button(kind: RemediationKind, server: str) -> Action:
+    return Action(kind=kind.value, target=server, label=kind.label)
 
 
 @dataclass

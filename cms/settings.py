@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_NAMESPACE = "cmsbot"
+NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CMSBOT_", extra="ignore", populate_by_name=True,
@@ -19,8 +22,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "CMSBOT_REDIS_URL"),
     )
     topology: Path = Path("topology.yaml")
-    queue_prefix: str = Field("cmsbot", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-                              description="namespace of the RQ queues: workers and bot must agree")
+    namespace: str = Field(
+        DEFAULT_NAMESPACE, pattern=NAMESPACE_PATTERN,
+        # CMSBOT_QUEUE_PREFIX was its name when it covered only the queues
+        validation_alias=AliasChoices("CMSBOT_NAMESPACE", "CMSBOT_QUEUE_PREFIX", "namespace"),
+        description="every Redis key, stream, lock and queue of this deployment lives under it: bot and "
+                    "workers of one deployment must agree; two deployments on one Redis must differ")
 
     # WinRM
     winrm_username: str = "cmsbot"

@@ -16,19 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
 from redis.typing import EncodableT, FieldT
 
 from hub.contract import REQUEST_TTL, append_audit
-
-PENDING_SET = "cmsbot:approvals:pending"
+from hub.keys import Hub
 
 PENDING, APPROVED, DENIED, EXPIRED, CONSUMED, BLOCKED = (
     "pending", "approved", "denied", "expired", "consumed", "blocked")
-
-
-def key(approval_id: str) -> str:
-    return f"cmsbot:approval:{approval_id}"
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
@@ -51,7 +45,7 @@ class Approval:
     decided_by: str | None
 
 
-def create(conn: redis.Redis, *, kind: str, plan: dict[str, Any], checks: list[dict[str, Any]], requester: str,
+def create(hub: Hub, *, kind: str, plan: dict[str, Any], checks: list[dict[str, Any]], requester: str,
            request: str, needed: int, ttl: float, blocked: bool) -> Approval:
     approval_id = "a" + secrets.token_hex(8)
     expires = time.time() + ttl
@@ -60,21 +54,23 @@ def create(conn: redis.Redis, *, kind: str, plan: dict[str, Any], checks: list[d
         "hash": plan_hash(plan), "requester": requester, "needed": needed, "expires": expires,
         "request": request, "checks": json.dumps(checks),
     }
-    with conn.pipeline() as pipe:
-        pipe.hset(key(approval_id), mapping=fields)
-        pipe.expire(key(approval_id), REQUEST_TTL)
+    key = hub.keys.approval(approval_id)
+    with hub.redis.pipeline() as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, REQUEST_TTL)
         if not blocked:
-            pipe.zadd(PENDING_SET, {approval_id: expires})
+            pipe.zadd(hub.keys.approvals_pending, {approval_id: expires})
         pipe.execute()
-    return load(conn, approval_id)
+    return load(hub, approval_id)
 
 
-def load(conn: redis.Redis, approval_id: str) -> Approval:
+def load(hub: Hub, approval_id: str) -> Approval:
     # the connection does not decode responses: replies are bytes
-    raw = {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], conn.hgetall(key(approval_id))).items()}
+    fields = cast(dict[bytes, bytes], hub.redis.hgetall(hub.keys.approval(approval_id)))
+    raw = {k.decode(): v.decode() for k, v in fields.items()}
     if not raw:
         raise LookupError(f"approval {approval_id} not found")
-    approvers = sorted(m.decode() for m in cast(set[bytes], conn.smembers(key(approval_id) + ":approvers")))
+    approvers = sorted(m.decode() for m in cast(set[bytes], hub.redis.smembers(hub.keys.approvers(approval_id))))
     return Approval(id=approval_id, kind=raw["kind"], status=raw["status"], plan=json.loads(raw["plan"]),
                     hash=raw["hash"], requester=raw["requester"], needed=int(raw["needed"]), approvers=approvers,
                     expires=float(raw["expires"]), request=raw["request"], checks=json.loads(raw.get("checks", "[]")),
@@ -110,14 +106,15 @@ return {'recorded', count}
 """
 
 
-def decide(conn: redis.Redis, approval_id: str, user: str, approve: bool) -> tuple[str, int]:
+def decide(hub: Hub, approval_id: str, user: str, approve: bool) -> tuple[str, int]:
     """One atomic decision. Outcomes: approved (this click crossed the threshold: start it),
     recorded (more approvals needed), denied, self (the requester), duplicate, missing,
     closed:<status> (already approved, denied, expired, consumed or blocked)."""
-    outcome, count = conn.eval(_DECIDE, 3, key(approval_id), key(approval_id) + ":approvers", PENDING_SET, user,
-                               "approve" if approve else "deny", time.time(), approval_id)
+    outcome, count = hub.redis.eval(_DECIDE, 3, hub.keys.approval(approval_id), hub.keys.approvers(approval_id),
+                                    hub.keys.approvals_pending, user, "approve" if approve else "deny", time.time(),
+                                    approval_id)
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-    append_audit(conn, request=approval_id, who=user, what="approve" if approve else "deny", result=outcome)
+    append_audit(hub, request=approval_id, who=user, what="approve" if approve else "deny", result=outcome)
     return outcome, int(count)
 
 
@@ -135,10 +132,10 @@ class NotApproved(Exception):
     """The execution must not run: the reason is for the thread."""
 
 
-def consume(conn: redis.Redis, approval_id: str, consumer: str, approved_hash: str, max_age: float) -> Approval:
+def consume(hub: Hub, approval_id: str, consumer: str, approved_hash: str, max_age: float) -> Approval:
     """Atomically turn an approved approval into a consumed one, if its plan still has the
     hash the approver saw and the approval is fresh; anything else refuses."""
-    outcome = conn.eval(_CONSUME, 1, key(approval_id), approved_hash, consumer, time.time(), max_age)
+    outcome = hub.redis.eval(_CONSUME, 1, hub.keys.approval(approval_id), approved_hash, consumer, time.time(), max_age)
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
     if outcome != "consumed":
         raise NotApproved({"pending": "it has not been approved", "denied": "it was denied",
@@ -147,16 +144,15 @@ def consume(conn: redis.Redis, approval_id: str, consumer: str, approved_hash: s
                            "stale": "the approval is too old to act on; request it again",
                            "missing": "there is no such approval"}
                           .get(outcome, f"approval status is {outcome}"))
-    return load(conn, approval_id)
+    return load(hub, approval_id)
 
 
+# KEYS[1] pending zset, KEYS[2..] the approval hashes; ARGV[1..] their ids
 _EXPIRE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local out = {}
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  local k = 'cmsbot:approval:' .. id
-  if redis.call('HGET', k, 'status') == 'pending' then
+for i, id in ipairs(ARGV) do
+  local k = KEYS[i + 1]
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', k, 'status') == 'pending' then
     redis.call('HSET', k, 'status', 'expired')
     table.insert(out, id)
   end
@@ -165,6 +161,14 @@ return out
 """
 
 
-def expire_due(conn: redis.Redis) -> list[str]:
-    """Mark every pending approval past its expiry as expired; returns their ids."""
-    return [i.decode() for i in conn.eval(_EXPIRE, 1, PENDING_SET, time.time())]
+def expire_due(hub: Hub) -> list[str]:
+    """Mark every pending approval past its expiry as expired; returns their ids. The due ids are
+    read first, so the script names every key it touches (KEYS[]); one removed meanwhile by a
+    decision is skipped (ZREM returns 0)."""
+    due = [i.decode() for i in cast(list[bytes], hub.redis.zrangebyscore(hub.keys.approvals_pending, "-inf",
+                                                                          time.time()))]
+    if not due:
+        return []
+    expired = hub.redis.eval(_EXPIRE, 1 + len(due), hub.keys.approvals_pending,
+                             *[hub.keys.approval(i) for i in due], *due)
+    return [i.decode() for i in expired]

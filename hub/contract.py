@@ -1,6 +1,6 @@
 """What crosses between the bot and the workers: requests, jobs and events.
 
-A request is stored as JSON under a `cmsbot:` key; the RQ job's id is the
+A request is stored as JSON under its namespace's key; the RQ job's id is the
 request id and its only argument; the worker reports back by appending events
 to one Redis stream. Nothing pickled crosses a process boundary.
 """
@@ -19,8 +19,9 @@ from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from hub.keys import Hub
+
 REQUEST_TTL = 21 * 24 * 3600
-EVENTS_STREAM = "cmsbot:events"
 EVENTS_MAXLEN = 100_000
 STATUS = "status"  # read-only diagnostics; may be retried
 CHANGE = "change"  # remediations, failover, recovery; never retried
@@ -73,10 +74,6 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def request_key(request_id: str) -> str:
-    return f"cmsbot:request:{request_id}"
-
-
 def connect(url: str) -> redis.Redis:
     """A client that rides out a Redis restart: retries on connection errors."""
     from redis.backoff import ExponentialBackoff
@@ -92,52 +89,48 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-def queue_name(prefix: str, kind: str) -> str:
-    """Queues are namespaced by a prefix, so a demo or a test never feeds another
-    deployment's workers (and theirs never take its jobs)."""
-    return f"{prefix}-{kind}"
-
-
-def queues(conn: redis.Redis, prefix: str) -> list[Queue]:
+def queues(hub: Hub) -> list[Queue]:
     """A worker's queues, most urgent first."""
-    return [queue(conn, queue_name(prefix, kind)) for kind in (CHANGE, STATUS)]
+    return [queue(hub, kind) for kind in (CHANGE, STATUS)]
 
 
-def queue(conn: redis.Redis, name: str) -> Queue:
-    return Queue(name, connection=conn, serializer=JSONSerializer)
+def queue(hub: Hub, kind: str) -> Queue:
+    """Queues are in the namespace, so a demo or a test never feeds another
+    deployment's workers (and theirs never take its jobs)."""
+    return Queue(hub.keys.queue(kind), connection=hub.redis, serializer=JSONSerializer)
 
 
-def workers_on(conn: redis.Redis, name: str) -> int:
+def workers_on(hub: Hub, kind: str) -> int:
     """Live workers listening on a queue (dead ones drop out after their TTL)."""
     from rq import Worker
 
-    return len(Worker.all(queue=queue(conn, name), serializer=JSONSerializer))
+    return len(Worker.all(queue=queue(hub, kind), serializer=JSONSerializer))
 
 
-def submit(conn: redis.Redis, req: Request, job: str, *, queue_name: str, timeout: int,
+def submit(hub: Hub, req: Request, job: str, *, kind: str, timeout: int,
            accepted: dict[str, Any] | None = None, audit: dict[str, Any] | None = None, **job_options: Any) -> None:
     """Store the request, enqueue its job and, when given, append its `accepted`
     event and an audit entry: one pipelined round trip, all or nothing."""
-    q = queue(conn, queue_name)
-    with conn.pipeline() as pipe:
+    q = queue(hub, kind)
+    with hub.redis.pipeline() as pipe:
         # RQ opens the MULTI itself, so it must queue its commands first.
         q.enqueue_call(job, args=(req.id,), job_id=req.id, timeout=timeout, result_ttl=3600,
                        failure_ttl=7 * 24 * 3600, pipeline=pipe, **job_options)
-        pipe.set(request_key(req.id), req.model_dump_json(), ex=REQUEST_TTL)
+        pipe.set(hub.keys.request(req.id), req.model_dump_json(), ex=REQUEST_TTL)
         if accepted is not None:
-            append_event(pipe, req.id, "accepted", accepted)
+            append_event(hub.over(pipe), req.id, "accepted", accepted)
         if audit is not None:
-            append_audit(pipe, request=req.id, who=req.user, **audit)
+            append_audit(hub.over(pipe), request=req.id, who=req.user, **audit)
         pipe.execute()
 
 
-def claim(conn: redis.Redis, request_id: str) -> bool:
+def claim(hub: Hub, request_id: str) -> bool:
     """True for the first execution of a request only."""
-    return bool(conn.set(f"cmsbot:claim:{request_id}", 1, nx=True, ex=REQUEST_TTL))
+    return bool(hub.redis.set(hub.keys.claim(request_id), 1, nx=True, ex=REQUEST_TTL))
 
 
-def load_request(conn: redis.Redis, request_id: str) -> Request:
-    raw = conn.get(request_key(request_id))
+def load_request(hub: Hub, request_id: str) -> Request:
+    raw = hub.redis.get(hub.keys.request(request_id))
     if raw is None:
         raise LookupError(f"request {request_id} not found (expired or never stored)")
     return Request.model_validate_json(raw)
@@ -151,22 +144,19 @@ return seq
 """  # noqa: E501 -- Lua script text kept verbatim: wrapping it would change the script sent to Redis
 
 
-def append_event(conn: redis.Redis, request_id: str, kind: str, body: dict[str, Any] | None = None):
+def append_event(hub: Hub, request_id: str, kind: str, body: dict[str, Any] | None = None):
     """Append one event; `seq` is allocated atomically with the append so the
     stream order and the seq order of a request always agree. Returns the seq
     (or the pipeline, when given one)."""
     payload = json.dumps(body or {}, default=str)
-    result = conn.eval(_APPEND, 2, EVENTS_STREAM, f"cmsbot:seq:{request_id}", request_id, kind, payload,
-                       EVENTS_MAXLEN, REQUEST_TTL)
+    result = hub.redis.eval(_APPEND, 2, hub.keys.events, hub.keys.seq(request_id), request_id, kind, payload,
+                            EVENTS_MAXLEN, REQUEST_TTL)
     return int(result) if isinstance(result, (int, bytes, str)) else result
 
 
-AUDIT_STREAM = "cmsbot:audit"
-
-
-def append_audit(conn: redis.Redis, **fields: Any) -> None:
+def append_audit(hub: Hub, **fields: Any) -> None:
     """Append-only record of who asked for, approved or ran what, and the result."""
     entry: dict[FieldT, EncodableT] = {"at": utcnow().isoformat(timespec="seconds")}
     entry.update({k: v if isinstance(v, str) else json.dumps(v, default=str)
                   for k, v in fields.items() if v is not None})
-    conn.xadd(AUDIT_STREAM, entry)
+    hub.redis.xadd(hub.keys.audit, entry)

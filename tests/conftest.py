@@ -131,14 +131,15 @@ def _status_runner(w: WorkerProcess, lab: LabProcess):
     from bot.delivery.console import run_chat
     from cms import topology as topo
     from cms.settings import Settings
+    from hub.keys import hub_for
 
     settings = Settings(redis_url=w.redis_url, topology=lab.topology, chat_timeout=scaled(60))
-    conn = redis.Redis.from_url(w.redis_url)
+    hub = hub_for(redis.Redis.from_url(w.redis_url), settings)
 
     def run(*scenarios: str, text: str = "/cms-status"):
         lab.scenarios(*scenarios)
         out = io.StringIO()
-        outcome = run_chat(conn, settings, topo.load(lab.topology), text, "U-TEST", out=out)
+        outcome = run_chat(hub, settings, topo.load(lab.topology), text, "U-TEST", out=out)
         assert outcome.report is not None, out.getvalue()
         return outcome, out.getvalue()
     return run
@@ -161,12 +162,13 @@ def chat(worker, lab, conn):
     from bot.delivery.console import run_chat
     from cms import topology as topo
     from cms.settings import Settings
+    from hub.keys import hub_for
 
     settings = Settings(redis_url=worker.redis_url, topology=lab.topology, chat_timeout=scaled(60))
 
     def run(text: str, user: str = "U-TEST") -> tuple[int, str]:
         out = io.StringIO()
-        outcome = run_chat(conn, settings, topo.load(lab.topology), text, user, out=out)
+        outcome = run_chat(hub_for(conn, settings), settings, topo.load(lab.topology), text, user, out=out)
         return outcome.exit_code, out.getvalue()
     return run
 

@@ -351,13 +351,13 @@ def wait_idle(url: str, timeout: float = 60) -> None:
 
 def events_delivered(url: str, group: str) -> bool:
     """The consumer group has acknowledged every event appended so far."""
-    from hub.contract import EVENTS_STREAM
+    from hub.keys import Keys
 
-    conn = redis.Redis.from_url(url, decode_responses=True)
-    if not conn.exists(EVENTS_STREAM):
+    conn, stream = redis.Redis.from_url(url, decode_responses=True), Keys().events
+    if not conn.exists(stream):
         return True
-    last = conn.xinfo_stream(EVENTS_STREAM)["last-generated-id"]
-    mine = [g for g in conn.xinfo_groups(EVENTS_STREAM) if g["name"] == group]
+    last = conn.xinfo_stream(stream)["last-generated-id"]
+    mine = [g for g in conn.xinfo_groups(stream) if g["name"] == group]
     return bool(mine) and mine[0]["pending"] == 0 and mine[0]["last-delivered-id"] == last
 
 

@@ -29,7 +29,7 @@ class BotProcess(Managed):
     """`cmsbot bot` over HTTP, its Slack client pointed at the fake; returns once it listens."""
 
     def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake, token: str = TOKEN,
-                 secret: str = SECRET):
+                 secret: str = SECRET, **settings: str):
         self.secret = secret
         self.port = free_port()
         env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
@@ -38,6 +38,7 @@ class BotProcess(Managed):
                    CMSBOT_HTTP_HOST="127.0.0.1", CMSBOT_SLACK_OPERATORS=f"{OPERATOR},{BOTH},S0OPS",
                    CMSBOT_SLACK_APPROVERS=f"{APPROVER},{APPROVER2},{BOTH}",
                    CMSBOT_SLACK_CHANNELS=CHANNEL, CMSBOT_LOG_LEVEL="INFO")
+        env.update({f"CMSBOT_{k.upper()}": v for k, v in settings.items()})
         env.pop("CMSBOT_SLACK_APP_TOKEN", None)
         super().__init__(cmsbot("bot"), env, workdir / f"bot-{time.monotonic_ns()}.log")
         self._wait_listening(1)

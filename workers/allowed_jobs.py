@@ -13,7 +13,7 @@ from typing import Any
 
 from rq.job import Job
 
-from workers.jobs import (
+from hub.jobs import (
     EXECUTE_JOB,
     FAILURE_CALLBACK,
     PREFLIGHT_JOB,

@@ -11,45 +11,37 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import redis
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
 from cms import topology as topo
+from cms.remediation import describe
 from cms.settings import Settings
 from hub import approvals
+from hub.cms_lock import cms_change_blocking
 from hub.contract import Request, append_audit, append_event, claim, load_request
-from hub.liveness import LOST_CHECK, Heartbeat, claim_report
-from workers.runs.failover import cms_change_blocking
-from workers.runs.remediate import RemediationRefused, describe, guard_key, remediate, replicate
+from hub.jobs import CHANGE_COMMAND, EXECUTE_JOB, REMEDIATE_COMMAND, REMEDIATE_JOB
+from hub.keys import Hub, hub_for
+from hub.liveness import LOST_CHECK, Heartbeat, claim_report, lost_reason
+from workers.runs.remediate import RemediationRefused, remediate, replicate
 from workers.runs.status import run_status
 
 log = logging.getLogger(__name__)
 
-STATUS_JOB = "workers.jobs.status"
-REPLICATE_JOB = "workers.jobs.replicate_scope"
-REMEDIATE_JOB = "workers.jobs.remediation"
-PREFLIGHT_JOB = "workers.jobs.preflight"
-EXECUTE_JOB = "workers.jobs.execute_change"
-FAILURE_CALLBACK = "workers.jobs.report_failure"
-CHANGE_COMMAND = "cms-execute"
-REMEDIATE_COMMAND = "remediate"
-UNKNOWN_REMEDIATION = ("the worker stopped in the middle of {what}: its outcome is unknown (it may have run). "
-                       "Run /cms-status to see the server's state before running it again.")
 
 
 @dataclass
 class Ctx:
-    conn: redis.Redis
+    hub: Hub
     request: Request
     settings: Settings
     topology: topo.Topology
 
     def emit(self, kind: str, body: dict[str, Any]) -> None:
-        append_event(self.conn, self.request.id, kind, body)
+        append_event(self.hub, self.request.id, kind, body)
 
     def target(self) -> topo.Target:
         t = self.request.args.get("target")
@@ -59,13 +51,13 @@ class Ctx:
 def _run(request_id: str, body: Callable[[Ctx], dict[str, Any]]) -> dict[str, Any] | None:
     job = get_current_job()
     assert job is not None  # _run is the body of an RQ job
-    conn = job.connection
-    if not claim(conn, request_id):
+    settings = Settings()
+    hub = hub_for(job.connection, settings)
+    if not claim(hub, request_id):
         log.info("request %s already ran (duplicate delivery); skipping", request_id)
         return None
-    with Heartbeat(conn, request_id):
-        settings = Settings()
-        ctx = Ctx(conn, load_request(conn, request_id), settings, topo.load(settings.topology))
+    with Heartbeat(hub, request_id):
+        ctx = Ctx(hub, load_request(hub, request_id), settings, topo.load(settings.topology))
         return body(ctx)
 
 
@@ -85,7 +77,7 @@ def replicate_scope(request_id: str) -> dict[str, Any] | None:
 
 def _replicate(ctx: Ctx) -> dict[str, Any]:
     target = ctx.request.args.get("target", "all")
-    if blocked := cms_change_blocking(ctx.conn):  # checked again here: the bot's check was at request time
+    if blocked := cms_change_blocking(ctx.hub):  # checked again here: the bot's check was at request time
         return _refused(ctx, "force-replication", target, blocked)
     return _finish(ctx, "force-replication", target, replicate(ctx.topology, ctx.settings, ctx.target(), ctx.emit))
 
@@ -99,9 +91,9 @@ def _remediation(ctx: Ctx) -> dict[str, Any]:
     who = ctx.request.user
     scope = ctx.request.args.get("scope")
     try:
-        if blocked := cms_change_blocking(ctx.conn):
+        if blocked := cms_change_blocking(ctx.hub):
             raise RemediationRefused(blocked)
-        append_audit(ctx.conn, request=ctx.request.id, who=who, what=kind, target=target,
+        append_audit(ctx.hub, request=ctx.request.id, who=who, what=kind, target=target,
                      detail=describe(kind, target), result="started")
         outcome = remediate(ctx.topology, ctx.settings, kind, target, ctx.request.id, ctx.emit,
                             scope=ctx.topology.everything() if scope == "all" else
@@ -113,16 +105,16 @@ def _remediation(ctx: Ctx) -> dict[str, Any]:
 
 def _refused(ctx: Ctx, kind: str, target: str, reason: str) -> dict[str, Any]:
     """Nothing was done: free the guard, audit and say why."""
-    ctx.conn.delete(guard_key(kind, target))
-    append_audit(ctx.conn, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
+    ctx.hub.redis.delete(ctx.hub.keys.remediating(kind, target))
+    append_audit(ctx.hub, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
                  result=f"refused: {reason}")
     ctx.emit("failed", {"reason": f"not done: {reason}"})
     return {"ok": False}
 
 
 def _finish(ctx: Ctx, kind: str, target: str, outcome) -> dict[str, Any]:
-    ctx.conn.delete(guard_key(kind, target))
-    append_audit(ctx.conn, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
+    ctx.hub.redis.delete(ctx.hub.keys.remediating(kind, target))
+    append_audit(ctx.hub, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
                  result="ok" if outcome.ok else "failed", detail=outcome.text)
     body: dict[str, Any] = {"action": {"kind": kind, "target": target, "ok": outcome.ok, "text": outcome.text,
                                        "changes": outcome.changes or []}}
@@ -144,15 +136,15 @@ def _preflight(ctx: Ctx) -> dict[str, Any]:
     kind = "failover" if ctx.request.command == "/cms-failover" else "recover"
     ctx.emit("progress", {"text": "preflight (read-only): the CMS's view and store, the Backup Service, the services "
                                   "in both pools"})
-    facts = gather(ctx.topology, ctx.settings, ctx.conn)
+    facts = gather(ctx.topology, ctx.settings, ctx.hub)
     args = ctx.request.args
     pre = (preflight_failover(ctx.topology, facts, args.get("target"), args.get("mode", "normal"))
            if kind == "failover" else preflight_recover(ctx.topology, facts, ctx.request.id))
-    approval = approvals.create(ctx.conn, kind=kind, plan=plan_json(pre), checks=[c.model_dump() for c in pre.checks],
+    approval = approvals.create(ctx.hub, kind=kind, plan=plan_json(pre), checks=[c.model_dump() for c in pre.checks],
                                 requester=ctx.request.user, request=ctx.request.id,
                                 needed=ctx.settings.approvals_required, ttl=ctx.settings.approval_ttl,
                                 blocked=pre.blocked)
-    append_audit(ctx.conn, request=ctx.request.id, approval=approval.id, who=ctx.request.user, what=f"preflight:{kind}",
+    append_audit(ctx.hub, request=ctx.request.id, approval=approval.id, who=ctx.request.user, what=f"preflight:{kind}",
                  result="blocked" if pre.blocked else "ready", detail=json.dumps([c.model_dump() for c in pre.checks]))
     ctx.emit("preflight", {"approval": approval.id})
     return {"approval": approval.id, "blocked": pre.blocked}
@@ -162,49 +154,21 @@ def execute_change(request_id: str) -> dict[str, Any] | None:
     """An approved failover or recovery. Enqueued only by the decision that crossed the threshold."""
     from workers.runs.change import execute
 
-    return _run(request_id, lambda ctx: execute(ctx.conn, ctx.request, ctx.topology, ctx.settings, ctx.emit))
+    return _run(request_id, lambda ctx: execute(ctx.hub, ctx.request, ctx.topology, ctx.settings, ctx.emit))
 
 
 # -- when a job dies ------------------------------------------------------------------------------
 
 
-def lost_reason(conn: redis.Redis, request_id: str, command: str) -> str | None:
-    """What to say when a job's worker vanished; for a CMS change: outcome unknown, cooldown;
-    for a remediation: outcome unknown, audited, its guard freed."""
-    if command == REMEDIATE_COMMAND:
-        return _lost_remediation(conn, request_id)
-    if command != CHANGE_COMMAND:
-        return None
-    from workers.runs.change import UNKNOWN_OUTCOME
-    from workers.runs.failover import HOLDER_KEY, LOCK_KEY, set_cooldown
-
-    holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
-    if holder and f"request {request_id}" in holder.decode():
-        conn.delete(LOCK_KEY, HOLDER_KEY)  # its holder is dead; the cooldown below still holds
-    set_cooldown(conn, Settings(), "the last CMS change ended with an unknown outcome: check first")
-    append_audit(conn, request=request_id, what="execute", result="unknown: the worker stopped")
-    return UNKNOWN_OUTCOME.format(what="CMS change")
-
-
-def _lost_remediation(conn: redis.Redis, request_id: str) -> str:
-    try:
-        request = load_request(conn, request_id)
-    except LookupError:
-        return UNKNOWN_REMEDIATION.format(what="the remediation")
-    kind, target = request.args.get("action", ""), request.args.get("target", "")
-    conn.delete(guard_key(kind, target))  # it will never end by itself: the next click may run it
-    append_audit(conn, request=request_id, who=request.user, what=kind, target=target,
-                 result="unknown: the worker stopped")
-    return UNKNOWN_REMEDIATION.format(what=describe(kind, target) if kind and target else "the remediation")
-
-
 def report_failure(job, connection, exc_type, exc_value, tb) -> None:
     """RQ on_failure callback (and the work-horse-killed handler): the thread hears that the
     job died, in plain words, once; a CMS change is never retried."""
-    if not claim_report(connection, job.id):
+    settings = Settings()
+    hub = hub_for(connection, settings)
+    if not claim_report(hub, job.id):
         return  # the watchdog (or another callback) has reported it already
     command = {EXECUTE_JOB: CHANGE_COMMAND, REMEDIATE_JOB: REMEDIATE_COMMAND}.get(job.func_name, "")
-    reason = lost_reason(connection, job.id, command)
+    reason = lost_reason(hub, job.id, command, settings.cooldown)
     if reason is None:
         if isinstance(exc_value, AbandonedJobError) or exc_type is AbandonedJobError:
             reason = LOST_CHECK
@@ -215,7 +179,7 @@ def report_failure(job, connection, exc_type, exc_value, tb) -> None:
         else:
             reason = f"it failed with an internal error ({exc_type.__name__}); the worker log has the details."
             log.error("job %s failed: %s", job.id, exc_type.__name__, exc_info=(exc_type, exc_value, tb))
-    append_event(connection, job.id, "failed", {"reason": reason})
+    append_event(hub, job.id, "failed", {"reason": reason})
 
 
 def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:

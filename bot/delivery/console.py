@@ -17,14 +17,15 @@ from bot.render import text as render
 from cms.models import StatusReport
 from cms.settings import Settings
 from cms.topology import Topology
-from hub.contract import STATUS, Event, Request, queue_name, submit, workers_on
-from workers.jobs import FAILURE_CALLBACK, STATUS_JOB
+from hub.contract import STATUS, Event, Request, submit, workers_on
+from hub.jobs import FAILURE_CALLBACK, STATUS_JOB
+from hub.keys import Hub
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_RUN = 0, 1, 2
 
 
-def workers_listening(conn: redis.Redis, settings: Settings) -> int:
-    return workers_on(conn, queue_name(settings.queue_prefix, STATUS))
+def workers_listening(hub: Hub) -> int:
+    return workers_on(hub, STATUS)
 
 
 class ConsoleThread:
@@ -68,7 +69,7 @@ class Outcome:
     request_id: str | None = None
 
 
-def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: str, user: str,
+def run_chat(hub: Hub, settings: Settings, topology: Topology, text: str, user: str,
              out: TextIO = sys.stdout) -> Outcome:
     """Run one command through the queue, printing its thread as it arrives."""
     try:
@@ -80,17 +81,17 @@ def run_chat(conn: redis.Redis, settings: Settings, topology: Topology, text: st
         print(f"`{command.name}` changes the deployment and runs only from Slack, where roles and the audit "
               "apply. The console runs `/cms-status [pool|server]`.", file=out)
         return Outcome(EXIT_CANNOT_RUN)
-    if not workers_listening(conn, settings):
-        print(f"No worker is listening on the `{queue_name(settings.queue_prefix, STATUS)}` queue of "
-              f"{_redis_name(conn)}, so nothing would "
+    if not workers_listening(hub):
+        print(f"No worker is listening on the `{hub.keys.queue(STATUS)}` queue of "
+              f"{_redis_name(hub.redis)}, so nothing would "
               "answer. Start one with `cmsbot worker` (same REDIS_URL and CMSBOT_TOPOLOGY) and try again.", file=out)
         return Outcome(EXIT_CANNOT_RUN)
     request = Request(command=command.name, args=command.args, user=user, origin="console")
     thread = ConsoleThread(request, out)
-    reporter = Reporter(conn, group=f"console:{request.id}", consumer="console", deliver=thread.deliver,
+    reporter = Reporter(hub, group=f"console:{request.id}", consumer="console", deliver=thread.deliver,
                         wants=lambda e: e.request == request.id, start="$")
     try:
-        submit(conn, request, STATUS_JOB, queue_name=queue_name(settings.queue_prefix, STATUS),
+        submit(hub, request, STATUS_JOB, kind=STATUS,
                timeout=settings.job_timeout(len(topology.servers)), on_failure=Callback(FAILURE_CALLBACK))
         thread.parent()
         deadline = time.monotonic() + settings.chat_timeout

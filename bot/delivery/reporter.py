@@ -1,6 +1,6 @@
 """Turns the events stream into messages, exactly once per (request, seq).
 
-Reads `cmsbot:events` with a consumer group, delivers each event through a
+Reads the namespace's events stream with a consumer group, delivers each event through a
 sink, and acknowledges it only after the sink accepted it. After a restart it
 first re-reads what it had read but not acknowledged. A per-request high-water
 mark makes redelivery of an already delivered event a no-op.
@@ -15,7 +15,8 @@ from typing import cast
 
 import redis
 
-from hub.contract import EVENTS_STREAM, REQUEST_TTL, Event
+from hub.contract import REQUEST_TTL, Event
+from hub.keys import Hub
 
 log = logging.getLogger(__name__)
 
@@ -32,33 +33,34 @@ MAX_ATTEMPTS = 30  # a transient failure this often in a row: give the event up,
 
 
 class Reporter:
-    def __init__(self, conn: redis.Redis, group: str, consumer: str, deliver: Deliver,
+    def __init__(self, hub: Hub, group: str, consumer: str, deliver: Deliver,
                  wants: Callable[[Event], bool] = lambda e: True, start: str = "0"):
-        self.conn, self.group, self.consumer = conn, group, consumer
+        self.hub, self.conn, self.stream = hub, hub.redis, hub.keys.events
+        self.group, self.consumer = group, consumer
         self._deliver, self._wants = deliver, wants
         self._backlog = True  # first read our own unacknowledged entries
         self._next_claim = 0.0
         self._attempts: dict[bytes, int] = {}
-        self.ensure_group(conn, group, start)
+        self.ensure_group(hub, group, start)
 
     @staticmethod
-    def ensure_group(conn: redis.Redis, group: str, start: str = "$") -> None:
+    def ensure_group(hub: Hub, group: str, start: str = "$") -> None:
         """Create the consumer group unless it exists (then its position is kept)."""
         try:
-            conn.xgroup_create(EVENTS_STREAM, group, id=start, mkstream=True)
+            hub.redis.xgroup_create(hub.keys.events, group, id=start, mkstream=True)
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
     def _mark_key(self, request: str) -> str:
-        return f"cmsbot:delivered:{self.group}:{request}"
+        return self.hub.keys.delivered(self.group, request)
 
     def poll(self, block_ms: int = 1000, count: int = 100) -> int:
         """Deliver what is waiting; returns how many events were delivered."""
         if time.monotonic() >= self._next_claim:
             self._claim_stale()
         stream_id = "0" if self._backlog else ">"
-        reply = cast(ReadReply, self.conn.xreadgroup(self.group, self.consumer, {EVENTS_STREAM: stream_id},
+        reply = cast(ReadReply, self.conn.xreadgroup(self.group, self.consumer, {self.stream: stream_id},
                                                      count=count, block=None if self._backlog else block_ms))
         entries = reply[0][1] if reply else []
         if self._backlog and not entries:
@@ -66,16 +68,16 @@ class Reporter:
         delivered = 0
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while pending
-                self.conn.xack(EVENTS_STREAM, self.group, entry_id)
+                self.conn.xack(self.stream, self.group, entry_id)
                 continue
             event = Event.from_fields(fields)
             if not self._wants(event):
-                self.conn.xack(EVENTS_STREAM, self.group, entry_id)
+                self.conn.xack(self.stream, self.group, entry_id)
                 continue
             mark = self._mark_key(event.request)
             last = int(self.conn.get(mark) or 0)
             if event.seq <= last:
-                self.conn.xack(EVENTS_STREAM, self.group, entry_id)
+                self.conn.xack(self.stream, self.group, entry_id)
                 continue
             if not self._try(entry_id, event):
                 self._backlog = True  # keep order: retry this one first, a little later
@@ -83,7 +85,7 @@ class Reporter:
                 break
             with self.conn.pipeline() as pipe:
                 pipe.set(mark, event.seq, ex=REQUEST_TTL)
-                pipe.xack(EVENTS_STREAM, self.group, entry_id)
+                pipe.xack(self.stream, self.group, entry_id)
                 pipe.execute()
             delivered += 1
         return delivered
@@ -110,7 +112,7 @@ class Reporter:
     def _claim_stale(self) -> None:
         """Take over entries a dead consumer read but never acknowledged."""
         self._next_claim = time.monotonic() + CLAIM_EVERY
-        claimed = self.conn.xautoclaim(EVENTS_STREAM, self.group, self.consumer, min_idle_time=STALE_MS,
+        claimed = self.conn.xautoclaim(self.stream, self.group, self.consumer, min_idle_time=STALE_MS,
                                        start_id="0-0", count=100, justid=True)
         if claimed:  # redis-py gives just the claimed ids when justid is set
             log.info("%s took over %d unacknowledged events", self.consumer, len(claimed))
@@ -120,4 +122,4 @@ class Reporter:
         self.conn.delete(self._mark_key(request))
 
     def destroy(self) -> None:
-        self.conn.xgroup_destroy(EVENTS_STREAM, self.group)
+        self.conn.xgroup_destroy(self.stream, self.group)

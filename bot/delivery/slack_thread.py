@@ -16,7 +16,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
-import redis
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
@@ -25,6 +24,7 @@ from bot.render import text as render
 from cms.models import Finding, StatusReport
 from hub import approvals
 from hub.contract import REQUEST_TTL, Event, Request, load_request
+from hub.keys import Hub
 
 CHANGE_COMMANDS = {"/cms-failover", "/cms-recover"}
 
@@ -39,18 +39,14 @@ def _transient(e: SlackApiError) -> bool:
     return status == 429 or status >= 500 or error in TRANSIENT_ERRORS
 
 
-def parent_key(channel: str, ts: str) -> str:
-    return f"cmsbot:slack:parent:{channel}:{ts}"
-
-
 def _channel(req: Request) -> str:
     assert req.channel is not None  # wants() takes only requests with a channel
     return req.channel
 
 
 class SlackThreads:
-    def __init__(self, conn: redis.Redis, client: WebClient, workers_listening: Callable[[str], int]):
-        self.conn, self.client = conn, client
+    def __init__(self, hub: Hub, client: WebClient, workers_listening: Callable[[str], int]):
+        self.hub, self.conn, self.client = hub, hub.redis, client
         self._workers_listening = workers_listening
         self._requests: OrderedDict[str, Request | None] = OrderedDict()
 
@@ -82,7 +78,7 @@ class SlackThreads:
     def _request(self, request_id: str) -> Request | None:
         if request_id not in self._requests:
             try:
-                self._requests[request_id] = load_request(self.conn, request_id)
+                self._requests[request_id] = load_request(self.hub, request_id)
             except LookupError:
                 self._requests[request_id] = None
             while len(self._requests) > 2000:
@@ -90,7 +86,7 @@ class SlackThreads:
         return self._requests[request_id]
 
     def _state_key(self, req: Request) -> str:
-        return f"cmsbot:slack:thread:{req.id}"
+        return self.hub.keys.slack_thread(req.id)
 
     def _state(self, req: Request) -> dict[str, str]:
         # the connection does not decode responses: replies are bytes
@@ -108,7 +104,7 @@ class SlackThreads:
         """Run one Slack call for (event, step) at most once; returns its ts. A permanent
         Slack refusal of this one step is logged and skipped, so the steps after it
         (the verdict above all) still happen; transient errors propagate to be retried."""
-        key, field = f"cmsbot:slack:steps:{req.id}", f"{event.seq}:{step}"
+        key, field = self.hub.keys.slack_steps(req.id), f"{event.seq}:{step}"
         done = cast(bytes | None, self.conn.hget(key, field))  # the connection does not decode responses
         if done is not None:
             return done.decode()
@@ -139,7 +135,7 @@ class SlackThreads:
         state = self._state(req)
         if req.thread:  # started from a button or command inside an existing thread
             if not state:
-                owner = cast(bytes | None, self.conn.get(parent_key(req.channel or "", req.thread)))
+                owner = cast(bytes | None, self.conn.get(self.hub.keys.slack_parent(req.channel or "", req.thread)))
                 self._save(req, parent=req.thread, owner=owner.decode() if owner else "")
             text = event.body.get("text", f"{req.command} started")
             self._once(req, event, "note", lambda: self._post(
@@ -154,7 +150,7 @@ class SlackThreads:
                          "`/invite @cmsbot` (or use a channel I am in) and run the command again."))
                 return
             self._save(req, parent=ts, owner=req.id)
-            self.conn.set(parent_key(req.channel or "", ts), req.id, ex=REQUEST_TTL)
+            self.conn.set(self.hub.keys.slack_parent(req.channel or "", ts), req.id, ex=REQUEST_TTL)
         else:
             return  # a duplicate delivery of the same command: its thread exists already
         queue = event.body.get("queue")
@@ -234,7 +230,7 @@ class SlackThreads:
         approval_id = self._state(owner).get("approval")
         if not approval_id:
             return ""
-        return self._update(req, parent, blocks.card(approvals.load(self.conn, approval_id), status_line))
+        return self._update(req, parent, blocks.card(approvals.load(self.hub, approval_id), status_line))
 
     def _tell_user(self, req: Request, text: str) -> str:
         return self.client.chat_postEphemeral(channel=_channel(req), user=req.user, text=text).get("message_ts", "")

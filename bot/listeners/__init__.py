@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from rq import Callback
 
 from bot import commands
@@ -23,8 +22,9 @@ from bot.config import SlackSettings
 from bot.roles import Role, Roles
 from cms.settings import Settings
 from cms.topology import Topology
-from hub.contract import CHANGE, STATUS, Request, id_for_delivery, queue_name, submit
-from workers.jobs import FAILURE_CALLBACK
+from hub.contract import CHANGE, STATUS, Request, id_for_delivery, submit
+from hub.jobs import FAILURE_CALLBACK
+from hub.keys import Hub
 
 log = logging.getLogger("cmsbot.slack")
 
@@ -34,7 +34,7 @@ SAFE_ERROR = ("Something went wrong on our side and nothing was started (error {
 
 @dataclass
 class Deps:
-    conn: redis.Redis
+    hub: Hub
     settings: Settings
     slack: SlackSettings
     topology: Topology
@@ -46,10 +46,9 @@ class Deps:
 
     def enqueue(self, req: Request, job: str, *, change: bool, accepted: dict[str, Any] | None = None,
                 audit: dict[str, Any] | None = None, timeout: int | None = None) -> None:
-        name = queue_name(self.settings.queue_prefix, CHANGE if change else STATUS)
-        submit(self.conn, req, job, queue_name=name,
-               timeout=timeout or self._timeout(change),
-               on_failure=Callback(FAILURE_CALLBACK), accepted={"queue": name, **(accepted or {})}, audit=audit)
+        kind = CHANGE if change else STATUS
+        submit(self.hub, req, job, kind=kind, timeout=timeout or self._timeout(change),
+               on_failure=Callback(FAILURE_CALLBACK), accepted={"queue": kind, **(accepted or {})}, audit=audit)
 
 
 def command_text(command: dict[str, Any]) -> str:

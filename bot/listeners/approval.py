@@ -8,7 +8,7 @@ from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
 from bot.roles import Role
 from hub import approvals
 from hub.contract import append_event
-from workers.jobs import EXECUTE_JOB
+from hub.jobs import EXECUTE_JOB
 
 ANSWERS = {
     "self": "You requested this change, so someone else has to approve it.",
@@ -40,7 +40,7 @@ def register(app, deps: Deps) -> None:
         if not deps.roles.channel_allowed(channel):  # as for every other command and button
             return respond(text=deps.roles.refusal(Role.viewer, "approve or deny CMS changes here"),
                            response_type="ephemeral", replace_original=False)
-        outcome, _ = approvals.decide(deps.conn, approval_id, user, approve)
+        outcome, _ = approvals.decide(deps.hub, approval_id, user, approve)
         if outcome in ANSWERS:
             respond(text=ANSWERS[outcome], response_type="ephemeral", replace_original=False)
         if outcome.startswith("closed:"):
@@ -48,8 +48,8 @@ def register(app, deps: Deps) -> None:
                            replace_original=False)
         if outcome not in ("approved", "recorded", "denied"):
             return
-        approval = approvals.load(deps.conn, approval_id)
-        append_event(deps.conn, approval.request, "approval", {"approval": approval_id, "by": user, "outcome": outcome})
+        approval = approvals.load(deps.hub, approval_id)
+        append_event(deps.hub, approval.request, "approval", {"approval": approval_id, "by": user, "outcome": outcome})
         if outcome == "approved":
             card_ts = (body.get("container") or {}).get("message_ts")
             args = {"approval": approval_id, "kind": approval.kind, "plan_hash": approval.hash}

@@ -7,7 +7,7 @@ from bot.listeners import Deps, command_text, guarded, permitted, slack_request
 from bot.roles import Role
 from cms.topology import Role as PoolRole
 from cms.topology import UnknownTarget
-from workers.jobs import PREFLIGHT_JOB
+from hub.jobs import PREFLIGHT_JOB
 
 USAGE = "Usage: `/cms-failover [target-pool] [disaster]`, e.g. `/cms-failover pool02.contoso.com`"
 

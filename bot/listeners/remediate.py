@@ -6,15 +6,14 @@ import json
 import re
 from typing import cast
 
-from bot.delivery.slack_thread import parent_key
 from bot.listeners import Deps, guarded, just_ack, slack_request
 from bot.render.blocks import ACTION_PREFIX
 from bot.roles import Role
+from cms.remediation import RemediationKind, describe
 from cms.topology import UnknownTarget
+from hub.cms_lock import cms_change_blocking
 from hub.contract import load_request
-from workers.jobs import REMEDIATE_COMMAND, REMEDIATE_JOB
-from workers.runs.failover import cms_change_blocking
-from workers.runs.remediate import KINDS, describe, guard_key
+from hub.jobs import REMEDIATE_COMMAND, REMEDIATE_JOB
 
 INVALID = "This button is no longer valid; run /cms-status again for fresh ones."
 REMEDIATION_GUARD = 600  # seconds; released when the job finishes
@@ -22,10 +21,11 @@ REMEDIATION_GUARD = 600  # seconds; released when the job finishes
 
 def thread_scope(deps: Deps, channel: str, thread: str | None) -> str:
     """What the command owning this thread checked, so the re-check covers the same ground."""
-    owner = cast(bytes | None, deps.conn.get(parent_key(channel, thread or "")))  # replies are not decoded
+    # the connection does not decode responses: replies are bytes
+    owner = cast(bytes | None, deps.hub.redis.get(deps.hub.keys.slack_parent(channel, thread or "")))
     if owner:
         try:
-            return load_request(deps.conn, owner.decode()).args.get("target") or "all"
+            return load_request(deps.hub, owner.decode()).args.get("target") or "all"
         except LookupError:
             pass
     return "all"
@@ -44,7 +44,7 @@ def register(app, deps: Deps) -> None:
             server = deps.topology.resolve(target)
         except (ValueError, KeyError, TypeError, AttributeError, UnknownTarget):
             return respond(text=INVALID, response_type="ephemeral", replace_original=False)
-        if kind not in KINDS or server.kind != "server" or not channel:
+        if kind not in {k.value for k in RemediationKind} or server.kind != "server" or not channel:
             return respond(text=INVALID, response_type="ephemeral", replace_original=False)
         if not deps.roles.has(user, Role.operator):
             return respond(text=deps.roles.refusal(Role.operator, "run remediations"),
@@ -52,11 +52,11 @@ def register(app, deps: Deps) -> None:
         if not deps.roles.channel_allowed(channel):
             return respond(text=deps.roles.refusal(Role.viewer, "run remediations here"),
                            response_type="ephemeral", replace_original=False)
-        if blocked := cms_change_blocking(deps.conn):
+        if blocked := cms_change_blocking(deps.hub):
             return respond(text=f"Not now: {blocked}. Remediations wait until the CMS change has converged.",
                            response_type="ephemeral", replace_original=False)
         # one run of an action on a server at a time: a double click or two operators
-        if not deps.conn.set(guard_key(kind, server.name), user, nx=True, ex=REMEDIATION_GUARD):
+        if not deps.hub.redis.set(deps.hub.keys.remediating(kind, server.name), user, nx=True, ex=REMEDIATION_GUARD):
             return respond(text=f"{kind} on {server.name} is already running; its result will appear in the thread.",
                            response_type="ephemeral", replace_original=False)
         action = describe(kind, server.name)

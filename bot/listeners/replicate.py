@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from bot.listeners import Deps, guarded, permitted, scoped_request
 from bot.roles import Role
-from workers.jobs import REPLICATE_JOB
-from workers.runs.failover import cms_change_blocking
+from hub.cms_lock import cms_change_blocking
+from hub.jobs import REPLICATE_JOB
 
 
 def register(app, deps: Deps) -> None:
@@ -17,7 +17,7 @@ def register(app, deps: Deps) -> None:
         req = scoped_request(ack, command, deps, "/cms-replicate")
         if req is None:
             return
-        if blocked := cms_change_blocking(deps.conn):
+        if blocked := cms_change_blocking(deps.hub):
             return ack(text=f"Not now: {blocked}. Forcing replication waits until the CMS change has converged.")
         deps.enqueue(req, REPLICATE_JOB, change=True,
                      audit={"what": "force-replication", "target": req.args.get("target", "all"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.listeners import Deps, guarded, permitted, scoped_request
-from workers.jobs import STATUS_JOB
+from hub.jobs import STATUS_JOB
 
 
 def register(app, deps: Deps) -> None:

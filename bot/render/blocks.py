@@ -27,7 +27,7 @@ from slack_sdk.models.blocks import (
 from bot.render import text as render
 from cms.explain import Explanation
 from cms.models import SEVERITY_ORDER, Finding, Severity, StatusReport
-from workers.runs.remediate import describe
+from cms.remediation import describe
 
 MAX_BLOCKS = 50
 MAX_SECTION = 3000

@@ -29,8 +29,8 @@ from cms.settings import Settings
 from cms.topology import Topology
 from hub import approvals
 from hub.contract import append_audit, append_event, workers_on
-from hub.liveness import watch
-from workers.jobs import lost_reason
+from hub.keys import Hub, hub_for
+from hub.liveness import lost_reason, watch
 
 log = logging.getLogger("cmsbot.bot")
 
@@ -56,7 +56,7 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
     stop = threading.Event()
     # The delivery group exists before the first command is acked: the reporter process
     # may take a moment to start, and must still see every event from here on.
-    Reporter.ensure_group(conn, REPORTER_GROUP)
+    Reporter.ensure_group(hub_for(conn, settings), REPORTER_GROUP)
     if slack.app_token.get_secret_value():
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -114,7 +114,7 @@ def _build(settings: Settings, slack: SlackSettings, topology: Topology):
     # the listeners' own client: short timeouts, no retries, so a struggling Redis costs at
     # most about a second before the user gets a clear error instead of Slack's timeout
     fast = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
-    deps = Deps(conn=fast, settings=settings, slack=slack, topology=topology, roles=roles)
+    deps = Deps(hub=hub_for(fast, settings), settings=settings, slack=slack, topology=topology, roles=roles)
     return build_app(deps, client), roles, client
 
 
@@ -162,22 +162,24 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
     # serving processes go first
     os.nice(REPORTER_NICENESS)
     seen: dict[str, tuple[float, int]] = {}
+    hub = hub_for(conn, settings)
 
-    def listening(queue_name: str) -> int:
+    def listening(kind: str) -> int:
         """Workers on the queue, re-read at most every few seconds (not per event)."""
-        at, count = seen.get(queue_name, (0.0, 0))
+        at, count = seen.get(kind, (0.0, 0))
         if time.monotonic() - at > WORKERS_FRESH:
-            count = workers_on(conn, queue_name)
-            seen[queue_name] = (time.monotonic(), count)
+            count = workers_on(hub, kind)
+            seen[kind] = (time.monotonic(), count)
         return count
 
-    threads = SlackThreads(conn, client, listening)
-    background = [threading.Thread(target=_expire_approvals, args=(conn, stop), name="expiry", daemon=True),
-                  threading.Thread(target=watch, args=(conn, lambda rid, cmd: lost_reason(conn, rid, cmd), stop),
+    threads = SlackThreads(hub, client, listening)
+    background = [threading.Thread(target=_expire_approvals, args=(hub, stop), name="expiry", daemon=True),
+                  threading.Thread(target=watch, args=(hub, lambda rid, cmd: lost_reason(hub, rid, cmd,
+                                                                                          settings.cooldown), stop),
                                    kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True)]
     for t in background:
         t.start()
-    _report(conn, threads, stop)
+    _report(hub, threads, stop)
     return 0
 
 
@@ -199,13 +201,13 @@ def _redis_ok(conn: redis.Redis) -> bool:
         return False
 
 
-def _report(conn: redis.Redis, threads: SlackThreads, stop: threading.Event) -> None:
+def _report(hub: Hub, threads: SlackThreads, stop: threading.Event) -> None:
     """Deliver events to Slack until stopped; survive Redis restarts."""
     reporter = None
     while not stop.is_set():
         try:
             if reporter is None:
-                reporter = Reporter(conn, group=REPORTER_GROUP, consumer=socket.gethostname(),
+                reporter = Reporter(hub, group=REPORTER_GROUP, consumer=socket.gethostname(),
                                     deliver=threads.deliver, wants=threads.wants, start="$")
             reporter.poll(block_ms=1000)
         except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -217,14 +219,14 @@ def _report(conn: redis.Redis, threads: SlackThreads, stop: threading.Event) -> 
             stop.wait(1.0)
 
 
-def _expire_approvals(conn: redis.Redis, stop: threading.Event) -> None:
+def _expire_approvals(hub: Hub, stop: threading.Event) -> None:
     """Close approval cards whose time ran out, so the card says so."""
     while not stop.wait(EXPIRY_EVERY):
         try:
-            for approval_id in approvals.expire_due(conn):
-                a = approvals.load(conn, approval_id)
-                append_audit(conn, request=a.request, approval=approval_id, what="approval", result="expired")
-                append_event(conn, a.request, "approval", {"approval": approval_id, "outcome": "expired"})
+            for approval_id in approvals.expire_due(hub):
+                a = approvals.load(hub, approval_id)
+                append_audit(hub, request=a.request, approval=approval_id, what="approval", result="expired")
+                append_event(hub, a.request, "approval", {"approval": approval_id, "outcome": "expired"})
         except (redis.ConnectionError, redis.TimeoutError):
             log.warning("expiry: Redis unavailable; retrying")
         except Exception:  # noqa: BLE001

@@ -15,7 +15,9 @@ import redis
 from cms import topology as topo
 from cms.settings import Settings
 from hub import approvals
-from hub.contract import EVENTS_STREAM, Request, queue_name, submit
+from hub.contract import CHANGE, Request, submit
+from hub.jobs import EXECUTE_JOB
+from hub.keys import KEYS, Hub
 from tests.harness import (
     LAB_PASSWORD,
     LAB_USER,
@@ -27,7 +29,6 @@ from tests.harness import (
     wait_until,
 )
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, blocks_text, parents
-from workers.jobs import EXECUTE_JOB
 from workers.runs.failover import recognise, run_change
 
 
@@ -136,19 +137,19 @@ def test_a_job_enqueued_without_a_consumed_approval_refuses_to_run(bot, fake, ed
     card = request_card(bot, fake)
     approval_id = card_buttons(card)["approval-approve"]["value"]
     conn = redis.Redis.from_url(slack_redis)
-    approval = approvals.load(conn, approval_id)
+    approval = approvals.load(Hub(conn, KEYS), approval_id)
     req = Request(command="cms-execute", args={"approval": approval_id, "plan_hash": approval.hash}, user="U0ROGUE",
                   origin="console")
-    submit(conn, req, EXECUTE_JOB, queue_name=queue_name("cmsbot", "change"), timeout=120)
+    submit(Hub(conn, KEYS), req, EXECUTE_JOB, kind=CHANGE, timeout=120)
 
     def failed() -> str:
-        for _, f in conn.xrange(EVENTS_STREAM):
+        for _, f in conn.xrange(KEYS.events):
             if f[b"request"].decode() == req.id and f[b"kind"] == b"failed":
                 return json.loads(f[b"body"])["reason"]
         return ""
     wait_until(failed, 30, "the rogue job did not refuse")
     assert "not executed: it has not been approved" in failed()
-    assert approvals.load(conn, approval_id).status == "pending"
+    assert approvals.load(Hub(conn, KEYS), approval_id).status == "pending"
     assert edge_lab.probe_count("cms-failover") == 0
 
 
@@ -160,7 +161,7 @@ def test_an_approval_from_a_channel_not_allowed_is_refused(bot, fake, edge_lab, 
                      channel="C0RANDOM")[0] == 200
     wait_until(lambda: answers_to(fake, seen), 10, "no answer")
     assert "channel" in answers_to(fake, seen)[0]
-    assert approvals.load(redis.Redis.from_url(slack_redis), approval_id).status == "pending"
+    assert approvals.load(Hub(redis.Redis.from_url(slack_redis), KEYS), approval_id).status == "pending"
     assert jobs_in_flight(slack_redis) == 0 and edge_lab.probe_count("cms-failover") == 0
 
 

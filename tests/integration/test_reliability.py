@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from bot.delivery.console import run_chat
 from cms import topology as topo
 from cms.settings import Settings
+from hub.keys import hub_for
 from tests.harness import (
     HOST_DEADLINE,
     SLACK_WORKER,
@@ -62,15 +63,15 @@ def test_a_winrm_fault_is_that_hosts_error_and_the_report_stays_whole(status, fa
 
 
 def test_a_worker_killed_mid_check_turns_into_a_failed_message(db_url, lab, tmp_path):
-    """The whole worker (parent and work-horse) dies: no callback runs; the watchdog of another
-    worker (on other queues, so it cannot take the check itself) reports."""
+    """The whole worker (parent and work-horse) dies: no callback runs; another worker of the
+    deployment, started after the kill (so it cannot take the check itself), reports it."""
     lab.scenarios("hang:fe03.contoso.com")  # the check runs a host deadline long
-    victim = WorkerProcess(tmp_path, db_url, lab.topology, host_deadline="30", queue_prefix="victim")
-    survivor = WorkerProcess(tmp_path, db_url, lab.topology, heartbeat_stale="10")  # the least allowed
-    settings = Settings(redis_url=db_url, topology=lab.topology, chat_timeout=scaled(60), queue_prefix="victim")
+    victim = WorkerProcess(tmp_path, db_url, lab.topology, host_deadline="30")
+    settings = Settings(redis_url=db_url, topology=lab.topology, chat_timeout=scaled(60))
     out, result = io.StringIO(), {}
     chat = threading.Thread(target=lambda: result.update(outcome=run_chat(
-        redis.Redis.from_url(db_url), settings, topo.load(lab.topology), "/cms-status", "U-TEST", out=out)))
+        hub_for(redis.Redis.from_url(db_url), settings), settings, topo.load(lab.topology), "/cms-status", "U-TEST",
+        out=out)))
     chat.start()
     wait_until(lambda: "checking" in out.getvalue(), 20, "the check did not start")
     horses = wait_until(lambda: children_of(victim.proc.pid), 20, "no work-horse running")
@@ -78,6 +79,7 @@ def test_a_worker_killed_mid_check_turns_into_a_failed_message(db_url, lab, tmp_
         os.kill(pid, signal.SIGKILL)
     victim.proc.wait()
     killed = time.monotonic()
+    survivor = WorkerProcess(tmp_path, db_url, lab.topology, heartbeat_stale="10")  # the least allowed
     chat.join(scaled(70))
     assert not chat.is_alive()
     assert result["outcome"].exit_code == 2
@@ -104,7 +106,7 @@ def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_
     try:
         from hub.contract import connect
 
-        conn = connect(durable_redis.url)
+        conn = hub_for(connect(durable_redis.url), settings)
         out, result = io.StringIO(), {}
         chat = threading.Thread(target=lambda: result.update(outcome=run_chat(
             conn, settings, topo.load(lab.topology), "/cms-status", "U-TEST", out=out)))

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import redis
 
-from hub.contract import AUDIT_STREAM, EVENTS_STREAM, Request, id_for_delivery, queue_name, submit
+from hub.contract import CHANGE, Request, id_for_delivery, submit
+from hub.jobs import REMEDIATE_JOB
+from hub.keys import KEYS, Hub
 from tests.harness import children_of, jobs_in_flight, wait_idle, wait_until
 from tests.slack_support import (
     GROUP_OPERATOR,
@@ -25,8 +27,6 @@ from tests.slack_support import (
     parents,
     wait_for_verdict,
 )
-from workers.jobs import REMEDIATE_JOB
-from workers.runs.failover import COOLDOWN_KEY, HOLDER_KEY, LOCK_KEY
 
 
 def test_status_flow_posts_parent_progress_result_and_verdict(bot, fake):
@@ -54,7 +54,7 @@ def test_wrong_or_stale_signature_is_refused(bot, fake, slack_redis):
     wait_for_verdict(fake)
     wait_idle(slack_redis)
     assert len(parents(fake)) == 1
-    requests = {f[b"request"] for _, f in redis.Redis.from_url(slack_redis).xrange(EVENTS_STREAM)}
+    requests = {f[b"request"] for _, f in redis.Redis.from_url(slack_redis).xrange(KEYS.events)}
     assert len(requests) == 1
 
 
@@ -89,7 +89,7 @@ def test_bot_restarted_mid_request_completes_the_thread_once(bot, fake, edge_lab
     wait_until(lambda: len(parents(fake)) == 1, 20, "no parent")
     bot.kill()
     conn = redis.Redis.from_url(slack_redis)
-    wait_until(lambda: any(f[b"request"] == request_id and f[b"kind"] == b"result" for _, f in conn.xrange(EVENTS_STREAM)),
+    wait_until(lambda: any(f[b"request"] == request_id and f[b"kind"] == b"result" for _, f in conn.xrange(KEYS.events)),
           30, "the job did not finish")
     bot.start()
     parent = wait_for_verdict(fake)
@@ -132,7 +132,7 @@ def test_explain_and_help_answer_in_the_ack(bot):
 
 def test_viewer_pressing_an_operator_button_is_refused(bot, fake, slack_redis):
     conn = redis.Redis.from_url(slack_redis)
-    audits = conn.xlen(AUDIT_STREAM) if conn.exists(AUDIT_STREAM) else 0
+    audits = conn.xlen(KEYS.audit) if conn.exists(KEYS.audit) else 0
     value = json.dumps({"a": "start-replica", "t": "edge02.contoso.com"})
     assert bot.click(fake, "remediate-start-replica", value, user=VIEWER, thread="1700000000.000001")[0] == 200
     wait_until(lambda: fake.calls("response_url"), 10, "no ephemeral answer")
@@ -140,7 +140,7 @@ def test_viewer_pressing_an_operator_button_is_refused(bot, fake, slack_redis):
     assert "operator" in answer["text"] and answer["response_type"] == "ephemeral"
     # the refusal is the handler's last act: nothing after it can still come
     assert jobs_in_flight(slack_redis) == 0
-    assert (conn.xlen(AUDIT_STREAM) if conn.exists(AUDIT_STREAM) else 0) == audits
+    assert (conn.xlen(KEYS.audit) if conn.exists(KEYS.audit) else 0) == audits
     assert fake.calls("chat.postMessage") == []
 
 
@@ -160,7 +160,7 @@ def test_remediation_button_fixes_the_lab_and_the_recheck_shows_it(bot, fake, ed
     assert "8/8 replicas up to date" in blocks_text(recheck)
     wait_until(lambda: fake.thread(parent["ts"])[0]["text"].startswith("OK: 8/8"), 10, "parent verdict not updated")
     conn = redis.Redis.from_url(slack_redis)
-    entries = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
+    entries = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(KEYS.audit)]
     mine = [e for e in entries if e.get("who") == GROUP_OPERATOR and e.get("target") == "edge02.contoso.com"]
     assert [e["result"] for e in mine][-3:] == ["requested", "started", "ok"]
 
@@ -179,8 +179,8 @@ def test_replicate_forces_replication_waits_rechecks_and_reports_the_difference(
 def test_remediations_and_replicate_wait_while_a_cms_change_runs_or_cools_down(bot, fake, edge_lab, slack_redis):
     """Forced replication, export and import must not act on a store that is moving."""
     conn = redis.Redis.from_url(slack_redis)
-    conn.set(LOCK_KEY, "token")
-    conn.set(HOLDER_KEY, "normal failover of the CMS from pool01.contoso.com to pool02.contoso.com")
+    conn.set(KEYS.cms_lock, "token")
+    conn.set(KEYS.cms_lock_holder, "normal failover of the CMS from pool01.contoso.com to pool02.contoso.com")
     status, body = bot.command("/cms-replicate", "pool02.contoso.com")
     assert status == 200
     assert "Not now: another CMS change is running (normal failover of the CMS" in ack_body(body)["text"]
@@ -189,8 +189,8 @@ def test_remediations_and_replicate_wait_while_a_cms_change_runs_or_cools_down(b
     wait_until(lambda: fake.calls("response_url"), 10, "no answer to the button")
     assert "Remediations wait until the CMS change has converged" in fake.calls("response_url")[0].params["text"]
 
-    conn.delete(LOCK_KEY, HOLDER_KEY)
-    conn.set(COOLDOWN_KEY, "until 12:00:00 UTC (failover converged)")
+    conn.delete(KEYS.cms_lock, KEYS.cms_lock_holder)
+    conn.set(KEYS.cms_cooldown, "until 12:00:00 UTC (failover converged)")
     status, body = bot.command("/cms-replicate")
     assert "Not now: cooldown after the last CMS change until 12:00:00 UTC" in ack_body(body)["text"]
     # refused before anything was enqueued or sent to a server
@@ -201,20 +201,20 @@ def test_remediations_and_replicate_wait_while_a_cms_change_runs_or_cools_down(b
 def test_a_remediation_job_rechecks_the_cms_lock_before_touching_anything(slack_worker, edge_lab, slack_redis):
     """The bot checks at request time; the worker checks again when the job starts."""
     conn = redis.Redis.from_url(slack_redis)
-    conn.set(LOCK_KEY, "token")
-    conn.set(HOLDER_KEY, "CMS recovery in pool01.contoso.com")
+    conn.set(KEYS.cms_lock, "token")
+    conn.set(KEYS.cms_lock_holder, "CMS recovery in pool01.contoso.com")
     req = Request(command="remediate", args={"action": "reseed", "target": "fe03.contoso.com"}, user=OPERATOR,
                   origin="console")
-    submit(conn, req, REMEDIATE_JOB, queue_name=queue_name("cmsbot", "change"), timeout=120)
+    submit(Hub(conn, KEYS), req, REMEDIATE_JOB, kind=CHANGE, timeout=120)
 
     def failed() -> list[dict]:
-        return [json.loads(f[b"body"]) for _, f in conn.xrange(EVENTS_STREAM)
+        return [json.loads(f[b"body"]) for _, f in conn.xrange(KEYS.events)
                 if f[b"request"].decode() == req.id and f[b"kind"] == b"failed"]
     (failed_event,) = wait_until(failed, 30, "the job did not refuse")
     wait_idle(slack_redis)
     assert failed_event["reason"] == "not done: another CMS change is running (CMS recovery in pool01.contoso.com)"
     assert edge_lab.stats()["commands"] == []
-    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
+    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(KEYS.audit)]
     assert [a["result"] for a in audit if a.get("request") == req.id][-1].startswith("refused: another CMS change")
 
 
@@ -240,23 +240,23 @@ def test_a_remediation_whose_worker_dies_is_reported_as_unknown_audited_and_can_
     value = json.dumps({"a": "start-replica", "t": "fe03.contoso.com"})
     assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
     # killed in the middle of the action: after the job said it started it, while fe03 hangs
-    wait_until(lambda: any(a.get(b"result") == b"started" for _, a in conn.xrange(AUDIT_STREAM)), 20,
+    wait_until(lambda: any(a.get(b"result") == b"started" for _, a in conn.xrange(KEYS.audit)), 20,
                "the remediation did not start")
     horses = wait_until(lambda: children_of(slack_worker.proc.pid), 20, "no work-horse running")
     for pid in horses:
         os.kill(pid, signal.SIGKILL)
 
     def failed() -> list[str]:
-        return [json.loads(f[b"body"])["reason"] for _, f in conn.xrange(EVENTS_STREAM) if f[b"kind"] == b"failed"]
+        return [json.loads(f[b"body"])["reason"] for _, f in conn.xrange(KEYS.events) if f[b"kind"] == b"failed"]
     (reason,) = wait_until(failed, 30, "the lost remediation was not reported")
     assert "Start-CsWindowsService -Name REPLICA on fe03.contoso.com" in reason and "outcome is unknown" in reason
-    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(AUDIT_STREAM)]
+    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(KEYS.audit)]
     assert [a["result"] for a in audit if a.get("what") == "start-replica"] == [
         "requested", "started", "unknown: the worker stopped"]
     # the guard is free: the next click runs instead of "already running"
     seen = len(fake.calls("response_url"))
     edge_lab.scenarios()
     assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
-    wait_until(lambda: len([a for _, a in conn.xrange(AUDIT_STREAM) if a.get(b"result") == b"ok"]) == 1, 60,
+    wait_until(lambda: len([a for _, a in conn.xrange(KEYS.audit) if a.get(b"result") == b"ok"]) == 1, 60,
                "the second run did not finish")
     assert not [c for c in fake.calls("response_url")[seen:] if "already running" in c.params.get("text", "")]

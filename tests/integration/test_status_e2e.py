@@ -9,7 +9,8 @@ import time
 
 import redis
 
-from hub.contract import queue, request_key
+from hub.contract import STATUS, queue
+from hub.keys import KEYS, Hub
 from tests.harness import HOST_DEADLINE, cmsbot, scaled, wait_idle
 
 LAB_SERVERS = ["fe01", "fe02", "fe03", "fe04", "edge01", "edge02", "dir01", "med01"]
@@ -82,13 +83,13 @@ def test_cms_is_read_from_the_next_cms_server_when_the_first_hangs(chat, lab):
 
 
 def test_unknown_target_lists_known_names_and_enqueues_nothing(chat, conn):
-    before = (len(list(conn.scan_iter(request_key("*")))), len(list(conn.scan_iter("rq:job:*"))))
+    before = (len(list(conn.scan_iter(KEYS.request("*")))), len(list(conn.scan_iter("rq:job:*"))))
     code, thread = chat("/cms-status pool99.contoso.com")
     assert code == 2
     assert "`pool99.contoso.com` is not a pool or server of this deployment" in thread
     assert "pool01.contoso.com" in thread and "fe03.contoso.com" in thread
-    assert queue(conn, "cmsbot-status").count == 0
-    after = (len(list(conn.scan_iter(request_key("*")))), len(list(conn.scan_iter("rq:job:*"))))
+    assert queue(Hub(conn, KEYS), STATUS).count == 0
+    after = (len(list(conn.scan_iter(KEYS.request("*")))), len(list(conn.scan_iter("rq:job:*"))))
     assert after == before
 
 

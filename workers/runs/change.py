@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-import redis
 from redis.exceptions import LockError
 
 from cms.settings import Settings
 from cms.topology import Topology
-from hub import approvals
+from hub import approvals, cms_lock
 from hub.contract import Request, append_audit, utcnow
+from hub.keys import Hub
+from hub.liveness import UNKNOWN_OUTCOME
 from workers.runs.failover import (
     BLOCK,
-    COOLDOWN_KEY,
-    HOLDER_KEY,
-    LOCK_KEY,
     RECOVER_POINTER,
     Plan,
     describe_plan,
@@ -32,7 +30,6 @@ from workers.runs.failover import (
     preflight_recover,
     recognise,
     run_change,
-    set_cooldown,
     wait_for_convergence,
 )
 from workers.runs.status import run_status
@@ -43,19 +40,14 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 STEP_PROBES = {"start-service": "start-service", "restore": "cms-restore", "reseed-local": "reseed-local",
                "force-replication": "force-replication"}
-UNKNOWN_OUTCOME = (
-    "the worker stopped in the middle of the {what}: its outcome is unknown. It will NOT be retried. Before anything "
-    "else, run /cms-status and, on a Front End, Get-CsManagementStoreReplicationStatus -CentralManagementStoreStatus "
-    "and Get-CsService -CentralManagement: check ActiveMasterFqdn, ActiveFileTransferAgents and which pool is Active. "
-    "If the master is blank or both pools are Active, run /cms-recover."
-)
 
 
-def execute(conn: redis.Redis, request: Request, topology: Topology, settings: Settings, emit: Emit) -> dict[str, Any]:
+
+def execute(hub: Hub, request: Request, topology: Topology, settings: Settings, emit: Emit) -> dict[str, Any]:
     approval_id = request.args.get("approval", "")
-    audit = _auditor(conn, request, approval_id)
+    audit = _auditor(hub, request, approval_id)
     try:
-        approval = approvals.consume(conn, approval_id, consumer=request.id,
+        approval = approvals.consume(hub, approval_id, consumer=request.id,
                                      approved_hash=request.args.get("plan_hash", ""), max_age=settings.approval_ttl)
     except approvals.NotApproved as e:
         audit("execute", f"refused: {e}")
@@ -63,21 +55,19 @@ def execute(conn: redis.Redis, request: Request, topology: Topology, settings: S
         return {"ok": False}
     plan = Plan.model_validate(approval.plan)
     what = describe_plan(plan)
-    lock = conn.lock(LOCK_KEY, timeout=settings.failover_timeout, blocking=False)
+    lock = cms_lock.lock(hub, timeout=settings.failover_timeout)
     if not lock.acquire(blocking=False):
-        holder = cast(bytes | None, conn.get(HOLDER_KEY))  # the connection does not decode responses
         audit("execute", "refused: another CMS change holds the lock")
-        emit("failed", {"reason": "not executed: another CMS change is running "
-                                  f"({holder.decode() if holder else '?'})"})
+        emit("failed", {"reason": f"not executed: another CMS change is running ({cms_lock.holder(hub) or '?'})"})
         return {"ok": False}
     try:
-        conn.set(HOLDER_KEY, f"{what} (approved by {', '.join(approval.approvers)}, started "
-                             f"{utcnow().strftime('%H:%M:%S UTC')}, request {request.id})",
-                 ex=settings.failover_timeout)
-        cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
+        cms_lock.set_holder(hub, f"{what} (approved by {', '.join(approval.approvers)}, started "
+                                 f"{utcnow().strftime('%H:%M:%S UTC')}, request {request.id})",
+                            ttl=settings.failover_timeout)
+        cooldown = cms_lock.cooldown(hub)
         if cooldown and plan.action == "failover":
             audit("execute", "refused: cooldown")
-            emit("failed", {"reason": f"not executed: cooldown after the last CMS change {cooldown.decode()}"})
+            emit("failed", {"reason": f"not executed: cooldown after the last CMS change {cooldown}"})
             return {"ok": False}
         audit("execute", "started", detail=what)
         emit("progress", {"text": "re-running preflight: the deployment may have changed since the card"})
@@ -101,18 +91,18 @@ def execute(conn: redis.Redis, request: Request, topology: Topology, settings: S
                 return _failover(plan, topology, settings, emit, audit)
             return _recover(plan, topology, settings, emit, audit)
         finally:
-            set_cooldown(conn, settings, f"after the {plan.action} of request {request.id}")
+            cms_lock.set_cooldown(hub, settings.cooldown, f"after the {plan.action} of request {request.id}")
     finally:
-        conn.delete(HOLDER_KEY)
+        cms_lock.clear_holder(hub)
         try:
             lock.release()
         except LockError:
             log.warning("the CMS lock expired before the %s finished", plan.action)
 
 
-def _auditor(conn: redis.Redis, request: Request, approval_id: str):
+def _auditor(hub: Hub, request: Request, approval_id: str):
     def audit(what: str, result: str, **extra: Any) -> None:
-        append_audit(conn, request=request.id, approval=approval_id, who=request.user, what=what, result=result,
+        append_audit(hub, request=request.id, approval=approval_id, who=request.user, what=what, result=result,
                      **extra)
     return audit
 

@@ -15,9 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, cast
-
-import redis
+from typing import Any
 
 from cms.models import (
     CmsService,
@@ -35,7 +33,9 @@ from cms.parsers import ParseError, parse_backup_status, parse_cms_status, parse
 from cms.ps_json import as_bool, as_fqdn, as_list, as_str
 from cms.settings import Settings
 from cms.topology import Topology
+from hub.cms_lock import change_state
 from hub.contract import utcnow
+from hub.keys import Hub
 from workers.runs.status import cms_candidates
 from workers.transport.fleet import Fleet, HostRun
 
@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str, dict[str, Any]], None]
 
 GO, WARN, BLOCK = "GO", "WARN", "BLOCK"
-LOCK_KEY = "cmsbot:lock:cms"
-HOLDER_KEY = "cmsbot:lock:cms:holder"
-COOLDOWN_KEY = "cmsbot:cooldown:cms"
 SERVICES = ("REPLICA", "MASTER", "FTA", "LYNCBACKUP")
 FRESH_CHANGE = timedelta(minutes=5)  # the Backup Service syncs every 2 minutes; give it two rounds
 RECOVER_POINTER = "Run /cms-recover (the article's recovery runbook) before any further failover"
@@ -126,7 +123,7 @@ def parse_location(data: Any) -> Location:
                     pairs=pairs, backend_sql=backend)
 
 
-def gather(topology: Topology, settings: Settings, conn: redis.Redis | None) -> Facts:
+def gather(topology: Topology, settings: Settings, hub: Hub | None) -> Facts:
     """Read-only: the CMS's view, its location, the Backup Service, the four services in both pools."""
     source = topology.cms_pool
     standby_pool = topology.paired_pool(source)
@@ -171,19 +168,10 @@ def gather(topology: Topology, settings: Settings, conn: redis.Redis | None) -> 
             "backup": parse_backup_status(res["backup-status"]) if "backup-status" in res else [],
             "host_errors": errors,
         })
-    if conn is not None:
-        _, holder, cooldown = change_state(conn)
+    if hub is not None:
+        _, holder, cooldown = change_state(hub)
         facts = facts.model_copy(update={"lock_holder": holder, "cooldown": cooldown})
     return facts
-
-
-def change_state(conn: redis.Redis) -> tuple[bool, str | None, str | None]:
-    """Whether the CMS lock is held, who holds it (None if not held or not said), and the cooldown text."""
-    held = bool(conn.exists(LOCK_KEY))
-    # the connection does not decode responses: replies are bytes
-    holder = cast(bytes | None, conn.get(HOLDER_KEY)) if held else None
-    cooldown = cast(bytes | None, conn.get(COOLDOWN_KEY))
-    return held, holder.decode() if holder else None, cooldown.decode() if cooldown else None
 
 
 # -- preflight (pure) -------------------------------------------------------------------------
@@ -526,26 +514,6 @@ def describe_plan(plan: Plan) -> str:
     if plan.action == "failover":
         return f"{plan.mode} failover of the CMS from {plan.source} to {plan.target} on {plan.run_on}: `{plan.cmdlet}`"
     return f"CMS recovery in {plan.target}: {len(plan.steps)} steps"
-
-
-def cms_change_blocking(conn: redis.Redis) -> str | None:
-    """Why nothing else may touch the CMS now, or None: a failover or recovery holds the lock, or
-    its cooldown runs while the deployment converges. Remediations and /cms-replicate (forced
-    replication, export, import) would act on a store that is moving or has no active master."""
-    held, holder, cooldown = change_state(conn)
-    if held:
-        return f"another CMS change is running ({holder or 'holder unknown'})"
-    return f"cooldown after the last CMS change {cooldown}" if cooldown else None
-
-
-def cooldown_text(reason: str, seconds: float) -> str:
-    until = utcnow() + timedelta(seconds=seconds)
-    return f"until {until.strftime('%H:%M:%S UTC')} ({reason})"
-
-
-def set_cooldown(conn: redis.Redis, settings: Settings, reason: str) -> None:
-    if settings.cooldown > 0:
-        conn.set(COOLDOWN_KEY, cooldown_text(reason, settings.cooldown), ex=int(settings.cooldown))
 
 
 def wait_for_convergence(topology: Topology, settings: Settings, target: str, emit: Emit) -> tuple[bool, str, float]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cms.models import StatusReport
+from cms.remediation import RemediationKind, UnknownRemediation
 from cms.settings import Settings
 from cms.topology import Target, Topology, UnknownTarget
 from workers.runs.status import cms_candidates, run_status
@@ -23,29 +24,8 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], None]
 
-KINDS = ("start-replica", "force-replication", "reseed")
-
-
-def guard_key(kind: str, target: str) -> str:
-    """One run of an action on a server at a time (a double click, two operators): held from the
-    click until the job ends, however it ends."""
-    return f"cmsbot:remediating:{kind}:{target}"
-
-
 class RemediationRefused(ValueError):
     """The action cannot be attempted; the message says why, for the thread."""
-
-
-def describe(kind: str, target: str) -> str:
-    """The exact action, as shown in the confirmation dialog and the audit log."""
-    if kind == "start-replica":
-        return f"Start-CsWindowsService -Name REPLICA on {target}, then force replication and re-check"
-    if kind == "force-replication":
-        return f"Invoke-CsManagementStoreReplication -ReplicaFqdn {target} on a CMS Front End, then re-check"
-    if kind == "reseed":
-        return (f"Export-CsConfiguration on a CMS Front End, copy the zip to {target}, "
-                f"Import-CsConfiguration -LocalStore on {target}, then re-check")
-    raise RemediationRefused(f"unknown remediation {kind!r}")
 
 
 @dataclass
@@ -79,7 +59,10 @@ def _cms_server(topology: Topology) -> str:
 def remediate(topology: Topology, settings: Settings, kind: str, target: str, request_id: str, emit: Emit,
               scope: Target | None = None) -> Outcome:
     """Run one remediation, then re-check `scope` (the thread's original scope; else the target)."""
-    describe(kind, target)  # refuses unknown kinds
+    try:
+        remediation = RemediationKind.parse(kind)
+    except UnknownRemediation as e:
+        raise RemediationRefused(str(e)) from None
     server = _server(topology, target, winrm=kind != "force-replication")
     cms = _cms_server(topology)
     export_name = f"cmsbot-export-{request_id}.zip"
@@ -128,7 +111,7 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
             return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.error.reason}")
     report = recheck(topology, settings, scope or topology.resolve(server), emit)
     current = next((r.up_to_date for r in report.cms.replicas if r.fqdn == server), None) if report.cms else None
-    done = describe(kind, server).split(", then")[0]
+    done = remediation.action(server)
     if current:
         return Outcome(True, f"{done}: {server} is up to date now", report, [f"{server}: UpToDate True"])
     state = "could not be read" if current is None else "is still not up to date"

@@ -1,0 +1,120 @@
+"""Every Redis name one deployment uses, built from its namespace in this one place.
+
+Two deployments (or `cmsbot demo` next to a running bot) on one Redis database
+with different namespaces share nothing: not the events, the CMS lock, the
+cooldown, the approvals, the audit, the queues or the Slack bookkeeping.
+RQ's own bookkeeping (`rq:job:<id>`, registries) is RQ's; our job ids are the
+request ids, which are unique, and only our namespace's queues carry them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from redis import Redis
+
+from cms.settings import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, Settings
+
+_VALID = re.compile(NAMESPACE_PATTERN)
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if not _VALID.match(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r}: use 1-64 letters, digits, '_', '.' or '-'")
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    # requests, jobs and events
+    def queue(self, kind: str) -> str:
+        return f"{self.namespace}-{kind}"
+
+    def request(self, request_id: str) -> str:
+        return self._key("request", request_id)
+
+    def claim(self, request_id: str) -> str:
+        return self._key("claim", request_id)
+
+    def seq(self, request_id: str) -> str:
+        return self._key("seq", request_id)
+
+    @property
+    def events(self) -> str:
+        return self._key("events")
+
+    @property
+    def audit(self) -> str:
+        return self._key("audit")
+
+    # liveness
+    @property
+    def running(self) -> str:
+        return self._key("running")
+
+    def lost(self, request_id: str) -> str:
+        return self._key("lost", request_id)
+
+    # the approval gate
+    def approval(self, approval_id: str) -> str:
+        return self._key("approval", approval_id)
+
+    def approvers(self, approval_id: str) -> str:
+        return self._key("approval", approval_id, "approvers")
+
+    @property
+    def approvals_pending(self) -> str:
+        return self._key("approvals", "pending")
+
+    # one CMS change at a time
+    @property
+    def cms_lock(self) -> str:
+        return self._key("lock", "cms")
+
+    @property
+    def cms_lock_holder(self) -> str:
+        return self._key("lock", "cms", "holder")
+
+    @property
+    def cms_cooldown(self) -> str:
+        return self._key("cooldown", "cms")
+
+    def remediating(self, kind: str, target: str) -> str:
+        return self._key("remediating", kind, target)
+
+    # delivery bookkeeping of the adapters
+    def delivered(self, group: str, request_id: str) -> str:
+        return self._key("delivered", group, request_id)
+
+    def slack_parent(self, channel: str, ts: str) -> str:
+        return self._key("slack", "parent", channel, ts)
+
+    def slack_thread(self, request_id: str) -> str:
+        return self._key("slack", "thread", request_id)
+
+    def slack_steps(self, request_id: str) -> str:
+        return self._key("slack", "steps", request_id)
+
+
+KEYS = Keys()  # the default deployment's names
+
+
+@dataclass(frozen=True)
+class Hub:
+    """A Redis connection (or pipeline) and the names of one deployment: what every hub
+    function takes, so no caller can reach another deployment's keys by accident."""
+
+    redis: Redis
+    keys: Keys
+
+    def over(self, pipe: Redis) -> Hub:
+        """The same deployment's names over a pipeline of this connection."""
+        return Hub(pipe, self.keys)
+
+
+def hub_for(conn: Redis, settings: Settings) -> Hub:
+    return Hub(conn, Keys(settings.namespace))
