@@ -26,6 +26,8 @@ WORKDIR /src
 COPY requirements/app.txt requirements/app.txt
 RUN pip install --no-cache-dir --require-hashes -r requirements/app.txt
 COPY pyproject.toml README.md ./
+COPY cms/ cms/
+COPY hub/ hub/
 COPY bot/ bot/
 COPY workers/ workers/
 COPY lab/ lab/

@@ -1,20 +1,27 @@
 """The real parts a benchmark needs, started and stopped: Redis, the lab, workers, the bot.
 
-Reuses the test harness (tests/), so a benchmark and a test start things the same way.
+Built on the lab's process harness (lab/processes.py, lab/slack_bot.py, lab/slack_fake.py), the
+one the demo and the tests use, so a benchmark and a test start things the same way.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.harness import LabProcess, RedisServer, WorkerProcess, children_of, wait_until
-from tests.slack_fake import SlackFake
-from tests.slack_support import BotProcess
+import redis
+
+from lab.processes import LabProcess, RedisServer, WorkerProcess, children_of, redis_answers, wait_until
+from lab.slack_bot import BotProcess
+from lab.slack_fake import SlackFake
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -48,8 +55,7 @@ class Parts:
 
     def __init__(self, stack: ExitStack, workdir: Path):
         self.stack, self.workdir = stack, workdir
-        self.redis = RedisServer(workdir)
-        stack.callback(self.redis.stop)
+        self.redis = Redis(stack, workdir)
 
     def lab(self, *args: str) -> LabProcess:
         lab = LabProcess(Path(tempfile.mkdtemp(dir=self.workdir)), *args)
@@ -57,7 +63,7 @@ class Parts:
         return lab
 
     def worker(self, lab: LabProcess, **settings: str) -> WorkerProcess:
-        w = WorkerProcess(self.workdir, self.redis.url, lab.topology, **settings)
+        w = WorkerProcess(self.workdir, self.redis.url, lab.topology, settings)
         self.stack.callback(w.stop)
         return w
 
@@ -69,10 +75,7 @@ class Parts:
     def slack_process(self) -> SlackFake:
         """The Slack fake in a process of its own, so it does not share the client's GIL
         (Slack's servers are not on this machine either). Only its base_url is used."""
-        import subprocess
-        import sys
-
-        proc = subprocess.Popen([sys.executable, "-m", "tests.slack_fake"], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "lab.slack_fake"], stdout=subprocess.PIPE, text=True)
         self.stack.callback(proc.terminate)
         assert proc.stdout is not None  # stdout=PIPE
         return SimpleNamespace(base_url=proc.stdout.readline().strip())  # type: ignore[return-value]
@@ -81,6 +84,23 @@ class Parts:
         bot = BotProcess(self.workdir, self.redis.url, lab.topology, fake)
         self.stack.callback(bot.stop)
         return bot
+
+
+class Redis:
+    """The benchmark's Redis: our own redis-server when the binary is present, else REDIS_URL (never flushed)."""
+
+    def __init__(self, stack: ExitStack, workdir: Path):
+        if shutil.which("redis-server"):
+            server = RedisServer(workdir)
+            stack.callback(server.stop)
+            self.url = server.url
+        else:
+            self.url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+            if not redis_answers(self.url):
+                raise RuntimeError("no redis-server binary and REDIS_URL does not answer")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
 
 
 @contextmanager

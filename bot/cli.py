@@ -13,17 +13,15 @@ import getpass
 import logging
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import cast
 
 import redis
 
 from cms.topology import Version
-from hub.keys import Hub, hub_for
+from hub.keys import hub_for
 
 log = logging.getLogger("cmsbot")
 
@@ -323,90 +321,53 @@ DEMO_SCENARIOS = ["edge-4443-blocked:edge01.contoso.com", "edge-cert-wrong-name:
 
 
 def cmd_demo(args) -> int:
-    from bot.delivery.console import run_chat
-    from bot.local_redis import NO_REDIS, PrivateRedis, answers
+    from bot.delivery.console import run_chat, workers_listening
+    from lab.processes import NO_REDIS, DidNotStart, LabProcess, Managed, RedisServer, cmsbot, redis_answers
 
-    started: list[subprocess.Popen] = []
+    started: list[Managed] = []
     private = None
     with tempfile.TemporaryDirectory(prefix="cmsbot-demo-") as tmp:
         try:
             base = _settings()
             url = base.redis_url
-            if not answers(url):
+            if not redis_answers(url):
                 try:
-                    private = PrivateRedis()
+                    private = RedisServer(Path(tmp))
                 except FileNotFoundError:
                     raise SetupError(NO_REDIS.format(url=_safe_url(url))) from None
                 url = private.url
-            topology_path = Path(tmp) / "topology.yaml"
+            topology_path = Path(tmp) / "topology.yaml"  # where LabProcess(Path(tmp)) writes it
             # a private namespace: the demo shares no key, queue, lock or approval with a bot on this Redis
             namespace = f"cmsbot-demo-{secrets.token_hex(4)}"
+            password = secrets.token_urlsafe(18)
             env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path), CMSBOT_NAMESPACE=namespace,
-                       CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=secrets.token_urlsafe(18),
+                       CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=password,
                        CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http")
             for inherited in ("CMSBOT_WINRM_PASSWORD_FILE", "CMSBOT_QUEUE_PREFIX"):
                 env.pop(inherited, None)
             print(f"demo: Redis {_safe_url(url)}{' (private)' if private else ''}; starting the lab and a worker",
                   flush=True)
             scenarios = args.scenario if args.scenario is not None else DEMO_SCENARIOS
-            lab = _start([sys.executable, "-m", "bot.cli", "lab", "--port", "0", "--topology-out", str(topology_path),
-                          *[a for s in scenarios for a in ("--scenario", s)]], env, Path(tmp) / "lab.log", started)
-            _wait_for_line(lab, Path(tmp) / "lab.log", "lab ready", 20)
-            print("demo: " + (Path(tmp) / "lab.log").read_text().strip().splitlines()[-1], flush=True)
-            worker = _start([sys.executable, "-m", "bot.cli", "worker"], env, Path(tmp) / "worker.log", started)
+            lab = LabProcess(Path(tmp), *[a for s in scenarios for a in ("--scenario", s)], user="cmsbot",
+                             password=password, env=env)
+            started.append(lab)
+            print("demo: " + lab.text().strip().splitlines()[-1], flush=True)
+            worker = Managed(cmsbot("worker"), env, Path(tmp) / "worker.log")
+            started.append(worker)
             settings = _settings(redis_url=url, topology=topology_path, namespace=namespace)
             hub = hub_for(_redis(url), settings)
-            _wait_for_worker(hub, worker, Path(tmp) / "worker.log")
+            worker.wait_for(lambda: workers_listening(hub), 20, "the worker")
             print("", flush=True)
             return run_chat(hub, settings, _topology(topology_path), args.command, "demo-user").exit_code
+        except DidNotStart as e:
+            return _fail(SetupError(str(e)))
         except SetupError as e:
             return _fail(e)
         finally:
             for proc in reversed(started):
-                _stop(proc)
+                proc.stop()
             if private:
                 private.stop()
-
-
-def _start(cmd: list[str], env: dict[str, str], logfile: Path, started: list[subprocess.Popen]) -> subprocess.Popen:
-    out = open(logfile, "w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    started.append(proc)
-    return proc
-
-
-def _wait_for_line(proc: subprocess.Popen, logfile: Path, marker: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if marker in logfile.read_text(encoding="utf-8", errors="replace"):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise SetupError(f"the lab did not start: {logfile.read_text(errors='replace').strip()[-500:] or 'no output'}")
-
-
-def _wait_for_worker(hub: Hub, proc: subprocess.Popen, logfile: Path, timeout: float = 20) -> None:
-    from bot.delivery.console import workers_listening
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if workers_listening(hub):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SetupError(f"the worker did not start: {logfile.read_text(errors='replace').strip()[-500:] or 'no output'}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":

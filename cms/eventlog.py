@@ -32,13 +32,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from pydantic import Field
 
+from cms.knowledge import FindingCode
 from cms.models import Model
 
-HTTPS_UNREACHABLE = "replica.https-unreachable"
-EDGE_CERT_INVALID = "replica.edge-cert-invalid"
-SHARE_ACCESS_DENIED = "replica.share-access-denied"
+HTTPS_UNREACHABLE = FindingCode.replica_https_unreachable
+EDGE_CERT_INVALID = FindingCode.replica_edge_cert_invalid
+SHARE_ACCESS_DENIED = FindingCode.replica_share_access_denied
 
-MASTER_WATCH_FAILED = "cms.master-replicator-watch-failed"
+MASTER_WATCH_FAILED = FindingCode.cms_master_replicator_watch_failed
 
 EVENT_IDS = {HTTPS_UNREACHABLE: 1017, EDGE_CERT_INVALID: 1015, SHARE_ACCESS_DENIED: 1034, MASTER_WATCH_FAILED: 2020}
 FTA_SOURCE = "ls file transfer agent service"
@@ -54,7 +55,7 @@ class CertificateFacts(Model):
 
 
 class Classified(Model):
-    code: str | None = None
+    code: FindingCode | None = None
     replicas: list[str] = Field(default_factory=list)
     paths: list[str] = Field(default_factory=list)
     certificate: CertificateFacts | None = None  # the first of ``certificates``
@@ -471,7 +472,7 @@ def classify(event_id: int | None, source: str | None, message: str) -> Classifi
     master_sig = master is not None and (_CANT_WATCH.search(text) is not None
                                          or _MASTER_REPLICATOR.search(text) is not None)
 
-    matched: dict[str, list[tuple[int, str]]] = {}
+    matched: dict[FindingCode, list[tuple[int, str]]] = {}
     if master_sig and master is not None:
         matched[MASTER_WATCH_FAILED] = master + [(pos, name) for pos, name in seen if name not in
                                                  {n for _, n in master}]

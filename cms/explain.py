@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from cms.eventlog import CertificateFacts, classify, parse_pasted
-from cms.knowledge import KNOWLEDGE
+from cms.knowledge import KNOWLEDGE, FindingCode
 from cms.models import Model
 
 UNKNOWN = "not a known CMS replication signature"
@@ -25,7 +25,7 @@ class Explanation(Model):
     date_ambiguous: bool
     replicas: list[str]
     paths: list[str]
-    code: str | None
+    code: FindingCode | None
     summary: str
     meaning: str | None = None
     checks: list[str] = []
@@ -37,18 +37,19 @@ def _names_another_host(facts: CertificateFacts) -> bool:
     return bool(facts.subject_cn and names and facts.subject_cn.lower() not in names)
 
 
-def certificate_code(facts: CertificateFacts | list[CertificateFacts] | None) -> str:
+def certificate_code(facts: CertificateFacts | list[CertificateFacts] | None) -> FindingCode:
     """1015 alone: a name mismatch when every presented CN is neither its host nor its cluster."""
     every = facts if isinstance(facts, list) else [facts] if facts else []
     if every and all(_names_another_host(f) for f in every):
-        return "replica.edge-cert-name-mismatch"
-    return "replica.edge-cert-invalid"
+        return FindingCode.replica_edge_cert_name_mismatch
+    return FindingCode.replica_edge_cert_invalid
 
 
 def explain(text: str) -> Explanation:
     pasted = parse_pasted(text)
     c = classify(pasted.event_id, pasted.source, pasted.description)
-    code = certificate_code(c.certificates or c.certificate) if c.code == "replica.edge-cert-invalid" else c.code
+    code = (certificate_code(c.certificates or c.certificate) if c.code is FindingCode.replica_edge_cert_invalid
+            else c.code)
     fields = dict(source=pasted.source, event_id=pasted.event_id, level=pasted.level, computer=pasted.computer,
                   time=pasted.time, date_text=pasted.date_text, date_ambiguous=pasted.date_ambiguous,
                   replicas=c.replicas, paths=c.paths, code=code)

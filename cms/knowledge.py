@@ -8,6 +8,37 @@ the admin reading it at three in the morning: imperative, in order, exact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FindingCode(str, Enum):
+    """Every finding's stable code, as Findings, events and the README's table carry it. A member
+    equals its string and serialises as it; in text write `code.value` (str() and format() of a
+    (str, Enum) member give "FindingCode.<name>")."""
+
+    replica_https_unreachable = "replica.https-unreachable"
+    replica_replica_stopped = "replica.replica-stopped"
+    replica_edge_cert_invalid = "replica.edge-cert-invalid"
+    replica_edge_cert_no_private_key = "replica.edge-cert-no-private-key"
+    replica_edge_cert_name_mismatch = "replica.edge-cert-name-mismatch"
+    replica_edge_cert_other_root = "replica.edge-cert-other-root"
+    replica_edge_cert_expired = "replica.edge-cert-expired"
+    replica_share_access_denied = "replica.share-access-denied"
+    replica_share_acl_missing = "replica.share-acl-missing"
+    cms_fta_not_in_group = "cms.fta-not-in-group"
+    replica_smb_unreachable = "replica.smb-unreachable"
+    replica_behind = "replica.behind"
+    replica_pending = "replica.pending"
+    cms_master_replicator_watch_failed = "cms.master-replicator-watch-failed"
+    cms_unavailable = "cms.unavailable"
+    cms_both_active = "cms.both-active"
+    cms_service_stopped = "cms.service-stopped"
+    backup_error = "backup.error"
+    # what recognise() names in the failover cmdlet's output (cms.preflight.SIGNATURES)
+    failover_being_moved = "failover.being-moved"
+    failover_not_backup_mode = "failover.not-backup-mode"
+    failover_in_progress = "failover.in-progress"
+
 
 FORCE_AND_RECHECK = [
     "Run Invoke-CsManagementStoreReplication (or /cms-replicate) to force replication",
@@ -23,8 +54,8 @@ class Knowledge:
     fix: list[str] = field(default_factory=list)
 
 
-KNOWLEDGE: dict[str, Knowledge] = {
-    "replica.https-unreachable": Knowledge(
+KNOWLEDGE: dict[FindingCode, Knowledge] = {
+    FindingCode.replica_https_unreachable: Knowledge(
         title="Edge replica unreachable over HTTPS 4443",
         meaning="The File Transfer Agent on the CMS Front End cannot deliver configuration to the Edge's internal "
                 "interface on TCP 4443 (firewall, routing or load balancer), or the Replica Replicator Agent "
@@ -37,7 +68,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Fix routing to the Edge internal network (static routes on the internal NIC; HLB configuration)",
              *FORCE_AND_RECHECK],
     ),
-    "replica.replica-stopped": Knowledge(
+    FindingCode.replica_replica_stopped: Knowledge(
         title="Replica Replicator Agent stopped",
         meaning="REPLICA applies configuration snapshots to the server's local store. While it is stopped the "
                 "server keeps running on old configuration (on an Edge, TCP 4443 refuses connections).",
@@ -46,7 +77,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "'Replica Replicator Agent')", "If it stops again, read the 'Lync Server' event log on that server",
              *FORCE_AND_RECHECK],
     ),
-    "replica.edge-cert-invalid": Knowledge(
+    FindingCode.replica_edge_cert_invalid: Knowledge(
         title="Edge presented an invalid certificate",
         meaning="The Edge's Replica Replicator Agent presented a certificate the File Transfer Agent rejects: "
                 "no private key, a subject/SAN that does not match the Edge, a chain to another root CA than the "
@@ -61,7 +92,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Assign it: Set-CsCertificate -Type Internal -Thumbprint <thumbprint> (or the Deployment Wizard)",
              "Restart REPLICA on the Edge", *FORCE_AND_RECHECK],
     ),
-    "replica.edge-cert-no-private-key": Knowledge(
+    FindingCode.replica_edge_cert_no_private_key: Knowledge(
         title="Edge internal certificate has no private key",
         meaning="The certificate assigned to the Edge internal interface was imported without its private key, "
                 "so the Edge cannot prove it owns it.",
@@ -70,7 +101,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Assign it: Set-CsCertificate -Type Internal -Thumbprint <thumbprint>",
              "Restart REPLICA on the Edge", *FORCE_AND_RECHECK],
     ),
-    "replica.edge-cert-name-mismatch": Knowledge(
+    FindingCode.replica_edge_cert_name_mismatch: Knowledge(
         title="Edge internal certificate names another host",
         meaning="Neither the subject nor the SAN of the Edge's internal certificate contains the Edge's FQDN or "
                 "its pool's internal FQDN, so the File Transfer Agent cannot match host/cluster against it.",
@@ -79,7 +110,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Assign it: Set-CsCertificate -Type Internal -Thumbprint <thumbprint>",
              "Restart REPLICA on the Edge", *FORCE_AND_RECHECK],
     ),
-    "replica.edge-cert-other-root": Knowledge(
+    FindingCode.replica_edge_cert_other_root: Knowledge(
         title="Edge internal certificate comes from another PKI",
         meaning="The Front End pool and the Edge internal interfaces must share one PKI. The Edge's internal "
                 "certificate chains to a different root CA than the Front End's, so no trust is established.",
@@ -88,14 +119,14 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Assign it: Set-CsCertificate -Type Internal -Thumbprint <thumbprint>",
              "Restart REPLICA on the Edge", *FORCE_AND_RECHECK],
     ),
-    "replica.edge-cert-expired": Knowledge(
+    FindingCode.replica_edge_cert_expired: Knowledge(
         title="Edge internal certificate expired",
         meaning="The certificate assigned to the Edge internal interface is past its NotAfter date.",
         fix=["Renew the internal certificate from the same PKI as the Front End pool (with its private key)",
              "Assign it: Set-CsCertificate -Type Internal -Thumbprint <thumbprint>",
              "Restart REPLICA on the Edge", *FORCE_AND_RECHECK],
     ),
-    "replica.share-access-denied": Knowledge(
+    FindingCode.replica_share_access_denied: Knowledge(
         title="Access denied on the replica's xds-replica share",
         meaning="The File Transfer Agent cannot write to \\\\<replica>\\xds-replica\\from-master: the share or "
                 "folder lost its default ACEs, the CMS Front End's computer account is not in "
@@ -110,7 +141,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "In AD: add the CMS Front End's computer account to RTCUniversalConfigReplicator",
              *FORCE_AND_RECHECK],
     ),
-    "replica.share-acl-missing": Knowledge(
+    FindingCode.replica_share_acl_missing: Knowledge(
         title="xds-replica share or folder lost its replication ACEs",
         meaning="'RTC Local Config Replicator' no longer holds change rights on the replica's xds-replica share "
                 "or folder, so the File Transfer Agent is denied when it copies the snapshot.",
@@ -121,7 +152,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Security tab: grant 'RTC Local Config Replicator' Modify on the folder and its children",
              *FORCE_AND_RECHECK],
     ),
-    "cms.fta-not-in-group": Knowledge(
+    FindingCode.cms_fta_not_in_group: Knowledge(
         title="CMS Front End computer account not in RTCUniversalConfigReplicator",
         meaning="The File Transfer Agent runs as the CMS Front End's computer account, which must be a member of "
                 "RTCUniversalConfigReplicator to write to the replicas' shares. Without it every internal replica "
@@ -132,14 +163,14 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "purge its tickets (klist -li 0x3e7 purge) and restart the FTA service",
              *FORCE_AND_RECHECK],
     ),
-    "replica.smb-unreachable": Knowledge(
+    FindingCode.replica_smb_unreachable: Knowledge(
         title="Replica unreachable over SMB (TCP 445)",
         meaning="Internal replicas receive configuration over SMB on TCP 445. The File Transfer Agent's host "
                 "cannot open TCP 445 to this replica.",
         fix=["Check that the server is up and that TCP 445 is allowed from the CMS pool (Windows Firewall "
              "'File and Printer Sharing', network firewalls)", *FORCE_AND_RECHECK],
     ),
-    "replica.behind": Knowledge(
+    FindingCode.replica_behind: Knowledge(
         title="Replica behind, cause not identified",
         meaning="The replica has not applied the latest configuration and no known failure signature explains it.",
         fix=["Run Invoke-CsManagementStoreReplication -ReplicaFqdn <replica>",
@@ -147,7 +178,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "If it stays False: read the 'Lync Server' event log on the replica and on the FTA host, and check "
              "REPLICA on the replica"],
     ),
-    "replica.pending": Knowledge(
+    FindingCode.replica_pending: Knowledge(
         title="Replica catching up",
         meaning="A configuration change or a forced replication happened minutes ago. UpToDate is legitimately "
                 "False for 2-3 minutes afterwards; this is not a failure yet.",
@@ -158,7 +189,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
     # from-replica". Text and cause: Microsoft's "Issues when the Lync Server File Store share is in an
     # unsupported configuration" (SupportArticles-docs, issue-file-store-share-unsupported.md); the xds-master
     # permissions: "More Information" of the CMS replication failures article (the seed).
-    "cms.master-replicator-watch-failed": Knowledge(
+    FindingCode.cms_master_replicator_watch_failed: Knowledge(
         title="Master Replicator cannot watch the CMS file store's replica folders",
         meaning="The Master Replicator Agent (MASTER) on the active CMS Front End watches each replica's folder "
                 "under the pool's File Store share (<share>\\1-CentralMgmt-1\\CMSFileStore\\xds-master\\replicas\\"
@@ -183,7 +214,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Stop-CsWindowsService -Name MASTER)",
              *FORCE_AND_RECHECK],
     ),
-    "cms.unavailable": Knowledge(
+    FindingCode.cms_unavailable: Knowledge(
         title="Central Management Store unavailable",
         meaning="ActiveMasterFqdn or ActiveFileTransferAgents is empty: no Master Replicator is active, so no "
                 "server receives configuration changes. Typical after a failed or interrupted CMS failover.",
@@ -191,7 +222,7 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Run Get-CsManagementConnection to find the pool that owns the CMS SQL store",
              "Run the recovery runbook for that pool: /cms-recover (needs an approver)"],
     ),
-    "cms.both-active": Knowledge(
+    FindingCode.cms_both_active: Knowledge(
         title="Two pools both claim the CMS",
         meaning="Get-CsService -CentralManagement shows both pools of the pair as Active, a known broken state "
                 "after a bad failover. Do not start another failover.",
@@ -199,14 +230,14 @@ KNOWLEDGE: dict[str, Knowledge] = {
              "Run Get-CsManagementConnection to find the pool that owns the CMS SQL store",
              "Run the recovery runbook for that pool: /cms-recover (needs an approver)"],
     ),
-    "cms.service-stopped": Knowledge(
+    FindingCode.cms_service_stopped: Knowledge(
         title="CMS replication service stopped on a CMS pool server",
         meaning="The Master Replicator (MASTER), File Transfer Agent (FTA) or Backup Service (LYNCBACKUP) is "
                 "stopped on a server of the CMS pool or its backup pool.",
         fix=["Start it: Start-CsWindowsService -Name <service> on that server",
              "If it stops again, read the 'Lync Server' event log on that server"],
     ),
-    "backup.error": Knowledge(
+    FindingCode.backup_error: Knowledge(
         title="Backup Service CMS replication in error",
         meaning="The Backup Service copies the CMS from the active pool to its paired pool. Its CMS export or "
                 "import is in ErrorState, so the standby does not have current data and a failover would lose "

@@ -11,6 +11,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cms.knowledge import FindingCode
+
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -56,6 +58,16 @@ class CmsStatus(Model):
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     store: StoreStatus
     services: list[CmsService] = Field(default_factory=list)
+
+
+class Location(Model):
+    """Where the CMS lives, by its own account (cms-location)."""
+
+    store_sql: str | None = None
+    store_text: str | None = None
+    services: list[CmsService] = []
+    pairs: dict[str, str | None] = {}
+    backend_sql: dict[str, str | None] = {}
 
 
 class ServiceState(str, Enum):
@@ -210,7 +222,7 @@ class Action(Model):
 
 
 class Finding(Model):
-    code: str
+    code: FindingCode
     severity: Severity
     subject: str
     summary: str

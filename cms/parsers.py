@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cms.models import (
@@ -11,6 +12,7 @@ from cms.models import (
     CmsService,
     CmsStatus,
     GroupMembership,
+    Location,
     Membership,
     PoolBackup,
     PortTest,
@@ -50,16 +52,7 @@ def parse_cms_status(data: Any) -> CmsStatus:
             last_update_creation=as_datetime(row.get("LastUpdateCreation")),
             product_version=as_str(row.get("ProductVersion")),
         ))
-    services = [
-        CmsService(
-            pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "",
-            site_id=as_str(s.get("SiteId")),
-            version=as_str(s.get("Version")),
-            active=as_bool(s.get("Active")),
-        )
-        for s in (_mapping(x, "cms-status service") for x in as_list(d.get("Services")))
-        if as_str(s.get("PoolFqdn"))
-    ]
+    services = _cms_services(_mapping(x, "cms-status service") for x in as_list(d.get("Services")))
     collected = as_datetime(d.get("CollectedAt"))
     if collected is None:
         raise ParseError("cms-status: CollectedAt missing")
@@ -75,6 +68,36 @@ def parse_cms_status(data: Any) -> CmsStatus:
         ),
         services=services,
     )
+
+
+def _cms_services(rows: Iterable[dict[str, Any]]) -> list[CmsService]:
+    """Get-CsService -CentralManagement's objects, as cms-status and cms-location both report them."""
+    return [
+        CmsService(
+            pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "",
+            site_id=as_str(s.get("SiteId")),
+            version=as_str(s.get("Version")),
+            active=as_bool(s.get("Active")),
+        )
+        for s in rows
+        if as_str(s.get("PoolFqdn"))
+    ]
+
+
+def parse_location(data: Any) -> Location:
+    """Where the CMS lives by its own account: Get-CsManagementConnection, Get-CsService
+    -CentralManagement, the pools' pairing and back-end SQL (cms-location)."""
+    if not isinstance(data, dict):
+        raise ParseError("cms-location: expected an object")
+    raw_conn = data.get("Connection")
+    conn = raw_conn if isinstance(raw_conn, dict) else {}
+    services = _cms_services(s for s in as_list(data.get("Services")) if isinstance(s, dict))
+    pairs = {as_fqdn(p.get("PoolFqdn")) or "": as_fqdn(p.get("BackupPoolFqdn"))
+             for p in as_list(data.get("Pairs")) if isinstance(p, dict)}
+    backend = {as_fqdn(p.get("PoolFqdn")) or "": as_fqdn(p.get("BackendSql"))
+               for p in as_list(data.get("Pools")) if isinstance(p, dict)}
+    return Location(store_sql=as_fqdn(conn.get("SqlServer")), store_text=as_str(conn.get("Source")), services=services,
+                    pairs=pairs, backend_sql=backend)
 
 
 def _collected(d: dict[str, Any], what: str):

@@ -35,7 +35,9 @@ class Version(str, Enum):
         return self is not Version.lync2010
 
 
-class Role(str, Enum):
+class ServerRole(str, Enum):
+    """The role of a pool and so of its servers (frontend, edge, ...); not bot.roles.Role, a Slack user's."""
+
     frontend = "frontend"
     edge = "edge"
     director = "director"
@@ -65,7 +67,7 @@ class Server(_Strict):
 
 class Pool(_Strict):
     fqdn: str
-    role: Role
+    role: ServerRole
     site: str | None = None
     backup_pool: str | None = None
     backend_sql: str | None = None  # the pool's back-end SQL Server (disaster failover targets it)
@@ -130,7 +132,7 @@ class Topology(_Strict):
         except KeyError:
             raise StopIteration(server_fqdn) from None
 
-    def role_of(self, server_fqdn: str) -> Role:
+    def role_of(self, server_fqdn: str) -> ServerRole:
         return self.pool_of(server_fqdn).role
 
     def paired_pool(self, pool_fqdn: str) -> Pool | None:
@@ -204,7 +206,7 @@ _FIELD_HINTS = {
     "cms_pool": "set `cms_pool:` to the FQDN of the Front End pool that hosts the Central Management Store",
     "pools": "list the pools under `pools:`, each with `fqdn`, `role` and `servers`",
     "servers": "list at least one server (`- fqdn: host.example.com`) under the pool",
-    "role": "use one of " + ", ".join(r.value for r in Role),
+    "role": "use one of " + ", ".join(r.value for r in ServerRole),
     "fqdn": "give the fully qualified name, e.g. `fe01.contoso.com`",
     "winrm": "use `winrm: true` or `winrm: false` (false: not reachable over WinRM, e.g. Edge in the perimeter)",
 }
@@ -259,7 +261,7 @@ def _check_references(topo: Topology, root: Any, path: Path | str) -> None:
                     f"server {server.fqdn} is listed twice", "keep one entry per server",
                 )
             seen[key] = (pi, si)
-            if pool.role is Role.edge and not server.internal_address:
+            if pool.role is ServerRole.edge and not server.internal_address:
                 raise TopologyError(
                     path, _line_of(root, ("pools", pi, "servers", si)),
                     f"Edge server {server.fqdn} has no internal_address",
@@ -274,7 +276,7 @@ def _check_references(topo: Topology, root: Any, path: Path | str) -> None:
             path, _line_of(root, ("cms_pool",)), f"cms_pool {topo.cms_pool} is not one of the pools",
             "set it to one of: " + ", ".join(p.fqdn for p in topo.pools),
         )
-    if topo.cms.role is not Role.frontend:
+    if topo.cms.role is not ServerRole.frontend:
         raise TopologyError(path, _line_of(root, ("cms_pool",)), f"cms_pool {topo.cms_pool} is not a frontend pool",
                             "the CMS is hosted by a Front End pool; name that pool")
     for pi, pool in enumerate(topo.pools):

@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, cast
 
 from redis.typing import EncodableT, FieldT
@@ -21,8 +22,43 @@ from redis.typing import EncodableT, FieldT
 from hub.contract import REQUEST_TTL, append_audit
 from hub.keys import Hub
 
-PENDING, APPROVED, DENIED, EXPIRED, CONSUMED, BLOCKED = (
-    "pending", "approved", "denied", "expired", "consumed", "blocked")
+
+class ApprovalStatus(str, Enum):
+    """Where an approval stands; stored as its value in the approval's hash (the Lua scripts
+    read and write the same words)."""
+
+    pending = "pending"
+    approved = "approved"  # the threshold was crossed: its execution is queued
+    denied = "denied"
+    expired = "expired"
+    consumed = "consumed"  # the execution took it (single use)
+    blocked = "blocked"  # preflight said BLOCK: it can never be approved
+
+
+class DecisionOutcome(str, Enum):
+    """What one Approve or Deny click did."""
+
+    approved = "approved"  # this click crossed the threshold: start the execution
+    recorded = "recorded"  # counted; more approvals are needed
+    denied = "denied"
+    own_request = "self"  # the requester decided on their own request: refused
+    duplicate = "duplicate"  # this approver had approved already
+    missing = "missing"  # no such approval
+    closed = "closed"  # already approved, denied, expired, consumed or blocked (see Decision.closed)
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: DecisionOutcome
+    count: int  # approvals so far (approved, recorded, duplicate); 0 otherwise
+    closed: ApprovalStatus | None = None  # what it already was, when the outcome is closed
+
+    @classmethod
+    def from_script(cls, outcome: str, count: int) -> Decision:
+        """From the words of the decide script: an outcome, or "closed:<status>"."""
+        if outcome.startswith("closed:"):
+            return cls(DecisionOutcome.closed, count, ApprovalStatus(outcome.split(":", 1)[1]))
+        return cls(DecisionOutcome(outcome), count)
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
@@ -33,7 +69,7 @@ def plan_hash(plan: dict[str, Any]) -> str:
 class Approval:
     id: str
     kind: str
-    status: str
+    status: ApprovalStatus
     plan: dict[str, Any]
     hash: str
     requester: str
@@ -50,7 +86,8 @@ def create(hub: Hub, *, kind: str, plan: dict[str, Any], checks: list[dict[str, 
     approval_id = "a" + secrets.token_hex(8)
     expires = time.time() + ttl
     fields: dict[FieldT, EncodableT] = {
-        "kind": kind, "status": BLOCKED if blocked else PENDING, "plan": json.dumps(plan, sort_keys=True),
+        "kind": kind, "status": (ApprovalStatus.blocked if blocked else ApprovalStatus.pending).value,
+        "plan": json.dumps(plan, sort_keys=True),
         "hash": plan_hash(plan), "requester": requester, "needed": needed, "expires": expires,
         "request": request, "checks": json.dumps(checks),
     }
@@ -71,9 +108,10 @@ def load(hub: Hub, approval_id: str) -> Approval:
     if not raw:
         raise LookupError(f"approval {approval_id} not found")
     approvers = sorted(m.decode() for m in cast(set[bytes], hub.redis.smembers(hub.keys.approvers(approval_id))))
-    return Approval(id=approval_id, kind=raw["kind"], status=raw["status"], plan=json.loads(raw["plan"]),
-                    hash=raw["hash"], requester=raw["requester"], needed=int(raw["needed"]), approvers=approvers,
-                    expires=float(raw["expires"]), request=raw["request"], checks=json.loads(raw.get("checks", "[]")),
+    return Approval(id=approval_id, kind=raw["kind"], status=ApprovalStatus(raw["status"]),
+                    plan=json.loads(raw["plan"]), hash=raw["hash"], requester=raw["requester"],
+                    needed=int(raw["needed"]), approvers=approvers, expires=float(raw["expires"]),
+                    request=raw["request"], checks=json.loads(raw.get("checks", "[]")),
                     decided_by=raw.get("decided_by"))
 
 
@@ -106,16 +144,15 @@ return {'recorded', count}
 """
 
 
-def decide(hub: Hub, approval_id: str, user: str, approve: bool) -> tuple[str, int]:
-    """One atomic decision. Outcomes: approved (this click crossed the threshold: start it),
-    recorded (more approvals needed), denied, self (the requester), duplicate, missing,
-    closed:<status> (already approved, denied, expired, consumed or blocked)."""
+def decide(hub: Hub, approval_id: str, user: str, approve: bool) -> Decision:
+    """One atomic decision (see DecisionOutcome). The audit records the script's words:
+    the outcome, or closed:<status>."""
     outcome, count = hub.redis.eval(_DECIDE, 3, hub.keys.approval(approval_id), hub.keys.approvers(approval_id),
                                     hub.keys.approvals_pending, user, "approve" if approve else "deny", time.time(),
                                     approval_id)
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
     append_audit(hub, request=approval_id, who=user, what="approve" if approve else "deny", result=outcome)
-    return outcome, int(count)
+    return Decision.from_script(outcome, int(count))
 
 
 _CONSUME = """
@@ -137,7 +174,7 @@ def consume(hub: Hub, approval_id: str, consumer: str, approved_hash: str, max_a
     hash the approver saw and the approval is fresh; anything else refuses."""
     outcome = hub.redis.eval(_CONSUME, 1, hub.keys.approval(approval_id), approved_hash, consumer, time.time(), max_age)
     outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-    if outcome != "consumed":
+    if outcome != ApprovalStatus.consumed:
         raise NotApproved({"pending": "it has not been approved", "denied": "it was denied",
                            "expired": "the approval expired", "consumed": "it already ran (approvals are single-use)",
                            "blocked": "preflight blocked it", "hash-mismatch": "the plan is not the one approved",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from cms.messages import Accepted, Message, Unreadable, from_wire, to_wire
 from hub.keys import Hub
 
 REQUEST_TTL = 21 * 24 * 3600
@@ -54,11 +56,15 @@ class Request(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Event(BaseModel):
+@dataclass(frozen=True)
+class Event:
+    """One stream entry: its request, its seq, its kind and the message its body carries
+    (`Unreadable` when this reader cannot read it: an unknown kind or a malformed body)."""
+
     request: str
     seq: int
     kind: str
-    body: dict[str, Any] = Field(default_factory=dict)
+    message: Message | Unreadable
 
     @property
     def terminal(self) -> bool:
@@ -67,7 +73,8 @@ class Event(BaseModel):
     @classmethod
     def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> Event:
         f = {_s(k): _s(v) for k, v in fields.items()}
-        return cls(request=f["request"], seq=int(f["seq"]), kind=f["kind"], body=json.loads(f.get("body") or "{}"))
+        kind = f.get("kind", "")
+        return cls(request=f["request"], seq=int(f["seq"]), kind=kind, message=from_wire(kind, f.get("body")))
 
 
 def _s(v: bytes | str) -> str:
@@ -108,7 +115,7 @@ def workers_on(hub: Hub, kind: str) -> int:
 
 
 def submit(hub: Hub, req: Request, job: str, *, kind: str, timeout: int,
-           accepted: dict[str, Any] | None = None, audit: dict[str, Any] | None = None, **job_options: Any) -> None:
+           accepted: Accepted | None = None, audit: dict[str, Any] | None = None, **job_options: Any) -> None:
     """Store the request, enqueue its job and, when given, append its `accepted`
     event and an audit entry: one pipelined round trip, all or nothing."""
     q = queue(hub, kind)
@@ -118,7 +125,7 @@ def submit(hub: Hub, req: Request, job: str, *, kind: str, timeout: int,
                        failure_ttl=7 * 24 * 3600, pipeline=pipe, **job_options)
         pipe.set(hub.keys.request(req.id), req.model_dump_json(), ex=REQUEST_TTL)
         if accepted is not None:
-            append_event(hub.over(pipe), req.id, "accepted", accepted)
+            append_event(hub.over(pipe), req.id, accepted)
         if audit is not None:
             append_audit(hub.over(pipe), request=req.id, who=req.user, **audit)
         pipe.execute()
@@ -144,11 +151,11 @@ return seq
 """  # noqa: E501 -- Lua script text kept verbatim: wrapping it would change the script sent to Redis
 
 
-def append_event(hub: Hub, request_id: str, kind: str, body: dict[str, Any] | None = None):
+def append_event(hub: Hub, request_id: str, message: Message):
     """Append one event; `seq` is allocated atomically with the append so the
     stream order and the seq order of a request always agree. Returns the seq
     (or the pipeline, when given one)."""
-    payload = json.dumps(body or {}, default=str)
+    kind, payload = to_wire(message)
     result = hub.redis.eval(_APPEND, 2, hub.keys.events, hub.keys.seq(request_id), request_id, kind, payload,
                             EVENTS_MAXLEN, REQUEST_TTL)
     return int(result) if isinstance(result, (int, bytes, str)) else result

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import redis
 
+from cms.messages import Failed
 from cms.remediation import describe
 from hub import cms_lock
 from hub.contract import REQUEST_TTL, append_audit, append_event, load_request
@@ -88,7 +89,7 @@ def sweep(hub: Hub, on_lost: Callable[[str, str], str | None], stale: float = ST
         except LookupError:
             command = ""
         reason = on_lost(request_id, command) or LOST_CHECK
-        append_event(hub, request_id, "failed", {"reason": reason})
+        append_event(hub, request_id, Failed(reason=reason))
         log.warning("request %s lost its worker; reported", request_id)
     return lost
 

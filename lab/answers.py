@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from cms.topology import Role
+from cms.topology import ServerRole
 from lab.deployment import (
     DOMAIN,
     EVENT_EVERY,
@@ -149,7 +149,7 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
             "Root": cert.root, "ChainStatus": [] if cert.root.startswith("CN=Contoso") else ["PartialChain"],
         },
         "CertificateError": None if cert else (
-            f"no certificate is assigned for {'Internal' if server.role is Role.edge else 'Default'}"),
+            f"no certificate is assigned for {'Internal' if server.role is ServerRole.edge else 'Default'}"),
     }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from cms.topology import Deployment, Pool, Role, Server, Topology, Version
+from cms.topology import Deployment, Pool, Server, ServerRole, Topology, Version
 
 DOMAIN = "contoso.com"
 ROOT_CA = "CN=Contoso Root CA, DC=contoso, DC=com"
@@ -54,7 +54,7 @@ class LabCert:
 class LabServer:
     fqdn: str
     pool: str
-    role: Role
+    role: ServerRole
     site: str
     winrm: bool = True
     internal_address: str | None = None
@@ -79,7 +79,7 @@ class LabServer:
 class LabState:
     version: Version
     pools: dict[str, list[str]]  # pool fqdn -> server fqdns, in order
-    roles: dict[str, Role]
+    roles: dict[str, ServerRole]
     sites: dict[str, str]
     pairs: dict[str, str]  # pool -> its backup pool (both directions)
     servers: dict[str, LabServer]
@@ -121,7 +121,7 @@ class LabState:
         """Why this replica cannot apply snapshots: master-watch | https | certificate | access | stopped | None."""
         if s.master_watch_failed:
             return "master-watch"
-        if s.role is Role.edge:
+        if s.role is ServerRole.edge:
             if s.port_4443_blocked or s.services.get("REPLICA") != RUNNING:
                 return "https"
             if s.cert is not None and cert_problems(s.cert, s, self):
@@ -202,14 +202,14 @@ class ScenarioError(ValueError):
 
 # (server, pool, role, site, internal address) in the order `--servers N` keeps them.
 _DEFAULT = [
-    ("fe01", "pool01", Role.frontend, "site1", None),
-    ("fe02", "pool01", Role.frontend, "site1", None),
-    ("fe03", "pool02", Role.frontend, "site2", None),
-    ("fe04", "pool02", Role.frontend, "site2", None),
-    ("edge01", "edgepool", Role.edge, "site1", "192.0.2.11"),
-    ("edge02", "edgepool", Role.edge, "site1", "192.0.2.12"),
-    ("dir01", "dirpool", Role.director, "site1", None),
-    ("med01", "medpool", Role.mediation, "site1", None),
+    ("fe01", "pool01", ServerRole.frontend, "site1", None),
+    ("fe02", "pool01", ServerRole.frontend, "site1", None),
+    ("fe03", "pool02", ServerRole.frontend, "site2", None),
+    ("fe04", "pool02", ServerRole.frontend, "site2", None),
+    ("edge01", "edgepool", ServerRole.edge, "site1", "192.0.2.11"),
+    ("edge02", "edgepool", ServerRole.edge, "site1", "192.0.2.12"),
+    ("dir01", "dirpool", ServerRole.director, "site1", None),
+    ("med01", "medpool", ServerRole.mediation, "site1", None),
 ]
 EXTRA_POOL_SIZE = 10
 
@@ -220,11 +220,11 @@ def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT), edge
     rows = list(_DEFAULT[:servers])
     for i in range(servers - len(rows)):
         pool_no = 3 + i // EXTRA_POOL_SIZE
-        rows.append((f"fe{5 + i:02d}", f"pool{pool_no:02d}", Role.frontend, f"site{pool_no}", None))
+        rows.append((f"fe{5 + i:02d}", f"pool{pool_no:02d}", ServerRole.frontend, f"site{pool_no}", None))
 
     t = now()
     pools: dict[str, list[str]] = {}
-    roles: dict[str, Role] = {}
+    roles: dict[str, ServerRole] = {}
     sites: dict[str, str] = {}
     lab_servers: dict[str, LabServer] = {}
     for name, pool, role, site, address in rows:
@@ -233,7 +233,7 @@ def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT), edge
         roles[pool_fqdn], sites[pool_fqdn] = role, site
         lab_servers[fqdn] = LabServer(
             fqdn=fqdn, pool=pool_fqdn, role=role, site=site,
-            winrm=role is not Role.edge or edge_winrm, internal_address=address,
+            winrm=role is not ServerRole.edge or edge_winrm, internal_address=address,
             services=_services(role, version), synced_at=t - timedelta(minutes=90), reported_at=t - REPORT_EVERY,
         )
     for pool_fqdn, members in pools.items():
@@ -244,7 +244,8 @@ def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT), edge
     standby = f"pool02.{DOMAIN}"
     pairs = {cms_pool: standby, standby: cms_pool} if standby in pools and version is not Version.lync2010 else {}
     master = pools[cms_pool][0]
-    sql = {p: f"sql{p.split('.')[0].removeprefix('pool')}.{DOMAIN}" for p, r in roles.items() if r is Role.frontend}
+    sql = {p: f"sql{p.split('.')[0].removeprefix('pool')}.{DOMAIN}"
+           for p, r in roles.items() if r is ServerRole.frontend}
     return LabState(
         version=version, pools=pools, roles=roles, sites=sites, pairs=pairs, servers=lab_servers,
         cms_pool=cms_pool, active_master=master, ftas=[master], last_change=t - timedelta(hours=2),
@@ -252,17 +253,17 @@ def build(version: Version = Version.sfb2019, servers: int = len(_DEFAULT), edge
     )
 
 
-def _services(role: Role, version: Version) -> dict[str, str]:
+def _services(role: ServerRole, version: Version) -> dict[str, str]:
     services = {"REPLICA": RUNNING}
-    if role is Role.frontend:
+    if role is ServerRole.frontend:
         services.update(MASTER=RUNNING, FTA=RUNNING)
         if version is not Version.lync2010:
             services["LYNCBACKUP"] = RUNNING
     return services
 
 
-def _cert(role: Role, pool: str, members: list[str], fqdn: str) -> LabCert:
-    if role is Role.edge:  # the Edge internal interface's certificate, shared by the pool
+def _cert(role: ServerRole, pool: str, members: list[str], fqdn: str) -> LabCert:
+    if role is ServerRole.edge:  # the Edge internal interface's certificate, shared by the pool
         return LabCert(use="Internal", subject=f"CN={pool}", dns_names=[pool, *members])
     return LabCert(use="Default", subject=f"CN={pool}", dns_names=[pool, fqdn])
 
@@ -303,7 +304,7 @@ def _start_failing(s: LabServer, state: LabState, hours: float = 3) -> None:
     since = now() - timedelta(hours=hours)
     s.failing_since = since
     s.synced_at = since
-    s.reported_at = None if s.role is Role.edge else since
+    s.reported_at = None if s.role is ServerRole.edge else since
     state.last_change = max(state.last_change, since + timedelta(minutes=30))
 
 
@@ -416,7 +417,7 @@ def _replica_stopped(state: LabState, s: LabServer | None) -> None:
 def _share_acl_missing(state: LabState, s: LabServer | None) -> None:
     """Seed scenario 3: the xds-replica share and folder lost their RTC Local Config Replicator ACEs."""
     assert s
-    if s.role is Role.edge:
+    if s.role is ServerRole.edge:
         raise ScenarioError("share-acl-missing applies to internal servers (Edge replicas use HTTPS 4443)")
     s.share_acl_ok = False
     _start_failing(s, state)
@@ -439,7 +440,7 @@ def _not_in_group(state: LabState, s: LabServer | None) -> None:
     s.in_group = False
     if s.fqdn == state.fta_host.fqdn:
         for r in state.servers.values():
-            if r.role is not Role.edge and r.fqdn != s.fqdn:
+            if r.role is not ServerRole.edge and r.fqdn != s.fqdn:
                 _start_failing(r, state)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import re
@@ -24,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
-from lab import answers
+from lab import answers, host
 from lab.deployment import LabServer, LabState, ScenarioError
-from workers.probes import HEADER, joined
 
 log = logging.getLogger("lab")
 
@@ -47,11 +45,16 @@ MAX_BODY = 4 * 1024 * 1024
 
 @dataclass
 class Command:
-    probe: str
+    probe: str | None  # None: nothing ran (an empty script, or the bootstrap failed)
     version: int
     params: dict[str, Any]
     ready_at: float
+    params_error: str | None = None  # the probe answers with its error document
+    params_error_command: str = ""
+    failure: host.TerminatingError | None = None  # stderr as CLIXML, exit code 1
     output: bytes | None = None
+    stderr: bytes = b""
+    exit_code: int = 0
     sent: int = 0
     stdin: bytearray = field(default_factory=bytearray)
     stdin_open: bool = False  # the probe reads stdin: it answers once stdin is closed
@@ -212,7 +215,8 @@ class Lab:
         if line is None:
             raise Fault("The Command request has no CommandLine.")
         args = (line.findtext("rsp:Arguments", "", NS) or "").split()
-        probe, version, params = self._probe_of(shell, args)
+        invocation, failure = self._invocation(shell, args)
+        probe, params = invocation.probe, invocation.params
         self.stats.commands.append({"server": server.fqdn, "probe": probe, "params": params})
         command_id = str(uuid.uuid4()).upper()
         ready = time.monotonic() + self.latency
@@ -221,31 +225,46 @@ class Lab:
         # sees a console and answers at once, without waiting for any Send.
         console = (_text(root, "s:Header/w:OptionSet/w:Option[@Name='WINRS_CONSOLEMODE_STDIN']") or "TRUE").upper()
         console_stdin = console != "FALSE"
-        shell.commands[command_id] = Command(probe=probe, version=version, params=params, ready_at=ready,
+        shell.commands[command_id] = Command(probe=probe, version=invocation.version, params=params, ready_at=ready,
+                                             params_error=invocation.params_error,
+                                             params_error_command=invocation.params_error_command, failure=failure,
                                              stdin_open=probe in answers.READS_STDIN and not console_stdin,
                                              console_stdin=console_stdin)
         return _envelope(SHELL_ACTION + "Command", message_id,
                          f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>")
 
-    def _probe_of(self, shell: Shell, args: list[str]) -> tuple[str, int, dict[str, Any]]:
-        """Which probe the bootstrap runs, read back from the shell environment."""
+    def _invocation(self, shell: Shell, args: list[str]) -> tuple[host.Invocation, host.TerminatingError | None]:
+        """Which probe the bootstrap runs, read back from the shell environment as the host would
+        (lab/host.py), or the terminating error the host's powershell.exe would end with."""
         try:
-            encoded = args[args.index("-EncodedCommand") + 1]
-            bootstrap = base64.b64decode(encoded).decode("utf-16-le")
-        except (ValueError, IndexError, binascii.Error, UnicodeDecodeError):
-            raise Fault("The lab runs only cms-chatops probes (-EncodedCommand bootstrap expected).") from None
-        script_var = re.search(r"'(CMSBOT_SCRIPT_[A-Z0-9_]+)'", bootstrap)
-        params_var = re.search(r"'(CMSBOT_PARAMS_[A-Z0-9_]+)'", bootstrap)
-        if not script_var or not joined(shell.env, script_var.group(1)):
-            raise Fault("The bootstrap names no probe script present in the shell environment.")
-        script = base64.b64decode(joined(shell.env, script_var.group(1))).decode("utf-8")
-        header = HEADER.match(script.splitlines()[0] if script else "")
-        if not header or header["name"] not in answers.ANSWERS:
-            raise Fault(f"The lab does not know the probe {script.splitlines()[0][:80] if script else '(empty)'!r}.")
-        params: dict[str, Any] = {}
-        if params_var and joined(shell.env, params_var.group(1)):
-            params = json.loads(base64.b64decode(joined(shell.env, params_var.group(1))).decode("utf-8"))
-        return header["name"], int(header["version"]), params
+            invocation = host.run(args, shell.env)
+        except host.NotABootstrap as e:
+            raise Fault(f"The lab runs only cms-chatops probes ({e}).") from None
+        except host.UnknownScript as e:
+            raise Fault(f"The lab does not know the probe {str(e) or '(empty)'!r}.") from None
+        except host.TerminatingError as e:
+            return host.Invocation(probe=None), e
+        if invocation.probe is not None and invocation.probe not in answers.ANSWERS:
+            raise Fault(f"The lab does not know the probe {invocation.header[:80]!r}.")
+        return invocation, None
+
+    def _output(self, server: LabServer, cmd: Command) -> bytes:
+        """What the command prints on stdout (its stderr and exit code set on `cmd`)."""
+        if cmd.failure is not None:
+            cmd.stderr, cmd.exit_code = cmd.failure.clixml(), 1
+            return b""
+        if cmd.probe is None:
+            return b""
+        if cmd.params_error is not None:
+            text = answers.to_ps51_json({"probe": cmd.probe, "version": cmd.version, "error": {
+                "message": cmd.params_error, "category": "NotSpecified", "command": cmd.params_error_command}})
+        else:
+            text = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params,
+                               None if cmd.console_stdin else bytes(cmd.stdin))
+        if server.fault == "fault-codepage":  # what a shell left at code page 850 prints
+            text = text.replace("Volume license key installed", "Volumenlizenzschlüssel installiert")
+            return text.encode("cp850", errors="replace") + b"\r\n"
+        return text.encode("utf-8") + b"\r\n"
 
     def _send(self, shell: Shell, body: ET.Element | None, message_id: str) -> str:
         stream = body.find("rsp:Send/rsp:Stream", NS) if body is not None else None
@@ -274,22 +293,19 @@ class Lab:
                 raise Fault("The WS-Management service cannot complete the operation within the time specified in "
                             "OperationTimeout.", code=TIMED_OUT_CODE, subcode="w:TimedOut")
         if cmd.output is None:
-            text = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params,
-                               None if cmd.console_stdin else bytes(cmd.stdin))
-            if server.fault == "fault-codepage":  # what a shell left at code page 850 prints
-                text = text.replace("Volume license key installed", "Volumenlizenzschlüssel installiert")
-                cmd.output = text.encode("cp850", errors="replace") + b"\r\n"
-            else:
-                cmd.output = text.encode("utf-8") + b"\r\n"
+            cmd.output = self._output(server, cmd)
         chunk = cmd.output[cmd.sent:cmd.sent + CHUNK]
         cmd.sent += len(chunk)
         done = cmd.sent >= len(cmd.output)
         streams = f'<rsp:Stream Name="stdout" CommandId="{command_id}">{base64.b64encode(chunk).decode()}</rsp:Stream>'
         if done:
+            if cmd.stderr:
+                streams += (f'<rsp:Stream Name="stderr" CommandId="{command_id}">'
+                            f"{base64.b64encode(cmd.stderr).decode()}</rsp:Stream>")
             streams += (f'<rsp:Stream Name="stdout" CommandId="{command_id}" End="true"></rsp:Stream>'
                         f'<rsp:Stream Name="stderr" CommandId="{command_id}" End="true"></rsp:Stream>'
-                        f'<rsp:CommandState CommandId="{command_id}" State="{DONE}"><rsp:ExitCode>0</rsp:ExitCode>'
-                        "</rsp:CommandState>")
+                        f'<rsp:CommandState CommandId="{command_id}" State="{DONE}">'
+                        f"<rsp:ExitCode>{cmd.exit_code}</rsp:ExitCode></rsp:CommandState>")
         else:
             streams += f'<rsp:CommandState CommandId="{command_id}" State="{RUNNING}"/>'
         return _envelope(SHELL_ACTION + "Receive", message_id, f"<rsp:ReceiveResponse>{streams}</rsp:ReceiveResponse>")

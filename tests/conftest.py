@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from lab.slack_fake import SlackFake
 from tests.harness import (
     HOST_DEADLINE,
     LAB_PASSWORD,
@@ -32,7 +33,6 @@ from tests.harness import (
     scaled,
     stop_cleanly,
 )
-from tests.slack_fake import SlackFake
 from tests.slack_support import GROUP_OPERATOR, BotProcess
 
 __all__ = ["LAB_PASSWORD", "LAB_USER", "HOST_DEADLINE"]

@@ -1,44 +1,47 @@
-"""Real processes for the integration tests and the benchmarks: redis-server,
-the lab, RQ workers (the Slack bot is in `tests.slack_support`).
+"""The test side of the process harness (lab/processes.py): the session's mark, scaled timing,
+stopping that fails a test when a SIGKILL was needed, and the pools of the fixtures.
 
-Every process started here is a `Managed` process: it carries this test
-session's mark in its environment (so the session can prove at its end that
-none outlived it), and it is stopped with SIGTERM, a grace period, then SIGKILL.
-`stop()` returns what it had to kill, so a fixture can fail a test whose
-processes did not stop by themselves.
-
-Deadlines scale with one factor, CMSBOT_TEST_TIME_FACTOR (default 1): raise it
-on a machine much slower than a quiet 2-core one.
+Every process the suite starts carries this test session's mark in its environment (so the
+session can prove at its end that none outlived it): the mark is set in this process's
+environment on import, and the harness starts children with it. Deadlines scale with one
+factor, CMSBOT_TEST_TIME_FACTOR (default 1): raise it on a machine much slower than a quiet
+2-core one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 
-from bot.local_redis import answers, free_port
+from lab import processes
+from lab.processes import (
+    GRACE,
+    LAB_PASSWORD,
+    LAB_USER,
+    Managed,
+    alive,
+    children_of,
+    cmsbot,
+    descendants,
+    kill_all,
+    redis_answers,
+)
+
+__all__ = ["GRACE", "LAB_PASSWORD", "LAB_USER", "Managed", "alive", "children_of", "cmsbot", "descendants",
+           "kill_all"]
 
 T = TypeVar("T")
 
-LAB_USER = "cmsbot"
-LAB_PASSWORD = "lab-test-password"
 TIME_FACTOR = float(os.environ.get("CMSBOT_TEST_TIME_FACTOR") or 1)
 SESSION_MARK = "CMSBOT_TEST_SESSION"
 # Inherited by every child process, and by theirs.
 SESSION_ID = os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
-GRACE = 10.0  # seconds a process has to exit after SIGTERM
 
 
 def scaled(seconds: float) -> float:
@@ -52,51 +55,11 @@ SLACK_WORKER = dict(host_deadline=str(HOST_DEADLINE), replication_wait="1", appr
 
 
 def wait_until(cond: Callable[[], T], timeout: float, message: str) -> T:
-    """Poll `cond` until it is truthy (returning its value) or the scaled deadline passes."""
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} (after {scaled(timeout):.0f} s)")
-        time.sleep(0.05)
-
-
-# -- processes -------------------------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, or None when it is gone."""
+    """Poll `cond` until it is truthy (returning its value) or the scaled deadline passes (a failed test)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def children_of(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (an RQ worker's work-horse runs in a session of its own)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(int(entry))) and stat[1] == pid:
-            out.append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        kids = children_of(todo.pop())
-        found += kids
-        todo += kids
-    return found
-
-
-def alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
+        return processes.wait_until(cond, scaled(timeout), message)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 def marked_processes() -> list[int]:
@@ -115,93 +78,17 @@ def marked_processes() -> list[int]:
     return found
 
 
-def _describe(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        return f"{pid} ({argv})"
-    except OSError:
-        return str(pid)
-
-
-def kill_all(pids: list[int]) -> list[str]:
-    """SIGKILL what is still alive of `pids`; returns their descriptions."""
-    killed = []
-    for pid in pids:
-        if alive(pid):
-            killed.append(_describe(pid))
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    return killed
-
-
-class Managed:
-    """One process started by the suite, with its log."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
-        self.log = log
-        self.env = env
-        self.argv = argv
-        self.orphans: list[int] = []  # descendants left by a deliberate kill(); they must exit too
-        self._tree: list[int] | None = None
-        self._deadline = 0.0
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen:
-        with open(self.log, "a") as out:
-            return subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT)
-
-    def restart(self) -> None:
-        self._tree = None
-        self.proc = self._spawn()
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL this process alone, as a power cut would; its children must then exit by themselves."""
-        self.orphans += descendants(self.proc.pid)
-        self.proc.kill()
-        self.proc.wait()
-
-    def terminate(self) -> None:
-        """Send SIGTERM now (and remember what must exit with it); stop() waits."""
-        if self._tree is None:
-            self._tree = [*descendants(self.proc.pid), *self.orphans]
-            self._deadline = time.monotonic() + scaled(GRACE)
-            if self.running:
-                self.proc.terminate()
-
-    def stop(self) -> list[str]:
-        """SIGTERM, wait for it and its descendants, SIGKILL what is left; returns what had to be killed."""
-        self.terminate()
-        tree, deadline = self._tree or [], self._deadline
-        self._tree = None
-        while time.monotonic() < deadline and (self.running or any(alive(p) for p in tree)):
-            time.sleep(0.05)
-        killed = kill_all([self.proc.pid, *tree]) if self.running or any(alive(p) for p in tree) else []
-        self.proc.wait()
-        return killed
-
-
-def stop_cleanly(*processes: Managed) -> None:
+def stop_cleanly(*procs: Managed) -> None:
     """Stop them all; fail if any had to be killed (a process that ignores SIGTERM is a bug)."""
-    killed = [k for p in processes for k in p.stop()]
+    killed = [k for p in procs for k in p.stop()]
     assert not killed, f"had to SIGKILL after {scaled(GRACE):.0f} s: {killed}"
 
 
-def cmsbot(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bot.cli", *args]
-
-
 # -- redis-server ----------------------------------------------------------------------------
+
+
+class _OwnRedis(processes.RedisServer):
+    factor = TIME_FACTOR
 
 
 class RedisServer:
@@ -213,26 +100,23 @@ class RedisServer:
         self.workdir = workdir
         self.durable = durable
         self.owned = shutil.which("redis-server") is not None
-        self.proc: Managed | None = None
+        self.server: processes.RedisServer | None = None
         self._next_db = 0
         if self.owned:
-            self.port = free_port()
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            self.start()
+            self.server = _OwnRedis(workdir, durable=durable, databases=self.DATABASES)
+            self.url = self.server.url
         else:
             self.url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-            if not answers(self.url):
+            if not redis_answers(self.url):
                 raise RuntimeError("no redis-server binary and REDIS_URL does not answer")
 
     def start(self) -> None:
-        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
-        self.proc = Managed(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                             "--databases", str(self.DATABASES), *durability, "--dir", str(self.workdir)],
-                            dict(os.environ), self.workdir / "redis.log")
-        wait_until(lambda: answers(self.url), 10, "redis-server did not start")
+        """Start our own server again (after stop()), on the same port and files."""
+        assert self.server is not None, "not our own redis-server"
+        self.server.start()
 
     def stop(self) -> list[str]:
-        return self.proc.stop() if self.proc else []
+        return self.server.stop() if self.server else []
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -253,65 +137,27 @@ class RedisServer:
 # -- the lab and the workers -----------------------------------------------------------------
 
 
-class LabProcess(Managed):
-    """`cmsbot lab` on a free port, with its control API."""
+class LabProcess(processes.LabProcess):
+    """`cmsbot lab` on a free port, with its control API, on the suite's time factor."""
+
+    factor = TIME_FACTOR
 
     def __init__(self, workdir: Path, *args: str, password: str = LAB_PASSWORD):
-        self.topology = workdir / "topology.yaml"
-        env = dict(os.environ, CMSBOT_WINRM_USERNAME=LAB_USER, CMSBOT_WINRM_PASSWORD=password)
-        super().__init__(cmsbot("lab", "--port", "0", "--topology-out", str(self.topology), *args), env,
-                         workdir / "lab.log")
-        wait_until(lambda: "lab ready" in self.text() or not self.running, 30, "lab did not start")
-        if not self.running:
-            raise RuntimeError(self.text())
-        first = self.topology.read_text().splitlines()[0]
-        self.base = first.split("control API: ")[1].rstrip("/").rsplit("/_lab", 1)[0]
-
-    def _call(self, method: str, path: str, doc: dict | None = None) -> Any:
-        data = json.dumps(doc).encode() if doc is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=scaled(10)) as resp:
-            return json.loads(resp.read())
-
-    def scenarios(self, *specs: str) -> None:
-        """Reset the lab to a new deployment with these scenarios (and zeroed statistics)."""
-        self._call("POST", "/_lab/scenarios", {"scenarios": list(specs)})
-
-    def stats(self) -> dict:
-        return self._call("GET", "/_lab/stats")
-
-    def probe_count(self, probe: str) -> int:
-        return [c["probe"] for c in self.stats()["commands"]].count(probe)
+        super().__init__(workdir, *args, user=LAB_USER, password=password)
 
 
-class WorkerProcess(Managed):
+class WorkerProcess(processes.WorkerProcess):
     """`cmsbot worker` on `redis_url`, talking to the lab; returns once it listens."""
 
-    def __init__(self, workdir: Path, redis_url: str, topology: Path, **settings: str):
-        self._spawn_worker(workdir, redis_url, topology, settings)
-        self.wait_ready()
+    factor = TIME_FACTOR
+
+    def __init__(self, workdir: Path, redis_url: str, topology: Path, *, _ready: bool = True, **settings: str):
+        super().__init__(workdir, redis_url, topology, settings, ready=_ready)
 
     @classmethod
     def spawned(cls, workdir: Path, redis_url: str, topology: Path, settings: dict[str, str]) -> WorkerProcess:
         """Started but not waited for: see WorkerPool."""
-        w = cls.__new__(cls)
-        w._spawn_worker(workdir, redis_url, topology, settings)
-        return w
-
-    def _spawn_worker(self, workdir: Path, redis_url: str, topology: Path, settings: dict[str, str]) -> None:
-        self.settings = settings
-        self.redis_url = redis_url
-        env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
-                   CMSBOT_WINRM_USERNAME=LAB_USER, CMSBOT_WINRM_PASSWORD=LAB_PASSWORD,
-                   CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http", CMSBOT_LOG_LEVEL="INFO")
-        env.update({f"CMSBOT_{k.upper()}": v for k, v in settings.items()})
-        env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
-        super().__init__(cmsbot("worker"), env, workdir / f"worker-{time.monotonic_ns()}.log")
-
-    def wait_ready(self) -> WorkerProcess:
-        wait_until(lambda: "Listening on" in self.text() or not self.running, 30, "worker did not start")
-        assert self.running, self.text()
-        return self
+        return cls(workdir, redis_url, topology, _ready=False, **settings)
 
 
 class WorkerPool:

@@ -18,6 +18,7 @@ from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
 
 from cms import topology as topo
+from cms.messages import ActionOutcome, Failed, Message, PreflightReady, Progress, Result
 from cms.remediation import describe
 from cms.settings import Settings
 from hub import approvals
@@ -40,8 +41,8 @@ class Ctx:
     settings: Settings
     topology: topo.Topology
 
-    def emit(self, kind: str, body: dict[str, Any]) -> None:
-        append_event(self.hub, self.request.id, kind, body)
+    def emit(self, message: Message) -> None:
+        append_event(self.hub, self.request.id, message)
 
     def target(self) -> topo.Target:
         t = self.request.args.get("target")
@@ -67,7 +68,7 @@ def status(request_id: str) -> dict[str, Any] | None:
 
 def _status(ctx: Ctx) -> dict[str, Any]:
     report = run_status(ctx.topology, ctx.settings, ctx.target(), ctx.emit)
-    ctx.emit("result", {"report": report.model_dump(mode="json"), "healthy": report.healthy})
+    ctx.emit(Result(report=report))
     return {"healthy": report.healthy, "findings": len(report.findings), "host_errors": len(report.host_errors)}
 
 
@@ -108,7 +109,7 @@ def _refused(ctx: Ctx, kind: str, target: str, reason: str) -> dict[str, Any]:
     ctx.hub.redis.delete(ctx.hub.keys.remediating(kind, target))
     append_audit(ctx.hub, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
                  result=f"refused: {reason}")
-    ctx.emit("failed", {"reason": f"not done: {reason}"})
+    ctx.emit(Failed(reason=f"not done: {reason}"))
     return {"ok": False}
 
 
@@ -116,12 +117,8 @@ def _finish(ctx: Ctx, kind: str, target: str, outcome) -> dict[str, Any]:
     ctx.hub.redis.delete(ctx.hub.keys.remediating(kind, target))
     append_audit(ctx.hub, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
                  result="ok" if outcome.ok else "failed", detail=outcome.text)
-    body: dict[str, Any] = {"action": {"kind": kind, "target": target, "ok": outcome.ok, "text": outcome.text,
-                                       "changes": outcome.changes or []}}
-    if outcome.report is not None:
-        body["report"] = outcome.report.model_dump(mode="json")
-        body["healthy"] = outcome.report.healthy
-    ctx.emit("result", body)
+    ctx.emit(Result(action=ActionOutcome(kind=kind, target=target, ok=outcome.ok, text=outcome.text,
+                                         changes=outcome.changes or []), report=outcome.report))
     return {"ok": outcome.ok}
 
 
@@ -131,11 +128,12 @@ def preflight(request_id: str) -> dict[str, Any] | None:
 
 def _preflight(ctx: Ctx) -> dict[str, Any]:
     """Read-only: gather the facts, grade every check, store the plan for approval."""
-    from workers.runs.failover import gather, plan_json, preflight_failover, preflight_recover
+    from cms.preflight import plan_json, preflight_failover, preflight_recover
+    from workers.runs.failover import gather
 
     kind = "failover" if ctx.request.command == "/cms-failover" else "recover"
-    ctx.emit("progress", {"text": "preflight (read-only): the CMS's view and store, the Backup Service, the services "
-                                  "in both pools"})
+    ctx.emit(Progress(text="preflight (read-only): the CMS's view and store, the Backup Service, the services "
+                           "in both pools"))
     facts = gather(ctx.topology, ctx.settings, ctx.hub)
     args = ctx.request.args
     pre = (preflight_failover(ctx.topology, facts, args.get("target"), args.get("mode", "normal"))
@@ -146,7 +144,7 @@ def _preflight(ctx: Ctx) -> dict[str, Any]:
                                 blocked=pre.blocked)
     append_audit(ctx.hub, request=ctx.request.id, approval=approval.id, who=ctx.request.user, what=f"preflight:{kind}",
                  result="blocked" if pre.blocked else "ready", detail=json.dumps([c.model_dump() for c in pre.checks]))
-    ctx.emit("preflight", {"approval": approval.id})
+    ctx.emit(PreflightReady(approval=approval.id))
     return {"approval": approval.id, "blocked": pre.blocked}
 
 
@@ -179,7 +177,7 @@ def report_failure(job, connection, exc_type, exc_value, tb) -> None:
         else:
             reason = f"it failed with an internal error ({exc_type.__name__}); the worker log has the details."
             log.error("job %s failed: %s", job.id, exc_type.__name__, exc_info=(exc_type, exc_value, tb))
-    append_event(hub, job.id, "failed", {"reason": reason})
+    append_event(hub, job.id, Failed(reason=reason))
 
 
 def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:

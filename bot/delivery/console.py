@@ -3,6 +3,7 @@ thread as text. A second reporter next to Slack's, on the same events."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from rq import Callback
 from bot import commands
 from bot.delivery.reporter import Reporter
 from bot.render import text as render
+from cms.messages import ActionOutcome, Failed, Progress, Result, Unreadable
 from cms.models import StatusReport
 from cms.settings import Settings
 from cms.topology import Topology
@@ -22,6 +24,8 @@ from hub.jobs import FAILURE_CALLBACK, STATUS_JOB
 from hub.keys import Hub
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_RUN = 0, 1, 2
+
+log = logging.getLogger(__name__)
 
 
 def workers_listening(hub: Hub) -> int:
@@ -40,23 +44,32 @@ class ConsoleThread:
         self._print(f"{self.request.user} > {self.request.command} {self.request.args.get('target', '')}".rstrip())
 
     def deliver(self, event: Event) -> bool:
-        if event.kind == "progress":
-            self._print(f"  | {event.body.get('text', '')}")
-        elif event.kind == "result" and "report" not in event.body:
-            action = event.body.get("action", {})
-            self._print(f"  | {action.get('text', 'done')}")
-            self.exit_code = EXIT_HEALTHY if action.get("ok") else EXIT_PROBLEMS
-        elif event.kind == "result":
-            report = self.report = StatusReport.model_validate(event.body["report"])
-            for line in render.report_text(report).splitlines():
-                self._print(f"  | {line}".rstrip())
-            self._print(f"verdict: {render.verdict(report)}")
-            self.exit_code = EXIT_HEALTHY if report.healthy else EXIT_PROBLEMS
-        elif event.kind == "failed":
-            self._print(f"  | FAILED: {event.body.get('reason', 'the command failed')}")
-            self._print("verdict: FAILED")
-            self.exit_code = EXIT_CANNOT_RUN
+        match event.message:
+            case Progress(text=text):
+                self._print(f"  | {text}")
+            case Result(report=StatusReport() as report):
+                self.report = report
+                for line in render.report_text(report).splitlines():
+                    self._print(f"  | {line}".rstrip())
+                self._print(f"verdict: {render.verdict(report)}")
+                self.exit_code = EXIT_HEALTHY if report.healthy else EXIT_PROBLEMS
+            case Result(action=ActionOutcome() as action):
+                self._print(f"  | {action.text}")
+                self.exit_code = EXIT_HEALTHY if action.ok else EXIT_PROBLEMS
+            case Failed(reason=reason):
+                self._failed(reason)
+            case Unreadable() as unreadable if event.terminal:
+                self._failed(unreadable.reason)
+            case Unreadable() as unreadable:
+                log.warning("skipping event %s/%s: %s", event.request, event.seq, unreadable.error)
+            case _:
+                pass  # accepted, preflight and approval events concern Slack threads only
         return True
+
+    def _failed(self, reason: str) -> None:
+        self._print(f"  | FAILED: {reason}")
+        self._print("verdict: FAILED")
+        self.exit_code = EXIT_CANNOT_RUN
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)

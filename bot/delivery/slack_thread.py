@@ -21,7 +21,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.render import blocks
 from bot.render import text as render
-from cms.models import Finding, StatusReport
+from cms.messages import Accepted, ApprovalChanged, Failed, PreflightReady, Progress, Result, Unreadable
 from hub import approvals
 from hub.contract import REQUEST_TTL, Event, Request, load_request
 from hub.keys import Hub
@@ -60,9 +60,7 @@ class SlackThreads:
         req = self._request(event.request)
         assert req is not None
         try:
-            handler = getattr(self, f"_on_{event.kind}", None)
-            if handler is not None:
-                handler(req, event)
+            self._dispatch(req, event)
             return True
         except SlackApiError as e:
             if _transient(e):
@@ -73,6 +71,26 @@ class SlackThreads:
         except OSError as e:
             log.warning("cannot reach Slack (%s); will retry event %s/%s", type(e).__name__, req.id, event.seq)
             return False
+
+    def _dispatch(self, req: Request, event: Event) -> None:
+        match event.message:
+            case Accepted() as accepted:
+                self._on_accepted(req, event, accepted)
+            case Progress(text=text):
+                self._on_progress(req, event, text)
+            case Result() as result:
+                self._on_result(req, event, result)
+            case Failed(reason=reason):
+                self._on_failed(req, event, reason)
+            case PreflightReady(approval=approval_id):
+                self._on_preflight(req, event, approval_id)
+            case ApprovalChanged():
+                self._on_approval(req, event)
+            case Unreadable() as unreadable if event.terminal:  # the thread must not wait forever
+                log.error("event %s/%s is unreadable: %s", req.id, event.seq, unreadable.error)
+                self._on_failed(req, event, unreadable.reason)
+            case Unreadable() as unreadable:
+                log.warning("skipping event %s/%s: %s", req.id, event.seq, unreadable.error)
 
     # -- state ------------------------------------------------------------------------------
     def _request(self, request_id: str) -> Request | None:
@@ -131,13 +149,13 @@ class SlackThreads:
         return ts
 
     # -- events ------------------------------------------------------------------------------
-    def _on_accepted(self, req: Request, event: Event) -> None:
+    def _on_accepted(self, req: Request, event: Event, accepted: Accepted) -> None:
         state = self._state(req)
         if req.thread:  # started from a button or command inside an existing thread
             if not state:
                 owner = cast(bytes | None, self.conn.get(self.hub.keys.slack_parent(req.channel or "", req.thread)))
                 self._save(req, parent=req.thread, owner=owner.decode() if owner else "")
-            text = event.body.get("text", f"{req.command} started")
+            text = accepted.text or f"{req.command} started"
             self._once(req, event, "note", lambda: self._post(
                 req, blocks.note(text, ":hammer_and_wrench:", mention=req.user), req.thread))
         elif "parent" not in state:
@@ -153,37 +171,36 @@ class SlackThreads:
             self.conn.set(self.hub.keys.slack_parent(req.channel or "", ts), req.id, ex=REQUEST_TTL)
         else:
             return  # a duplicate delivery of the same command: its thread exists already
-        queue = event.body.get("queue")
+        queue = accepted.queue
         if queue and not self._workers_listening(queue):
             parent = self._state(req)["parent"]
             self._once(req, event, "no-worker", lambda: self._post(req, blocks.note(
                 "No worker is listening right now, so this waits in the queue until one starts "
                 "(ask the team running cms-chatops to check `cmsbot worker`).", ":warning:"), parent))
 
-    def _on_progress(self, req: Request, event: Event) -> None:
+    def _on_progress(self, req: Request, event: Event, text: str) -> None:
         state = self._state(req)
-        message = blocks.progress(event.body.get("text", "working"))
+        message = blocks.progress(text)
         if "progress" in state:
             self._once(req, event, "edit", lambda: self._update(req, state["progress"], message))
         else:
             ts = self._once(req, event, "post", lambda: self._post(req, message, state.get("parent")))
             self._save(req, progress=ts)
 
-    def _on_result(self, req: Request, event: Event) -> None:
+    def _on_result(self, req: Request, event: Event, result: Result) -> None:
         state = self._state(req)
         parent = state.get("parent")
-        report = StatusReport.model_validate(event.body["report"]) if event.body.get("report") else None
-        findings = [Finding.model_validate(f) for f in event.body.get("findings", [])]
-        if "action" in event.body:
-            rendered = blocks.action_result(event.body["action"], report, findings)
+        report, action = result.report, result.action
+        if action is not None:
+            rendered = blocks.action_result(action, report, result.findings)
         else:
-            assert report is not None
+            assert report is not None  # a result carries a report, an action or both
             rendered = blocks.report(report)
         for i, message in enumerate(rendered.messages):
             ts = self._once(req, event, f"message-{i}", functools.partial(self._post, req, message, parent))
             if not ts and i == 0:  # Slack refused the blocks: the same report as plain text
                 text = (render.report_text(report) if report is not None
-                        else event.body.get("action", {}).get("text", ""))
+                        else action.text if action is not None else "")
                 # _once calls it right away, within this iteration
                 self._once(req, event, "plain", lambda: self._post(req, blocks.plain(text), parent))  # noqa: B023
         if "progress" in state:
@@ -191,8 +208,8 @@ class SlackThreads:
                 req, state["progress"], blocks.progress("finished", done=True)))
         owner = self._owner(req)
         if owner.command in CHANGE_COMMANDS and parent:
-            action = event.body.get("action", {})
-            line = (":white_check_mark: " if action.get("ok") else ":x: ") + blocks.esc(action.get("text", "finished"))
+            ok, done = (action.ok, action.text) if action is not None else (False, "finished")
+            line = (":white_check_mark: " if ok else ":x: ") + blocks.esc(done)
             self._once(req, event, "card", lambda: self._update_card(req, parent, f"executed: {line}"))
         elif report is not None and parent:
             verdict = render.verdict(report)
@@ -200,20 +217,19 @@ class SlackThreads:
         if attachment := rendered.attachment:
             self._once(req, event, "file", lambda: self._upload(req, attachment, parent))
 
-    def _on_failed(self, req: Request, event: Event) -> None:
+    def _on_failed(self, req: Request, event: Event, reason: str) -> None:
         state = self._state(req)
         parent = state.get("parent")
-        reason = event.body.get("reason", "the command failed")
         self._once(req, event, "message", lambda: self._post(req, blocks.failed(reason), parent))
         if parent and self._owner(req).command in CHANGE_COMMANDS:
             self._once(req, event, "card", lambda: self._update_card(req, parent, f":x: {blocks.esc(reason)}"))
         elif parent and state.get("owner") == req.id:
             self._once(req, event, "verdict", lambda: self._update_parent(req, parent, f"FAILED: {reason}", False))
 
-    def _on_preflight(self, req: Request, event: Event) -> None:
+    def _on_preflight(self, req: Request, event: Event, approval_id: str) -> None:
         """The preflight is done: the parent message becomes the approval card."""
         state = self._state(req)
-        self._save(req, approval=event.body["approval"])
+        self._save(req, approval=approval_id)
         if "progress" in state:
             self._once(req, event, "progress-done", lambda: self._update(
                 req, state["progress"], blocks.progress("preflight finished", done=True)))

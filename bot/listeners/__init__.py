@@ -20,6 +20,7 @@ from rq import Callback
 from bot import commands
 from bot.config import SlackSettings
 from bot.roles import Role, Roles
+from cms.messages import Accepted
 from cms.settings import Settings
 from cms.topology import Topology
 from hub.contract import CHANGE, STATUS, Request, id_for_delivery, submit
@@ -44,11 +45,12 @@ class Deps:
         servers = len(self.topology.servers)
         return self.settings.change_timeout(servers) if change else self.settings.job_timeout(servers)
 
-    def enqueue(self, req: Request, job: str, *, change: bool, accepted: dict[str, Any] | None = None,
+    def enqueue(self, req: Request, job: str, *, change: bool, note: str | None = None,
                 audit: dict[str, Any] | None = None, timeout: int | None = None) -> None:
+        """`note`: what the thread says when the request starts inside an existing thread."""
         kind = CHANGE if change else STATUS
         submit(self.hub, req, job, kind=kind, timeout=timeout or self._timeout(change),
-               on_failure=Callback(FAILURE_CALLBACK), accepted={"queue": kind, **(accepted or {})}, audit=audit)
+               on_failure=Callback(FAILURE_CALLBACK), accepted=Accepted(queue=kind, text=note), audit=audit)
 
 
 def command_text(command: dict[str, Any]) -> str:

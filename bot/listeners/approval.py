@@ -6,15 +6,17 @@ from __future__ import annotations
 from bot.listeners import Deps, guarded, just_ack, slack_request
 from bot.render.blocks import APPROVE_ACTION, DENY_ACTION
 from bot.roles import Role
+from cms.messages import ApprovalChanged
 from hub import approvals
+from hub.approvals import DecisionOutcome
 from hub.contract import append_event
 from hub.jobs import EXECUTE_JOB
 
 ANSWERS = {
-    "self": "You requested this change, so someone else has to approve it.",
-    "duplicate": "You have approved this already; it needs another approver.",
-    "recorded": "Approval recorded; it needs more approvers before it starts.",
-    "missing": "This approval no longer exists.",
+    DecisionOutcome.own_request: "You requested this change, so someone else has to approve it.",
+    DecisionOutcome.duplicate: "You have approved this already; it needs another approver.",
+    DecisionOutcome.recorded: "Approval recorded; it needs more approvers before it starts.",
+    DecisionOutcome.missing: "This approval no longer exists.",
 }
 
 
@@ -40,19 +42,20 @@ def register(app, deps: Deps) -> None:
         if not deps.roles.channel_allowed(channel):  # as for every other command and button
             return respond(text=deps.roles.refusal(Role.viewer, "approve or deny CMS changes here"),
                            response_type="ephemeral", replace_original=False)
-        outcome, _ = approvals.decide(deps.hub, approval_id, user, approve)
+        decision = approvals.decide(deps.hub, approval_id, user, approve)
+        outcome = decision.outcome
         if outcome in ANSWERS:
             respond(text=ANSWERS[outcome], response_type="ephemeral", replace_original=False)
-        if outcome.startswith("closed:"):
-            return respond(text=f"This request is already {outcome.split(':', 1)[1]}.", response_type="ephemeral",
+        if decision.closed is not None:
+            return respond(text=f"This request is already {decision.closed.value}.", response_type="ephemeral",
                            replace_original=False)
-        if outcome not in ("approved", "recorded", "denied"):
+        if outcome not in (DecisionOutcome.approved, DecisionOutcome.recorded, DecisionOutcome.denied):
             return
         approval = approvals.load(deps.hub, approval_id)
-        append_event(deps.hub, approval.request, "approval", {"approval": approval_id, "by": user, "outcome": outcome})
-        if outcome == "approved":
+        append_event(deps.hub, approval.request, ApprovalChanged(approval=approval_id, outcome=outcome, by=user))
+        if outcome is DecisionOutcome.approved:
             card_ts = (body.get("container") or {}).get("message_ts")
             args = {"approval": approval_id, "kind": approval.kind, "plan_hash": approval.hash}
             req = slack_request(body, "cms-execute", args, user=user, channel=channel, thread=card_ts)
             deps.enqueue(req, EXECUTE_JOB, change=True, timeout=deps.settings.failover_timeout,
-                         accepted={"text": f"approved: executing the {approval.kind}"})
+                         note=f"approved: executing the {approval.kind}")

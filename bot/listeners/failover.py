@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from bot.listeners import Deps, command_text, guarded, permitted, slack_request
 from bot.roles import Role
-from cms.topology import Role as PoolRole
-from cms.topology import UnknownTarget
+from cms.topology import ServerRole, UnknownTarget
 from hub.jobs import PREFLIGHT_JOB
 
 USAGE = "Usage: `/cms-failover [target-pool] [disaster]`, e.g. `/cms-failover pool02.contoso.com`"
@@ -24,9 +23,9 @@ def parse_failover(text: str, deps: Deps) -> dict[str, str]:
         try:
             target = deps.topology.resolve(words[0])
         except UnknownTarget:
-            pools = ", ".join(p.fqdn for p in deps.topology.pools if p.role is PoolRole.frontend)
+            pools = ", ".join(p.fqdn for p in deps.topology.pools if p.role is ServerRole.frontend)
             raise ValueError(f"That is not a pool of this deployment. Front End pools: {pools}. {USAGE}") from None
-        if target.kind != "pool" or deps.topology.pool(target.name).role is not PoolRole.frontend:
+        if target.kind != "pool" or deps.topology.pool(target.name).role is not ServerRole.frontend:
             raise ValueError(f"{target.name} is not a Front End pool: the CMS fails over between Front End pools.")
         args["target"] = target.name
     return args

@@ -62,7 +62,7 @@ def register(app, deps: Deps) -> None:
         action = describe(kind, server.name)
         args = {"action": kind, "target": server.name, "scope": thread_scope(deps, channel, thread)}
         req = slack_request(body, REMEDIATE_COMMAND, args, user=user, channel=channel, thread=thread)
-        deps.enqueue(req, REMEDIATE_JOB, change=True, accepted={"text": f"started: {action}"},
+        deps.enqueue(req, REMEDIATE_JOB, change=True, note=f"started: {action}",
                      audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})
 
     app.action(re.compile(f"^{ACTION_PREFIX}"))(ack=just_ack, lazy=[on_remediate])

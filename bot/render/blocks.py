@@ -26,8 +26,11 @@ from slack_sdk.models.blocks import (
 
 from bot.render import text as render
 from cms.explain import Explanation
+from cms.messages import ActionOutcome
 from cms.models import SEVERITY_ORDER, Finding, Severity, StatusReport
+from cms.preflight import Verdict
 from cms.remediation import describe
+from hub.approvals import ApprovalStatus
 
 MAX_BLOCKS = 50
 MAX_SECTION = 3000
@@ -159,7 +162,7 @@ def report(r: StatusReport, *, operator_buttons: bool = True, heading: str | Non
         rest = shown[MAX_FINDINGS_SHOWN:]
         counts: dict[str, int] = {}
         for f in rest:
-            counts[f.code] = counts.get(f.code, 0) + 1
+            counts[f.code.value] = counts.get(f.code.value, 0) + 1
         blocks += sections(f"…and {len(rest)} more findings: "
                            + ", ".join(f"{n} × `{c}`" for c, n in sorted(counts.items()))
                            + ". All of them are in the attached report.")
@@ -204,7 +207,7 @@ def replica_table(r: StatusReport) -> tuple[str, bool]:
 
 
 def finding_blocks(f: Finding, operator_buttons: bool) -> list[Block]:
-    lines = [f"{ICON[f.severity]} *{esc(f.subject)}*: {esc(f.summary)}  `{f.code}`"]
+    lines = [f"{ICON[f.severity]} *{esc(f.subject)}*: {esc(f.summary)}  `{f.code.value}`"]
     for ev in f.evidence:
         where = f" _({esc(ev.source)}{', ' + render.when(ev.at) if ev.at else ''})_" if ev.source else ""
         lines.append(f"• {esc(ev.text)}{where}")
@@ -235,16 +238,13 @@ def action_button(kind: str, target: str, label: str) -> ButtonElement:
     )
 
 
-def action_result(action: dict, r: StatusReport | None, findings: list[Finding] | None = None) -> Rendered:
-    ok = bool(action.get("ok"))
-    head = (f"{':white_check_mark:' if ok else ':x:'} *{esc(action.get('kind', 'action'))}* on "
-            f"`{esc(action.get('target', ''))}`: {esc(action.get('text', ''))}")
-    changes = action.get("changes") or []
-    if changes:
-        head += "\n*Changes:*\n" + "\n".join(f"• {esc(c)}" for c in changes)
+def action_result(action: ActionOutcome, r: StatusReport | None, findings: list[Finding] | None = None) -> Rendered:
+    head = (f"{':white_check_mark:' if action.ok else ':x:'} *{esc(action.kind)}* on "
+            f"`{esc(action.target)}`: {esc(action.text)}")
+    if action.changes:
+        head += "\n*Changes:*\n" + "\n".join(f"• {esc(c)}" for c in action.changes)
     if r is None:
-        return Rendered(messages=paginate(list(sections(head)) + finding_list(findings or []),
-                                          action.get("text", "done")))
+        return Rendered(messages=paginate(list(sections(head)) + finding_list(findings or []), action.text))
     rendered = report(r, heading="Re-check after the action")
     first = rendered.messages[0]
     first.blocks = list(sections(head)) + first.blocks
@@ -267,7 +267,8 @@ def help_message(lines: list[tuple[str, str, str]]) -> Message:
 
 # -- approval cards --------------------------------------------------------------------------
 
-VERDICT_ICON = {"GO": ":large_green_circle:", "WARN": ":large_yellow_circle:", "BLOCK": ":red_circle:"}
+VERDICT_ICON = {Verdict.GO: ":large_green_circle:", Verdict.WARN: ":large_yellow_circle:",
+                Verdict.BLOCK: ":red_circle:"}
 APPROVE_ACTION, DENY_ACTION = "approval-approve", "approval-deny"
 
 
@@ -293,7 +294,7 @@ def card(a, status_line: str | None = None) -> Message:
         status_line = approval_status(a)
     lines.append(f"*Status:* {status_line}")
     body: list[Block] = list(sections("\n".join(lines)))
-    if a.status == "pending":
+    if a.status is ApprovalStatus.pending:
         body.append(ActionsBlock(elements=[
             ButtonElement(text=PlainTextObject(text="Approve"), action_id=APPROVE_ACTION, value=a.id, style="primary",
                           confirm=ConfirmObject(
@@ -306,20 +307,20 @@ def card(a, status_line: str | None = None) -> Message:
 
 
 def approval_status(a) -> str:
-    if a.status == "blocked":
+    if a.status is ApprovalStatus.blocked:
         return ":no_entry: preflight says BLOCK: approval is disabled. Fix the blocking checks and request again."
-    if a.status == "pending":
+    if a.status is ApprovalStatus.pending:
         have = (f" ({len(a.approvers)} of {a.needed}: {', '.join(f'<@{u}>' for u in a.approvers)})"
                 if a.approvers else "")
         return (f"waiting for {a.needed} approval{'s' if a.needed > 1 else ''} "
                 f"from an approver other than the requester{have}")
-    if a.status in ("approved", "consumed"):
+    if a.status in (ApprovalStatus.approved, ApprovalStatus.consumed):
         return f":white_check_mark: approved by {', '.join(f'<@{u}>' for u in a.approvers)}: executing (see the thread)"
-    if a.status == "denied":
+    if a.status is ApprovalStatus.denied:
         return f":x: denied by <@{a.decided_by}>; nothing was changed"
-    if a.status == "expired":
+    if a.status is ApprovalStatus.expired:
         return ":hourglass: expired without enough approvals; nothing was changed"
-    return esc(a.status)
+    return esc(a.status.value)
 
 
 def describe_change(plan: dict) -> str:

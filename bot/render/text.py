@@ -121,7 +121,7 @@ def replica_table(report: StatusReport) -> list[str]:
 
 
 def finding_text(f: Finding) -> list[str]:
-    out = [f"  * {f.subject}: {f.summary}  [{f.code}]"]
+    out = [f"  * {f.subject}: {f.summary}  [{f.code.value}]"]
     for ev in f.evidence:
         where = f" ({ev.source}" + (f", {when(ev.at)}" if ev.at else "") + ")" if ev.source else ""
         out.append(f"      evidence: {ev.text}{where}")

@@ -25,6 +25,7 @@ from bot.listeners import Deps
 from bot.roles import Roles
 from bot.serve.app import build_app, web_client
 from bot.serve.http import make_server
+from cms.messages import ApprovalChanged
 from cms.settings import Settings
 from cms.topology import Topology
 from hub import approvals
@@ -226,7 +227,7 @@ def _expire_approvals(hub: Hub, stop: threading.Event) -> None:
             for approval_id in approvals.expire_due(hub):
                 a = approvals.load(hub, approval_id)
                 append_audit(hub, request=a.request, approval=approval_id, what="approval", result="expired")
-                append_event(hub, a.request, "approval", {"approval": approval_id, "outcome": "expired"})
+                append_event(hub, a.request, ApprovalChanged(approval=approval_id, outcome="expired"))
         except (redis.ConnectionError, redis.TimeoutError):
             log.warning("expiry: Redis unavailable; retrying")
         except Exception:  # noqa: BLE001

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from cms import topology as topo
+from cms.preflight import recognise
 from cms.settings import Settings
 from hub import approvals
 from hub.contract import CHANGE, Request, submit
@@ -29,7 +30,7 @@ from tests.harness import (
     wait_until,
 )
 from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, blocks_text, parents
-from workers.runs.failover import recognise, run_change
+from workers.runs.failover import run_change
 
 
 def cards(fake) -> list[dict]:

@@ -11,8 +11,8 @@ import redis
 
 from hub import cms_lock
 from hub.keys import Hub, Keys
+from lab.slack_fake import SlackFake
 from tests.harness import SLACK_WORKER, WorkerProcess, stop_cleanly, wait_idle, wait_until
-from tests.slack_fake import SlackFake
 from tests.slack_support import APPROVER, CHANNEL, OPERATOR, BotProcess, ack_body, parents, wait_for_verdict
 
 

@@ -19,7 +19,9 @@ from unittest import mock
 
 from cms import topology as topo
 from cms.diagnose import diagnose
+from cms.messages import Message
 from cms.models import Finding, HostError, StatusReport
+from cms.preflight import Facts
 from cms.settings import Settings
 from workers import probes
 from workers.runs import failover, status
@@ -170,7 +172,7 @@ def settings() -> Settings:
 
 
 @cache
-def facts(name: str) -> failover.Facts:
+def facts(name: str) -> Facts:
     """The preflight job's facts (workers.runs.failover.gather), from the recorded probes. gather()
     reads the Fleet and builds the facts in one function, so it runs on a ReplayFleet."""
     with replaying(failover, doc(name)["preflight"]) as fleet:
@@ -179,12 +181,12 @@ def facts(name: str) -> failover.Facts:
     return result
 
 
-def run_status_replayed(name: str) -> tuple[StatusReport, list[tuple[str, dict[str, Any]]]]:
+def run_status_replayed(name: str) -> tuple[StatusReport, list[Message]]:
     """run_status itself (stage choice and CMS fallback included) on a ReplayFleet."""
-    emitted: list[tuple[str, dict[str, Any]]] = []
+    emitted: list[Message] = []
     topology = topology_of(name)
     with replaying(status, doc(name)["status"]) as fleet:
-        result = status.run_status(topology, settings(), topology.everything(), lambda k, b: emitted.append((k, b)))
+        result = status.run_status(topology, settings(), topology.everything(), emitted.append)
     assert not fleet.unused, "run_status made fewer calls than recorded"
     return result, emitted
 

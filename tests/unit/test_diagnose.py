@@ -17,6 +17,7 @@ import pytest
 
 from bot.render import text as render
 from cms.diagnose import diagnose
+from cms.messages import Progress
 from cms.models import HostErrorKind, Severity
 from cms.parsers import parse_replica_health
 from lab.deployment import SCENARIOS
@@ -53,7 +54,7 @@ def test_run_status_on_the_recorded_answers_reports_what_the_pure_replay_reports
     assert [(f.code, f.subject, f.summary) for f in report.findings] == \
         [(f.code, f.subject, f.summary) for f in R.findings(name)]
     assert report.host_errors == R.report(name).host_errors
-    assert emitted and all(kind == "progress" for kind, _ in emitted)
+    assert emitted and all(isinstance(m, Progress) for m in emitted)
 
 
 # -- coverage: every README finding code and every lab scenario ----------------------------------

@@ -19,13 +19,13 @@ from cms.parsers import (
     parse_ad_membership,
     parse_backup_status,
     parse_cms_status,
+    parse_location,
     parse_reachability,
     parse_replica_health,
     parse_replication_events,
 )
 from tests.unit import recorded as R
 from workers import probes
-from workers.runs.failover import parse_location
 from workers.transport.winrm import Output
 
 pytestmark = pytest.mark.unit

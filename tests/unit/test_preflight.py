@@ -3,8 +3,8 @@ gathered out of probe output recorded from the lab.
 
 workers.runs.failover.gather() reads the Fleet and builds its Facts in one function, so the facts come
 from running gather() on a stand-in Fleet that answers with the recorded calls (tests/unit/
-recorded.py). Everything after it is pure: preflight_failover, preflight_recover, recognise,
-converged, describe_plan, plan_json, approvals.plan_hash. One test per GO / WARN / BLOCK rule.
+recorded.py). Everything after it is pure (cms.preflight): preflight_failover, preflight_recover,
+recognise, converged, describe_plan, plan_json, and approvals.plan_hash. One test per GO / WARN / BLOCK rule.
 Expectations come from README.md ("Team-approved CMS failover and recovery") and the seed article
 cms-failover-fails.md as restated in shared/domain.md section 5.
 """
@@ -17,9 +17,7 @@ import pytest
 
 from cms import topology as topo
 from cms.models import Severity
-from hub import approvals
-from tests.unit import recorded as R
-from workers.runs.failover import (
+from cms.preflight import (
     BLOCK,
     GO,
     RECOVER_POINTER,
@@ -31,6 +29,8 @@ from workers.runs.failover import (
     preflight_recover,
     recognise,
 )
+from hub import approvals
+from tests.unit import recorded as R
 
 pytestmark = pytest.mark.unit
 

@@ -183,3 +183,15 @@ def test_parameters_of_a_big_deployment_fit_the_windows_variable_limit():
     var = probes.probe("reachability").params_var
     assert len([k for k in env if k.startswith(var)]) > 1  # it really was split
     assert json.loads(base64.b64decode(probes.joined(env, var)))["targets"] == targets
+
+
+def test_the_wire_format_and_the_catalogue_load_no_pywinrm():
+    """workers.probes.wire (and the catalogue) can be imported where pywinrm must not be loaded."""
+    import subprocess
+    import sys
+
+    code = "import sys, workers.probes.wire, workers.probes; print('winrm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=PROBE_DIR.parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

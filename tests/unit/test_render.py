@@ -18,9 +18,9 @@ from bot.render import text as render
 from cms.diagnose import diagnose
 from cms.models import SEVERITY_ORDER
 from cms.parsers import parse_replica_health
-from hub.approvals import Approval, plan_hash
+from cms.preflight import plan_json, preflight_failover, preflight_recover
+from hub.approvals import Approval, ApprovalStatus, plan_hash
 from tests.unit import recorded as R
-from workers.runs.failover import plan_json, preflight_failover, preflight_recover
 
 pytestmark = pytest.mark.unit
 
@@ -74,7 +74,7 @@ def test_the_text_thread_gives_every_finding_with_evidence_unchecked_and_numbere
     r = R.report("combined")
     text = render.report_text(r)
     for f in r.findings:
-        assert f"  * {f.subject}: {f.summary}  [{f.code}]" in text
+        assert f"  * {f.subject}: {f.summary}  [{f.code.value}]" in text
         for e in f.evidence:
             assert f"evidence: {e.text}" in text
         for u in f.unchecked:
@@ -171,7 +171,7 @@ def test_a_report_with_findings_fits_one_message_and_needs_no_attachment():
     assert payload["text"].startswith("PROBLEMS: 5/8 replicas up to date")
     text = "\n".join(mrkdwn_texts(payload))
     for f in R.findings("combined"):
-        assert f"`{f.code}`" in text
+        assert f"`{f.code.value}`" in text
     assert "*Fix*" in text and "1. Start REPLICA on the Edge if it is stopped" in text
 
 
@@ -215,11 +215,12 @@ def test_could_not_check_lists_every_server_in_blocks():
 # -- the approval card ------------------------------------------------------------------------------------
 
 
-def approval(pre, kind: str = "failover", status: str | None = None) -> Approval:
+def approval(pre, kind: str = "failover") -> Approval:
     plan = plan_json(pre)
-    return Approval(id="a0123456789abcdef", kind=kind, status=status or ("blocked" if pre.blocked else "pending"),
+    status = ApprovalStatus.blocked if pre.blocked else ApprovalStatus.pending
+    return Approval(id="a0123456789abcdef", kind=kind, status=status,
                     plan=plan, hash=plan_hash(plan), requester="U0OPERATOR", needed=1, approvers=[],
-                    expires=1_900_000_000.0, request="r1", checks=[c.model_dump() for c in pre.checks],
+                    expires=1_900_000_000.0, request="r1", checks=[c.model_dump(mode="json") for c in pre.checks],
                     decided_by=None)
 
 
@@ -232,7 +233,7 @@ def test_the_card_shows_the_exact_plan_and_every_check_and_offers_approval():
     assert ("*Plan:* normal failover from `pool01.contoso.com` to `pool02.contoso.com`, run on `fe03.contoso.com`:\n"
             "`Invoke-CsManagementServerFailover -Confirm:$false`") in text
     for c in pre.checks:
-        assert f"*{c.verdict}* {c.name}: {c.reason}" in text
+        assert f"*{c.verdict.value}* {c.name}: {c.reason}" in text
     approve, deny = buttons(payload)
     assert (approve["action_id"], approve["value"]) == ("approval-approve", "a0123456789abcdef")
     assert deny["action_id"] == "approval-deny"

@@ -13,8 +13,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryIntervalCalculator
 
-from tests import slack_fake
-from tests.slack_fake import SlackFake
+from lab import slack_fake
+from lab.slack_fake import SlackFake
 
 fake = pytest.fixture(slack_fake.fixture, name="fake")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cms.topology import Role, Topology, TopologyError, UnknownTarget, Version, parse
+from cms.topology import ServerRole, Topology, TopologyError, UnknownTarget, Version, parse
 
 PATH = "/etc/cmsbot/topology.yaml"
 
@@ -62,7 +62,7 @@ def test_good_topology_loads(topo):
     assert topo.cms.fqdn == "pool01.contoso.com"
     assert topo.paired_pool("pool01.contoso.com").fqdn == "pool02.contoso.com"
     assert topo.paired_pool("pool02.contoso.com").fqdn == "pool01.contoso.com"
-    assert topo.role_of("edge01.contoso.com") is Role.edge
+    assert topo.role_of("edge01.contoso.com") is ServerRole.edge
     assert topo.server("edge01.contoso.com").winrm is False
     assert topo.names == [
         "pool01.contoso.com", "pool02.contoso.com", "edgepool.contoso.com",

@@ -1,32 +1,34 @@
-"""Probe catalogue and the probe runner's wire format.
+"""Probe catalogue, the shell environment that runs probes, and the decoding of their answers.
 
 A probe is `workers/probes/<name>.ps1` whose first line is `# probe: <name> v<N>`.
 Script and parameters travel through the WinRM shell's environment as base64
 (never spliced into script text, never on the command line, so no probe is
 bound by the 8191-character command line). The command itself is a fixed,
-short bootstrap passed with -EncodedCommand that decodes and runs them.
+short bootstrap passed with -EncodedCommand that decodes and runs them. The
+format itself is in `workers.probes.wire` (no pywinrm); importing this package
+does not load pywinrm either.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workers.transport.winrm import Output, ProbeFailed
+from workers.probes import wire
+from workers.probes.wire import ENV_CHUNK, HEADER, LIB_VAR, POWERSHELL, joined
 
-HEADER = re.compile(r"^# probe: (?P<name>[a-z][a-z0-9-]*) v(?P<version>\d+)\s*$")
+if TYPE_CHECKING:
+    from workers.transport.winrm import Output
+
+__all__ = ["ENV_CHUNK", "HEADER", "LIB_VAR", "POWERSHELL", "Probe", "clixml_errors", "command", "decode", "joined",
+           "library", "names", "probe", "shell_env"]
+
 LIB_NAME = "_lib"
-LIB_VAR = "CMSBOT_PROBE_LIB"
-POWERSHELL = "powershell.exe"
-# Windows caps one environment variable at 32,767 characters: every value travels in
-# chunks NAME_0, NAME_1, ... that the bootstrap joins (parameters grow with the deployment).
-ENV_CHUNK = 30_000
 
 
 @dataclass(frozen=True)
@@ -37,15 +39,15 @@ class Probe:
 
     @property
     def slot(self) -> str:
-        return self.name.upper().replace("-", "_")
+        return wire.slot(self.name)
 
     @property
     def script_var(self) -> str:
-        return f"CMSBOT_SCRIPT_{self.slot}"
+        return wire.script_var(self.name)
 
     @property
     def params_var(self) -> str:
-        return f"CMSBOT_PARAMS_{self.slot}"
+        return wire.params_var(self.name)
 
 
 def _read(name: str) -> str:
@@ -71,55 +73,21 @@ def library() -> str:
     return _read(LIB_NAME)
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def _chunked(env: dict[str, str], name: str, value: str) -> None:
-    for i in range(0, max(len(value), 1), ENV_CHUNK):
-        env[f"{name}_{i // ENV_CHUNK}"] = value[i:i + ENV_CHUNK]
-
-
-def joined(env: dict[str, str], name: str) -> str:
-    """The value `_chunked` stored under `name` (what the bootstrap does, for the lab)."""
-    parts, i = [], 0
-    while f"{name}_{i}" in env:
-        parts.append(env[f"{name}_{i}"])
-        i += 1
-    return "".join(parts)
-
-
 def shell_env(calls: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Environment for one shell that can run each named probe with its parameters."""
-    env: dict[str, str] = {}
-    _chunked(env, LIB_VAR, _b64(library()))
-    for name, params in calls.items():
-        p = probe(name)
-        _chunked(env, p.script_var, _b64(p.script))
-        _chunked(env, p.params_var, _b64(json.dumps(params, sort_keys=True)))
-    return env
+    return wire.environment(library(), {name: (probe(name).script, json.dumps(params, sort_keys=True))
+                                        for name, params in calls.items()})
 
 
 def command(name: str) -> tuple[str, list[str]]:
     """The fixed bootstrap that runs probe `name` from the shell environment."""
-    p = probe(name)
-    bootstrap = (
-        "$ErrorActionPreference='Stop';"
-        "[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false;"
-        "$j={param($n)$p='';$i=0;"
-        "while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
-        "$d={param($n)[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String((& $j $n)))};"
-        f"$CmsbotParams=(& $j '{p.params_var}');"
-        f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
-        f". ([ScriptBlock]::Create((& $d '{p.script_var}')))"
-    )
-    encoded = base64.b64encode(bootstrap.encode("utf-16-le")).decode("ascii")
-    return POWERSHELL, ["-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
-                        "-EncodedCommand", encoded]
+    return wire.command_line(probe(name).name)
 
 
 def decode(name: str, out: Output) -> Any:
     """The probe's `data`, or ProbeFailed with the most useful reason we have."""
+    from workers.transport.winrm import ProbeFailed  # here: the catalogue and the wire format load no pywinrm
+
     try:
         text = out.stdout.decode("utf-8")
     except UnicodeDecodeError:

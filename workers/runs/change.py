@@ -9,34 +9,30 @@ the cooldown. Every step goes to the thread and to the audit stream.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import LockError
 
+from cms.messages import ActionOutcome, Emit, Failed, Progress, Result, no_emit
+from cms.preflight import (
+    RECOVER_POINTER,
+    Plan,
+    Verdict,
+    describe_plan,
+    preflight_failover,
+    preflight_recover,
+    recognise,
+)
 from cms.settings import Settings
 from cms.topology import Topology
 from hub import approvals, cms_lock
 from hub.contract import Request, append_audit, utcnow
 from hub.keys import Hub
 from hub.liveness import UNKNOWN_OUTCOME
-from workers.runs.failover import (
-    BLOCK,
-    RECOVER_POINTER,
-    Plan,
-    describe_plan,
-    gather,
-    preflight_failover,
-    preflight_recover,
-    recognise,
-    run_change,
-    wait_for_convergence,
-)
+from workers.runs.failover import gather, run_change, wait_for_convergence
 from workers.runs.status import run_status
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 STEP_PROBES = {"start-service": "start-service", "restore": "cms-restore", "reseed-local": "reseed-local",
                "force-replication": "force-replication"}
@@ -51,14 +47,14 @@ def execute(hub: Hub, request: Request, topology: Topology, settings: Settings, 
                                      approved_hash=request.args.get("plan_hash", ""), max_age=settings.approval_ttl)
     except approvals.NotApproved as e:
         audit("execute", f"refused: {e}")
-        emit("failed", {"reason": f"not executed: {e}"})
+        emit(Failed(reason=f"not executed: {e}"))
         return {"ok": False}
     plan = Plan.model_validate(approval.plan)
     what = describe_plan(plan)
     lock = cms_lock.lock(hub, timeout=settings.failover_timeout)
     if not lock.acquire(blocking=False):
         audit("execute", "refused: another CMS change holds the lock")
-        emit("failed", {"reason": f"not executed: another CMS change is running ({cms_lock.holder(hub) or '?'})"})
+        emit(Failed(reason=f"not executed: another CMS change is running ({cms_lock.holder(hub) or '?'})"))
         return {"ok": False}
     try:
         cms_lock.set_holder(hub, f"{what} (approved by {', '.join(approval.approvers)}, started "
@@ -67,24 +63,24 @@ def execute(hub: Hub, request: Request, topology: Topology, settings: Settings, 
         cooldown = cms_lock.cooldown(hub)
         if cooldown and plan.action == "failover":
             audit("execute", "refused: cooldown")
-            emit("failed", {"reason": f"not executed: cooldown after the last CMS change {cooldown}"})
+            emit(Failed(reason=f"not executed: cooldown after the last CMS change {cooldown}"))
             return {"ok": False}
         audit("execute", "started", detail=what)
-        emit("progress", {"text": "re-running preflight: the deployment may have changed since the card"})
+        emit(Progress(text="re-running preflight: the deployment may have changed since the card"))
         facts = gather(topology, settings, None)
         pre = (preflight_failover(topology, facts, plan.target, plan.mode or "normal") if plan.action == "failover"
                else preflight_recover(topology, facts, approval_id))
         blocks = [f"{c.name}: {c.reason}" for c in pre.checks
-                  if c.verdict == BLOCK and c.name != "one change at a time"]
+                  if c.verdict == Verdict.BLOCK and c.name != "one change at a time"]
         if blocks:
             audit("execute", "stopped: preflight BLOCK", detail="; ".join(blocks))
-            emit("failed", {"reason": "not executed, preflight now says BLOCK: " + "; ".join(blocks)})
+            emit(Failed(reason="not executed, preflight now says BLOCK: " + "; ".join(blocks)))
             return {"ok": False}
         if plan.action == "failover" and (pre.plan.run_on, pre.plan.cmdlet) != (plan.run_on, plan.cmdlet):
             audit("execute", "stopped: plan no longer matches")
-            emit("failed", {"reason": f"not executed: the approved plan ({plan.cmdlet} on {plan.run_on}) no longer "
-                                      f"matches the deployment ({pre.plan.cmdlet} on {pre.plan.run_on}); "
-                                      "request it again"})
+            emit(Failed(reason=f"not executed: the approved plan ({plan.cmdlet} on {plan.run_on}) no longer "
+                               f"matches the deployment ({pre.plan.cmdlet} on {pre.plan.run_on}); "
+                               "request it again"))
             return {"ok": False}
         try:
             if plan.action == "failover":
@@ -109,12 +105,11 @@ def _auditor(hub: Hub, request: Request, approval_id: str):
 
 def _failover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, audit) -> dict[str, Any]:
     assert plan.run_on and plan.target
-    emit("progress", {"text": f"running `{plan.cmdlet}` on {plan.run_on}"})
+    emit(Progress(text=f"running `{plan.cmdlet}` on {plan.run_on}"))
     run = run_change(topology, settings, plan.run_on, "cms-failover", plan.steps[0].params)
     if run.error:
         audit("failover", f"unknown: {run.error.reason}")
-        emit("failed", {"reason": UNKNOWN_OUTCOME.format(what="failover")
-                        + f" (the WinRM call failed: {run.error.reason})"})
+        emit(Failed(reason=UNKNOWN_OUTCOME.format(what="failover") + f" (the WinRM call failed: {run.error.reason})"))
         return {"ok": False}
     data = run.results["cms-failover"]
     errors, warnings = [str(e) for e in data.get("Errors") or []], [str(w) for w in data.get("Warnings") or []]
@@ -125,18 +120,17 @@ def _failover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, au
         text = "the cmdlet failed: " + " | ".join(errors + [f"WARNING: {w}" for w in warnings])
         if not findings:
             text += f". {RECOVER_POINTER} if the CMS is left without a master."
-        emit("result", {"action": {"kind": "failover", "target": plan.target, "ok": False, "text": text},
-                        "findings": [f.model_dump(mode="json") for f in findings]})
+        emit(Result(action=ActionOutcome(kind="failover", target=plan.target, ok=False, text=text),
+                    findings=findings))
         return {"ok": False}
-    emit("progress", {"text": f"the cmdlet returned; watching convergence (deadline {settings.failover_deadline:g} s, "
-                              "RTO target 5 minutes)"})
+    emit(Progress(text=f"the cmdlet returned; watching convergence (deadline {settings.failover_deadline:g} s, "
+                       "RTO target 5 minutes)"))
     ok, state, elapsed = wait_for_convergence(topology, settings, plan.target, emit)
     audit("convergence", "converged" if ok else "timed out", detail=state)
-    report = run_status(topology, settings, topology.everything(), lambda k, b: None)
+    report = run_status(topology, settings, topology.everything(), no_emit)
     text = (f"converged in {elapsed:.0f} s: {state}" if ok else
             f"did NOT converge within {settings.failover_deadline:g} s: {state}. {RECOVER_POINTER}")
-    emit("result", {"action": {"kind": "failover", "target": plan.target, "ok": ok, "text": text},
-                    "report": report.model_dump(mode="json"), "healthy": report.healthy})
+    emit(Result(action=ActionOutcome(kind="failover", target=plan.target, ok=ok, text=text), report=report))
     return {"ok": ok}
 
 
@@ -145,16 +139,15 @@ def _recover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, aud
     for i, step in enumerate(plan.steps, 1):
         label = f"step {i}/{len(plan.steps)}: {step.detail}"
         if step.kind == "status":
-            emit("progress", {"text": label})
-            report = run_status(topology, settings, topology.everything(), lambda k, b: None)
+            emit(Progress(text=label))
+            report = run_status(topology, settings, topology.everything(), no_emit)
             audit("recover-status", "healthy" if report.healthy else "problems")
             text = "recovery finished: " + ("the deployment is healthy" if report.healthy else
                                             "the final status check still shows problems (see below)")
-            emit("result", {"action": {"kind": "recover", "target": plan.target, "ok": report.healthy, "text": text,
-                                       "changes": done}, "report": report.model_dump(mode="json"),
-                            "healthy": report.healthy})
+            emit(Result(action=ActionOutcome(kind="recover", target=plan.target, ok=report.healthy, text=text,
+                                             changes=done), report=report))
             return {"ok": report.healthy}
-        emit("progress", {"text": f"{label} on {step.server}"})
+        emit(Progress(text=f"{label} on {step.server}"))
         run = run_change(topology, settings, step.server, STEP_PROBES[step.kind], step.params)
         data = run.results.get(STEP_PROBES[step.kind], {})
         failed = run.error.reason if run.error else (
@@ -163,9 +156,9 @@ def _recover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, aud
         audit(f"recover:{step.kind}", "failed" if failed else "ok", target=step.server, detail=step.detail)
         if failed:
             not_done = [f"{s.detail} on {s.server}" for s in plan.steps[i:]]
-            emit("result", {"action": {"kind": "recover", "target": plan.target, "ok": False, "changes": done,
-                                       "text": f"{label} on {step.server} FAILED: {failed}. Stopped. Not done: "
-                                               + ("; ".join(not_done) or "nothing")}})
+            emit(Result(action=ActionOutcome(kind="recover", target=plan.target, ok=False, changes=done,
+                                             text=f"{label} on {step.server} FAILED: {failed}. Stopped. Not done: "
+                                                  + ("; ".join(not_done) or "nothing"))))
             return {"ok": False}
         note = f" (export kept at {data.get('Path')})" if step.kind == "reseed-local" and data.get("Path") else ""
         done.append(f"{step.detail} on {step.server}: ok{note}")

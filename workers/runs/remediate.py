@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cms.messages import Emit, Progress, no_emit
 from cms.models import StatusReport
 from cms.remediation import RemediationKind, UnknownRemediation
 from cms.settings import Settings
@@ -21,8 +21,6 @@ from workers.runs.status import cms_candidates, run_status
 from workers.transport.fleet import Fleet
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 class RemediationRefused(ValueError):
     """The action cannot be attempted; the message says why, for the thread."""
@@ -83,29 +81,29 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
 
     with Fleet(topology, settings, calls) as fleet:
         if kind == "start-replica":
-            emit("progress", {"text": f"starting REPLICA on {server}"})
+            emit(Progress(text=f"starting REPLICA on {server}"))
             run = fleet.run(server, ["start-service"])
             if run.error:
                 return Outcome(False, f"could not start REPLICA on {server}: {run.error.reason}")
             data = run.results["start-service"]
-            emit("progress", {"text": f"REPLICA on {server}: {data.get('Before')} -> {data.get('After')}"})
+            emit(Progress(text=f"REPLICA on {server}: {data.get('Before')} -> {data.get('After')}"))
             if str(data.get("After", "")).lower() != "running":
                 return Outcome(False, f"REPLICA on {server} is {data.get('After')} after the start attempt")
         elif kind == "reseed":
-            emit("progress", {"text": f"exporting the configuration on {cms}"})
+            emit(Progress(text=f"exporting the configuration on {cms}"))
             run = fleet.run(cms, ["export-configuration"])
             if run.error:
                 return Outcome(False, f"Export-CsConfiguration on {cms} failed: {run.error.reason}")
             export = run.results["export-configuration"]
             import_params["sha256"] = str(export.get("Sha256", ""))
-            emit("progress", {"text": f"exported {export.get('Bytes')} bytes to {export.get('Path')} on {cms} "
-                                      f"(kept there as a backup); importing into {server}'s local store"})
+            emit(Progress(text=f"exported {export.get('Bytes')} bytes to {export.get('Path')} on {cms} "
+                               f"(kept there as a backup); importing into {server}'s local store"))
             with Fleet(topology, settings, import_calls) as importer:
                 run = importer.run(server, ["import-configuration"],
                                    stdin={"import-configuration": str(export.get("Content", "")).encode("ascii")})
             if run.error:
                 return Outcome(False, f"Import-CsConfiguration -LocalStore on {server} failed: {run.error.reason}")
-        emit("progress", {"text": f"forcing replication to {server} from {cms}"})
+        emit(Progress(text=f"forcing replication to {server} from {cms}"))
         run = fleet.run(cms, ["force-replication"])
         if run.error:
             return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.error.reason}")
@@ -122,8 +120,8 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
 def replicate(topology: Topology, settings: Settings, target: Target, emit: Emit) -> Outcome:
     """/cms-replicate: status, force replication for the scope, wait, status, difference."""
     cms = _cms_server(topology)
-    emit("progress", {"text": "reading the current state"})
-    before = run_status(topology, settings, target, lambda k, b: None)
+    emit(Progress(text="reading the current state"))
+    before = run_status(topology, settings, target, no_emit)
     replicas = [] if target.kind == "deployment" else list(target.servers)
     with Fleet(topology, settings,
                lambda h: {"force-replication": {"replicas": replicas}} if h == cms else {}) as fleet:
@@ -140,8 +138,8 @@ def replicate(topology: Topology, settings: Settings, target: Target, emit: Emit
 
 def recheck(topology: Topology, settings: Settings, target: Target, emit: Emit) -> StatusReport:
     wait = settings.replication_wait
-    emit("progress", {"text": f"waiting {wait:g} s for replication (UpToDate is False for 2-3 minutes after a "
-                              "forced replication), then re-checking"})
+    emit(Progress(text=f"waiting {wait:g} s for replication (UpToDate is False for 2-3 minutes after a "
+                       "forced replication), then re-checking"))
     time.sleep(wait)
     return run_status(topology, settings, target, emit)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cms.diagnose import diagnose
+from cms.messages import Emit, Progress
 from cms.models import HostError, HostErrorKind, StatusReport
 from cms.parsers import (
     ParseError,
@@ -27,13 +28,11 @@ from cms.parsers import (
     parse_replication_events,
 )
 from cms.settings import Settings
-from cms.topology import Role, Target, Topology
+from cms.topology import ServerRole, Target, Topology
 from hub.contract import utcnow
 from workers.transport.fleet import Fleet, HostRun
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 PROGRESS_EVERY = 0.5  # seconds between progress events, so a big fan-out is not 200 messages
 CMS_FALLBACKS = 2  # further CMS pool servers tried when the first cannot answer
@@ -49,7 +48,7 @@ def cms_candidates(topology: Topology) -> list[str]:
     paired = topology.paired_pool(topology.cms_pool)
     if paired is not None:
         pools.append(paired)
-    return [s.fqdn for p in pools if p.role is Role.frontend for s in p.servers if s.winrm]
+    return [s.fqdn for p in pools if p.role is ServerRole.frontend for s in p.servers if s.winrm]
 
 
 def probe_params(topology: Topology, target: Target) -> Callable[[str], dict[str, dict[str, Any]]]:
@@ -61,7 +60,7 @@ def probe_params(topology: Topology, target: Target) -> Callable[[str], dict[str
     targets = []
     for fqdn in target.servers:
         s = topology.server(fqdn)
-        if topology.role_of(fqdn) is Role.edge:
+        if topology.role_of(fqdn) is ServerRole.edge:
             targets.append({"fqdn": fqdn, "address": s.internal_address or fqdn, "port": 4443, "share": False})
         else:
             targets.append({"fqdn": fqdn, "address": fqdn, "port": 445, "share": True})
@@ -106,15 +105,15 @@ def run_status(topology: Topology, settings: Settings, target: Target, emit: Emi
         for fallback in healthy[:CMS_FALLBACKS]:
             if "cms-status" in attempts[-1].results:
                 break
-            emit("progress", {"text": f"{attempts[-1].server} could not read the CMS; asking {fallback}",
-                              "done": progress.done, "total": progress.total})
+            emit(Progress(text=f"{attempts[-1].server} could not read the CMS; asking {fallback}",
+                          done=progress.done, total=progress.total))
             attempts.append(fleet.run(fallback, ["cms-status"]))
         report = build_report(topology, target, runs, attempts)
         stage2 = second_stage(topology, report, candidates)
         if stage2:
-            emit("progress", {"text": "replicas are behind: reading the File Transfer Agent's event log, testing "
-                                      "ports and shares, checking group membership", "done": progress.done,
-                              "total": progress.total})
+            emit(Progress(text="replicas are behind: reading the File Transfer Agent's event log, testing "
+                               "ports and shares, checking group membership", done=progress.done,
+                          total=progress.total))
             runs2 = fleet.run_all(stage2)
             report = add_second_stage(report, runs2)
     progress.finish()
@@ -235,7 +234,7 @@ class _Progress:
         self._lock = threading.Lock()
 
     def start(self, text: str) -> None:
-        self._emit("progress", {"text": text, "done": 0, "total": self.total})
+        self._emit(Progress(text=text, done=0, total=self.total))
         self._last = time.monotonic()
 
     def host_done(self, run: HostRun) -> None:
@@ -243,9 +242,8 @@ class _Progress:
             self.done += 1
             if time.monotonic() - self._last >= PROGRESS_EVERY and self.done < self.total:
                 self._last = time.monotonic()
-                self._emit("progress", {"text": f"{self.done} of {self.total} servers answered",
-                                        "done": self.done, "total": self.total})
+                self._emit(Progress(text=f"{self.done} of {self.total} servers answered", done=self.done,
+                                    total=self.total))
 
     def finish(self) -> None:
-        self._emit("progress", {"text": f"{self.done} of {self.total} servers answered",
-                                "done": self.done, "total": self.total})
+        self._emit(Progress(text=f"{self.done} of {self.total} servers answered", done=self.done, total=self.total))

@@ -1,4 +1,5 @@
-"""A local fake of the Slack Web API for tests (standard library only).
+"""A simulated Slack: a local fake of the Slack Web API (standard library only), as the lab is a
+simulated deployment; the tests and the benchmarks run the real bot against it.
 
 The real `slack_sdk.WebClient` runs against it unmodified:
 
@@ -7,7 +8,7 @@ The real `slack_sdk.WebClient` runs against it unmodified:
         client.chat_postMessage(channel="C1", text="hi")
         assert fake.messages("C1")[0]["text"] == "hi"
 
-As a pytest fixture:  `slack = pytest.fixture(tests.slack_fake.fixture, name="slack")`.
+As a pytest fixture:  `slack = pytest.fixture(lab.slack_fake.fixture, name="slack")`.
 
 Every request is recorded as a `Call`. `fail()` and `delay()` inject rate limits,
 server errors, `{"ok": false}` errors and slowness. `messages()` / `thread()` show
@@ -104,7 +105,8 @@ class SlackFake:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(5)
+            if self._thread:
+                self._thread.join(5)
             self._server = self._thread = None
 
     def __enter__(self) -> SlackFake:
@@ -115,6 +117,7 @@ class SlackFake:
 
     @property
     def root(self) -> str:
+        assert self._server is not None, "the fake is not started"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
@@ -190,13 +193,13 @@ class SlackFake:
             return _reply(req, 404, {"ok": False, "error": "not_found"})
         auth = headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else params.pop("token", None)
-        call = Call(method, params, headers, token, time.time())
+        call = Call(method, params, headers, token if isinstance(token, str) else None, time.time())
         with self._lock:
             self._calls.append(call)
             pause = self._delays.get(method, 0)
             faults = self._faults.get(method)
             fault = faults[0] if faults else None
-            if fault:
+            if faults and fault:
                 fault.times -= 1
                 if fault.times <= 0:
                     faults.pop(0)
@@ -233,20 +236,20 @@ class SlackFake:
             m = _Message(p["channel"], self._next_ts(), p.get("text"), p.get("thread_ts"),
                          p.get("blocks"), p.get("attachments"))
             self._messages[m.ts] = m
-            message = {"type": "message", "text": m.text, "user": TEAM["user_id"], "bot_id": TEAM["bot_id"],
-                       "ts": m.ts}
+            message: dict[str, Any] = {"type": "message", "text": m.text, "user": TEAM["user_id"],
+                                       "bot_id": TEAM["bot_id"], "ts": m.ts}
             message.update({k: v for k, v in (("thread_ts", m.thread_ts), ("blocks", m.blocks)) if v})
             return 200, {"ok": True, "channel": m.channel, "ts": m.ts, "message": message}
         if method == "chat.update":
-            m = self._messages.get(p.get("ts", ""))
-            if m is None or m.channel != p.get("channel"):
+            old = self._messages.get(p.get("ts", ""))
+            if old is None or old.channel != p.get("channel"):
                 return 200, {"ok": False, "error": "message_not_found"}
-            m.history.append(m.text)
-            m.text = p.get("text", m.text)
-            m.blocks = p.get("blocks", m.blocks)  # Slack keeps fields an update leaves out
-            m.attachments = p.get("attachments", m.attachments)
-            return 200, {"ok": True, "channel": m.channel, "ts": m.ts, "text": m.text,
-                         "message": {"text": m.text, "blocks": m.blocks, "user": TEAM["user_id"]}}
+            old.history.append(old.text)
+            old.text = p.get("text", old.text)
+            old.blocks = p.get("blocks", old.blocks)  # Slack keeps fields an update leaves out
+            old.attachments = p.get("attachments", old.attachments)
+            return 200, {"ok": True, "channel": old.channel, "ts": old.ts, "text": old.text,
+                         "message": {"text": old.text, "blocks": old.blocks, "user": TEAM["user_id"]}}
         if method == "chat.postEphemeral":
             ts = self._next_ts()
             self._ephemeral.append({**p, "message_ts": ts})
@@ -288,6 +291,7 @@ def _parse_body(content_type: str, body: bytes) -> dict:
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             data = part.get_payload(decode=True)
+            assert isinstance(data, bytes)  # a leaf part, decoded
             out[name] = data if part.get_filename() else data.decode("utf-8")
         return _decode_json_fields(out)
     return _decode_json_fields(dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
@@ -321,7 +325,7 @@ def fixture() -> Iterator[SlackFake]:
         yield fake
 
 
-if __name__ == "__main__":  # `python -m tests.slack_fake`: serve until stopped (benchmarks run it apart)
+if __name__ == "__main__":  # `python -m lab.slack_fake`: serve until stopped (benchmarks run it apart)
     import signal
     import sys
 

@@ -1,0 +1,90 @@
+"""The probe wire format: how a probe's script and parameters reach the host.
+
+Standard library only (no pywinrm), so anything that needs the format can import it.
+
+- The shell's environment carries, each as base64 of UTF-8 text, the shared library
+  (`CMSBOT_PROBE_LIB`), and per probe its script (`CMSBOT_SCRIPT_<SLOT>`) and its parameters
+  as JSON (`CMSBOT_PARAMS_<SLOT>`); SLOT is the probe name upper-cased, '-' as '_'.
+- Windows caps one environment variable at 32,767 characters, so every value travels in
+  chunks NAME_0, NAME_1, ... of at most ENV_CHUNK characters; the reader joins them in order
+  up to the first missing index. An empty value is one empty chunk NAME_0.
+- The command is `powershell.exe ... -EncodedCommand <bootstrap>` (UTF-16LE, base64): a fixed
+  bootstrap that joins the chunks, dot-sources the decoded library, then the decoded script,
+  with the parameters' base64 (joined, not decoded) in `$CmsbotParams` for the library to read.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+HEADER = re.compile(r"^# probe: (?P<name>[a-z][a-z0-9-]*) v(?P<version>\d+)\s*$")
+LIB_VAR = "CMSBOT_PROBE_LIB"
+SCRIPT_PREFIX = "CMSBOT_SCRIPT_"
+PARAMS_PREFIX = "CMSBOT_PARAMS_"
+POWERSHELL = "powershell.exe"
+# Windows caps one environment variable at 32,767 characters: every value travels in
+# chunks NAME_0, NAME_1, ... that the bootstrap joins (parameters grow with the deployment).
+ENV_CHUNK = 30_000
+
+
+def slot(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def script_var(name: str) -> str:
+    return SCRIPT_PREFIX + slot(name)
+
+
+def params_var(name: str) -> str:
+    return PARAMS_PREFIX + slot(name)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def chunked(env: dict[str, str], name: str, value: str) -> None:
+    """Store `value` under `name` as the chunks NAME_0, NAME_1, ..."""
+    for i in range(0, max(len(value), 1), ENV_CHUNK):
+        env[f"{name}_{i // ENV_CHUNK}"] = value[i:i + ENV_CHUNK]
+
+
+def joined(env: dict[str, str], name: str) -> str:
+    """The value `chunked` stored under `name` (what the bootstrap does)."""
+    parts, i = [], 0
+    while f"{name}_{i}" in env:
+        parts.append(env[f"{name}_{i}"])
+        i += 1
+    return "".join(parts)
+
+
+def environment(library: str, probes: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The shell environment for the library and each probe: name -> (script, parameters' JSON)."""
+    env: dict[str, str] = {}
+    chunked(env, LIB_VAR, b64(library))
+    for name, (script, params_json) in probes.items():
+        chunked(env, script_var(name), b64(script))
+        chunked(env, params_var(name), b64(params_json))
+    return env
+
+
+def bootstrap(name: str) -> str:
+    """The fixed PowerShell that runs probe `name` from the shell environment."""
+    return (
+        "$ErrorActionPreference='Stop';"
+        "[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false;"
+        "$j={param($n)$p='';$i=0;"
+        "while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
+        "$d={param($n)[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String((& $j $n)))};"
+        f"$CmsbotParams=(& $j '{params_var(name)}');"
+        f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
+        f". ([ScriptBlock]::Create((& $d '{script_var(name)}')))"
+    )
+
+
+def command_line(name: str) -> tuple[str, list[str]]:
+    """Executable and arguments that run probe `name`: the bootstrap, passed with -EncodedCommand."""
+    encoded = base64.b64encode(bootstrap(name).encode("utf-16-le")).decode("ascii")
+    return POWERSHELL, ["-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
+                        "-EncodedCommand", encoded]
