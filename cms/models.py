@@ -180,6 +180,61 @@ class PoolBackup(Model):
     error: str | None = None
 
 
+class BackupStatus(Model):
+    """Get-CsBackupServiceStatus for each pool of the CMS pair (backup-status)."""
+
+    pools: list[PoolBackup] = Field(default_factory=list)
+
+
+class EventLog(Model):
+    """The replication entries of the `Lync Server` log on one host (replication-events)."""
+
+    computer: str | None = None
+    events: list[ReplicationEvent] = Field(default_factory=list)
+
+
+class ServiceStart(Model):
+    """Start-CsWindowsService on one service (start-service)."""
+
+    name: str | None = None
+    before: str | None = None
+    after: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return (self.after or "").lower() == "running"
+
+
+class ConfigurationFile(Model):
+    """A CMS configuration zip on a server: exported (with its content), imported or re-seeded."""
+
+    path: str | None = None
+    bytes: int | None = None
+    sha256: str = ""
+    content: str = ""  # base64 of the zip, for an export that travels to another server
+
+
+class ReplicationFailure(Model):
+    replica: str
+    message: str
+
+
+class ReplicationRequest(Model):
+    """Invoke-CsManagementStoreReplication, per replica (force-replication)."""
+
+    replicas: list[str] = Field(default_factory=list)
+    errors: list[ReplicationFailure] = Field(default_factory=list)
+
+
+class CmdletRun(Model):
+    """A CMS failover or restore: what the cmdlet said (its refusal is data, not a probe error)."""
+
+    command: str | None = None
+    succeeded: bool = False
+    errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
 class HostErrorKind(str, Enum):
     unreachable = "unreachable"
     auth_failed = "auth_failed"

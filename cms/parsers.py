@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cms.models import (
     Ace,
     BackupModule,
+    BackupStatus,
     CertificateInfo,
+    CmdletRun,
     CmsService,
     CmsStatus,
+    ConfigurationFile,
+    EventLog,
     GroupMembership,
     Location,
     Membership,
+    Model,
     PoolBackup,
     PortTest,
     Reachability,
     ReplicaHealth,
     ReplicaStatus,
     ReplicationEvent,
+    ReplicationFailure,
+    ReplicationRequest,
+    ServiceStart,
     ShareAcl,
     StoreStatus,
 )
@@ -220,3 +228,69 @@ def parse_backup_status(data: Any) -> list[PoolBackup]:
         pools.append(PoolBackup(pool=pool, backup_pool=as_fqdn(p.get("BackupPoolFqdn")), modules=modules,
                                 error=as_str(p.get("Error"))))
     return pools
+
+
+# -- the change probes ----------------------------------------------------------------------------
+
+
+def parse_service_start(data: Any) -> ServiceStart:
+    d = _mapping(data, "start-service")
+    return ServiceStart(name=as_str(d.get("Name")), before=as_str(d.get("Before")), after=as_str(d.get("After")))
+
+
+def parse_configuration_file(data: Any) -> ConfigurationFile:
+    """export-configuration, import-configuration and reseed-local all describe one zip."""
+    d = _mapping(data, "configuration file")
+    size = d.get("Bytes")
+    return ConfigurationFile(path=as_str(d.get("Path")), bytes=int(size) if isinstance(size, (int, float)) else None,
+                             sha256=as_str(d.get("Sha256")) or "", content=as_str(d.get("Content")) or "")
+
+
+def parse_replication_request(data: Any) -> ReplicationRequest:
+    d = _mapping(data, "force-replication")
+    errors = [_mapping(e, "replication error") for e in as_list(d.get("Errors"))]
+    return ReplicationRequest(
+        replicas=as_strings(d.get("Replicas")),
+        errors=[ReplicationFailure(replica=as_str(e.get("Replica")) or "*", message=as_str(e.get("Message")) or "")
+                for e in errors])
+
+
+def parse_cmdlet_run(data: Any) -> CmdletRun:
+    """cms-failover and cms-restore: Succeeded is true when the cmdlet wrote no error."""
+    d = _mapping(data, "cmdlet run")
+    return CmdletRun(command=as_str(d.get("Command")), succeeded=as_bool(d.get("Succeeded")),
+                     errors=as_strings(d.get("Errors")), warnings=as_strings(d.get("Warnings")))
+
+
+# -- one registry: every probe's answer becomes its model as it arrives ------------------------
+
+_ANSWERS: dict[str, Callable[[str, Any], Model]] = {
+    "cms-status": lambda server, d: parse_cms_status(d),
+    "cms-location": lambda server, d: parse_location(d),
+    "replica-health": parse_replica_health,
+    "backup-status": lambda server, d: BackupStatus(pools=parse_backup_status(d)),
+    "replication-events": lambda server, d: EventLog(computer=(log := parse_replication_events(d))[0], events=log[1]),
+    "reachability": parse_reachability,
+    "ad-membership": lambda server, d: parse_ad_membership(d),
+    "start-service": lambda server, d: parse_service_start(d),
+    "export-configuration": lambda server, d: parse_configuration_file(d),
+    "import-configuration": lambda server, d: parse_configuration_file(d),
+    "reseed-local": lambda server, d: parse_configuration_file(d),
+    "force-replication": lambda server, d: parse_replication_request(d),
+    "cms-failover": lambda server, d: parse_cmdlet_run(d),
+    "cms-restore": lambda server, d: parse_cmdlet_run(d),
+}
+PARSED_PROBES = frozenset(_ANSWERS)
+
+
+def parse_answer(probe: str, server: str, data: Any) -> Model:
+    """The model of one probe's data from one server; ParseError when it cannot be read."""
+    parse = _ANSWERS.get(probe)
+    if parse is None:
+        raise ParseError(f"no parser for probe {probe!r}")
+    try:
+        return parse(server, data)
+    except ParseError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ParseError(f"{probe}: {e}") from e

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from cms import topology as topo
+from cms.models import CmdletRun
 from cms.preflight import recognise
 from cms.settings import Settings
 from hub import approvals
@@ -222,9 +223,9 @@ def test_each_failure_mode_is_recognised_and_recovery_restores_health(bot, fake,
     topology = topo.load(edge_lab.topology)
     settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic")
     target = "fe01.contoso.com" if scenario == "moving-after-forced-failover" else "fe03.contoso.com"
-    data = run_change(topology, settings, target, "cms-failover", {"mode": "normal"}).results["cms-failover"]
-    assert not data["Succeeded"]
-    assert cmdlet_code in {f.code for f in recognise(data["Errors"], data["Warnings"], target)}
+    cmdlet = run_change(topology, settings, target, "cms-failover", {"mode": "normal"}).answer("cms-failover", CmdletRun)
+    assert cmdlet is not None and not cmdlet.succeeded
+    assert cmdlet_code in {f.code for f in recognise(cmdlet.errors, cmdlet.warnings, target)}
     # the failover itself is refused before it starts, pointing to the recovery
     card = request_card(bot, fake, "pool01.contoso.com" if scenario == "moving-after-forced-failover" else "")
     assert "/cms-recover" in blocks_text(card) and card_buttons(card) == {}

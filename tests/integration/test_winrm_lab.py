@@ -11,7 +11,7 @@ import pytest
 import winrm
 
 from cms import topology as topo
-from cms.parsers import parse_cms_status
+from cms.models import CmsStatus
 from cms.settings import Settings
 from tests.harness import LAB_PASSWORD, LAB_USER, LabProcess, cmsbot, scaled, stop_cleanly
 from workers import probes
@@ -107,9 +107,9 @@ def test_large_output_arrives_in_several_receive_chunks(big_lab):
                         host_deadline=20)
     with Fleet(topology, settings, probe_params(topology, topology.everything())) as fleet:
         run = fleet.run("fe01.contoso.com", ["cms-status"])
-    assert run.error is None, run.error
-    cms = parse_cms_status(run.results["cms-status"])
-    assert len(cms.replicas) == 200 and all(r.up_to_date for r in cms.replicas)
+    assert run.errors == [], run.errors
+    cms = run.answer("cms-status", CmsStatus)
+    assert cms is not None and len(cms.replicas) == 200 and all(r.up_to_date for r in cms.replicas)
     # Create + Command + >= 3 Receive (the answer is > 32 KB) + Delete
     assert big_lab.stats()["requests"]["fe01.contoso.com"] >= 6
 

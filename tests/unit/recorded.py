@@ -20,7 +20,7 @@ from unittest import mock
 from cms import topology as topo
 from cms.diagnose import diagnose
 from cms.messages import Message
-from cms.models import Finding, HostError, StatusReport
+from cms.models import CmdletRun, Finding, HostError, StatusReport
 from cms.preflight import Facts
 from cms.settings import Settings
 from workers import probes
@@ -44,11 +44,12 @@ def topology_of(name: str) -> topo.Topology:
 
 
 def host_run(server: str, rec: dict[str, Any]) -> HostRun:
-    """What the job's Fleet returned for one server: each probe's decoded data, or its error."""
-    results = {probe: probes.decode(probe, Output(stdout.encode("utf-8"), b"", 0))
-               for probe, stdout in rec["stdout"].items()}
-    error = HostError.model_validate(rec["error"]) if rec["error"] else None
-    return HostRun(server=server, results=results, error=error)
+    """What the job's Fleet returned for one server: each probe's answer read as the fleet reads
+    it (decoded, then parsed into its model), or the server's error."""
+    run = HostRun(server=server, error=HostError.model_validate(rec["error"]) if rec["error"] else None)
+    for probe, stdout in rec["stdout"].items():
+        run.read(probe, probes.decode(probe, Output(stdout.encode("utf-8"), b"", 0)))
+    return run
 
 
 def runs_of(call: dict[str, Any]) -> dict[str, HostRun]:
@@ -191,8 +192,10 @@ def run_status_replayed(name: str) -> tuple[StatusReport, list[Message]]:
     return result, emitted
 
 
-def failover_attempt(name: str) -> tuple[str, dict[str, Any]]:
-    """The server a recorded failover ran on, and the cms-failover probe's decoded data."""
+def failover_attempt(name: str) -> tuple[str, CmdletRun]:
+    """The server a recorded failover ran on, and what the cms-failover probe's answer says."""
     attempt = doc(name)["failover_attempt"]
     (call,) = attempt["calls"]
-    return attempt["server"], host_run(attempt["server"], call["run"]).results["cms-failover"]
+    answer = host_run(attempt["server"], call["run"]).answer("cms-failover", CmdletRun)
+    assert answer is not None, "the recorded cms-failover answer is unreadable"
+    return attempt["server"], answer

@@ -290,3 +290,46 @@ def test_answer_for_another_probe_is_rejected():
     with pytest.raises(ProbeFailed) as info:
         probes.decode("replica-health", Output(raw("cms-status-healthy.json"), b"", 0))
     assert "cms-status" in info.value.reason
+
+
+# -- the fleet's one registry of parsers ---------------------------------------------------------
+
+
+def test_every_probe_has_a_parser_so_no_job_reads_powershell_property_names():
+    from cms.parsers import PARSED_PROBES
+
+    assert PARSED_PROBES == set(probes.names())
+
+
+def test_an_unreadable_answer_is_that_probes_error_and_the_servers_other_answers_still_count():
+    from cms.models import CmsStatus, ReplicaHealth
+    from workers.transport.fleet import HostRun
+
+    run = HostRun("fe01.contoso.com")
+    run.read("cms-status", ["not", "an", "object"])
+    run.read("start-service", {"Name": "REPLICA", "Before": "Stopped", "After": "Running"})
+    assert run.answer("cms-status", CmsStatus) is None
+    assert run.answer("cms-status", ReplicaHealth) is None
+    (error,) = run.errors
+    assert (error.server, error.probe, error.kind) == ("fe01.contoso.com", "cms-status", HostErrorKind.probe_failed)
+    assert error.reason.startswith("unreadable answer (cms-status: expected an object")
+    assert run.failure == error.reason
+    started = run.results["start-service"]
+    assert (started.name, started.before, started.after, started.running) == ("REPLICA", "Stopped", "Running", True)
+
+
+def test_the_change_probes_answers_become_their_models():
+    from cms.parsers import parse_answer
+
+    forced = parse_answer("force-replication", "fe01.contoso.com", {
+        "Replicas": "edge01.contoso.com", "Errors": [{"Replica": "edge01.contoso.com", "Message": "access denied"}]})
+    assert forced.replicas == ["edge01.contoso.com"]
+    assert [(e.replica, e.message) for e in forced.errors] == [("edge01.contoso.com", "access denied")]
+    refused = parse_answer("cms-restore", "fe01.contoso.com", {"Succeeded": False, "Errors": "Cannot restore",
+                                                               "Warnings": None, "Command": "Invoke-Cs..."})
+    assert (refused.succeeded, refused.errors, refused.warnings) == (False, ["Cannot restore"], [])
+    export = parse_answer("export-configuration", "fe01.contoso.com",
+                          {"Path": "C:\\x.zip", "Bytes": 12, "Sha256": "AB", "Content": "UEs="})
+    assert (export.path, export.bytes, export.sha256, export.content) == ("C:\\x.zip", 12, "AB", "UEs=")
+    with pytest.raises(ParseError, match="no parser"):
+        parse_answer("no-such-probe", "fe01.contoso.com", {})

@@ -427,13 +427,13 @@ SEED_TEXT = {  # verbatim from shared/seeds/cms-failover-fails.md
     ("failover-in-progress", "failover.in-progress"),  # seed scenario 2, second message
 ])
 def test_each_failure_mode_is_recognised_in_the_recorded_cmdlet_output(name, code):
-    server, data = R.failover_attempt(name)
-    assert data["Succeeded"] is False
-    found = recognise(data["Errors"], data["Warnings"], server)
+    server, cmdlet = R.failover_attempt(name)
+    assert cmdlet.succeeded is False
+    found = recognise(cmdlet.errors, cmdlet.warnings, server)
     assert [f.code for f in found] == [code]
     f = found[0]
     assert (f.subject, f.severity) == (server, Severity.critical)
-    assert [e.text for e in f.evidence] == data["Errors"] + [f"WARNING: {w}" for w in data["Warnings"]]
+    assert [e.text for e in f.evidence] == cmdlet.errors + [f"WARNING: {w}" for w in cmdlet.warnings]
     assert all(e.source == f"Invoke-CsManagementServerFailover on {server}" for e in f.evidence)
     assert f.fix == ["Do not retry the failover now", RECOVER_POINTER]
 

@@ -14,6 +14,7 @@ from typing import Any
 from redis.exceptions import LockError
 
 from cms.messages import ActionOutcome, Emit, Failed, Progress, Result, no_emit
+from cms.models import CmdletRun, ConfigurationFile, Model
 from cms.preflight import (
     RECOVER_POINTER,
     Plan,
@@ -111,11 +112,15 @@ def _failover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, au
         audit("failover", f"unknown: {run.error.reason}")
         emit(Failed(reason=UNKNOWN_OUTCOME.format(what="failover") + f" (the WinRM call failed: {run.error.reason})"))
         return {"ok": False}
-    data = run.results["cms-failover"]
-    errors, warnings = [str(e) for e in data.get("Errors") or []], [str(w) for w in data.get("Warnings") or []]
-    audit("failover", "ok" if data.get("Succeeded") else "failed", detail=str(data.get("Command")),
-          errors=errors, warnings=warnings)
-    if not data.get("Succeeded"):
+    cmdlet = run.answer("cms-failover", CmdletRun)
+    if cmdlet is None:
+        audit("failover", f"unknown: {run.failure}")
+        emit(Failed(reason=UNKNOWN_OUTCOME.format(what="failover") + f" (its answer could not be read: {run.failure})"))
+        return {"ok": False}
+    errors, warnings = cmdlet.errors, cmdlet.warnings
+    audit("failover", "ok" if cmdlet.succeeded else "failed", detail=str(cmdlet.command), errors=errors,
+          warnings=warnings)
+    if not cmdlet.succeeded:
         findings = recognise(errors, warnings, plan.run_on, utcnow())
         text = "the cmdlet failed: " + " | ".join(errors + [f"WARNING: {w}" for w in warnings])
         if not findings:
@@ -149,10 +154,8 @@ def _recover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, aud
             return {"ok": report.healthy}
         emit(Progress(text=f"{label} on {step.server}"))
         run = run_change(topology, settings, step.server, STEP_PROBES[step.kind], step.params)
-        data = run.results.get(STEP_PROBES[step.kind], {})
-        failed = run.error.reason if run.error else (
-            " | ".join(str(e) for e in data.get("Errors") or []) if step.kind == "restore" and not data.get("Succeeded")
-            else None)
+        answer = run.results.get(STEP_PROBES[step.kind])
+        failed = _step_failure(run.failure, answer)
         audit(f"recover:{step.kind}", "failed" if failed else "ok", target=step.server, detail=step.detail)
         if failed:
             not_done = [f"{s.detail} on {s.server}" for s in plan.steps[i:]]
@@ -160,6 +163,15 @@ def _recover(plan: Plan, topology: Topology, settings: Settings, emit: Emit, aud
                                              text=f"{label} on {step.server} FAILED: {failed}. Stopped. Not done: "
                                                   + ("; ".join(not_done) or "nothing"))))
             return {"ok": False}
-        note = f" (export kept at {data.get('Path')})" if step.kind == "reseed-local" and data.get("Path") else ""
+        note = f" (export kept at {answer.path})" if isinstance(answer, ConfigurationFile) and answer.path else ""
         done.append(f"{step.detail} on {step.server}: ok{note}")
     return {"ok": True}
+
+
+def _step_failure(failure: str, answer: Model | None) -> str | None:
+    """Why a recovery step failed, or None: no readable answer, or a cmdlet that refused."""
+    if answer is None:
+        return failure
+    if isinstance(answer, CmdletRun) and not answer.succeeded:
+        return " | ".join(answer.errors) or "the cmdlet reported failure"
+    return None

@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 from cms.messages import Emit, Progress
-from cms.models import CmsService, CmsStatus
-from cms.parsers import parse_backup_status, parse_cms_status, parse_location, parse_replica_health
+from cms.models import BackupStatus, CmsService, CmsStatus, Location, ReplicaHealth
 from cms.preflight import Facts, converged
 from cms.settings import Settings
 from cms.topology import Topology
@@ -57,19 +56,16 @@ def gather(topology: Topology, settings: Settings, hub: Hub | None) -> Facts:
                 readings = attempt
                 if attempt.error is None:
                     break
-    errors = [r.error for r in runs.values() if r.error]
-    health = [parse_replica_health(s, r.results["replica-health"]) for s, r in runs.items()
-              if "replica-health" in r.results]
+    errors = [e for r in runs.values() for e in r.errors]
+    health = [h for r in runs.values() if (h := r.answer("replica-health", ReplicaHealth))]
     facts = Facts(collected_at=utcnow(), source=source, standby=standby, health=health, host_errors=errors)
     if readings is not None:
-        if readings.error:
-            errors.append(readings.error)
-        res = readings.results
+        backup = readings.answer("backup-status", BackupStatus)
         facts = facts.model_copy(update={
-            "cms": parse_cms_status(res["cms-status"]) if "cms-status" in res else None,
-            "location": parse_location(res["cms-location"]) if "cms-location" in res else None,
-            "backup": parse_backup_status(res["backup-status"]) if "backup-status" in res else [],
-            "host_errors": errors,
+            "cms": readings.answer("cms-status", CmsStatus),
+            "location": readings.answer("cms-location", Location),
+            "backup": backup.pools if backup else [],
+            "host_errors": errors + readings.errors,
         })
     if hub is not None:
         _, holder, cooldown = change_state(hub)
@@ -95,9 +91,8 @@ def read_state(topology: Topology, settings: Settings, pool: str) -> tuple[CmsSt
     with Fleet(topology, settings, lambda h: {"cms-status": {}, "cms-location": {"pools": pools}}) as fleet:
         for reader in readers:
             run = fleet.run(reader, ["cms-status", "cms-location"])
-            if "cms-status" in run.results:
-                cms = parse_cms_status(run.results["cms-status"])
-                loc = parse_location(run.results["cms-location"]) if "cms-location" in run.results else None
+            if cms := run.answer("cms-status", CmsStatus):
+                loc = run.answer("cms-location", Location)
                 return cms, loc.services if loc else []
     return None, []
 

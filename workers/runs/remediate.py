@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cms.messages import Emit, Progress, no_emit
-from cms.models import StatusReport
+from cms.models import ConfigurationFile, ReplicationRequest, ServiceStart, StatusReport
 from cms.remediation import RemediationKind, UnknownRemediation
 from cms.settings import Settings
 from cms.topology import Target, Topology, UnknownTarget
@@ -83,30 +83,30 @@ def remediate(topology: Topology, settings: Settings, kind: str, target: str, re
         if kind == "start-replica":
             emit(Progress(text=f"starting REPLICA on {server}"))
             run = fleet.run(server, ["start-service"])
-            if run.error:
-                return Outcome(False, f"could not start REPLICA on {server}: {run.error.reason}")
-            data = run.results["start-service"]
-            emit(Progress(text=f"REPLICA on {server}: {data.get('Before')} -> {data.get('After')}"))
-            if str(data.get("After", "")).lower() != "running":
-                return Outcome(False, f"REPLICA on {server} is {data.get('After')} after the start attempt")
+            started = run.answer("start-service", ServiceStart)
+            if started is None:
+                return Outcome(False, f"could not start REPLICA on {server}: {run.failure}")
+            emit(Progress(text=f"REPLICA on {server}: {started.before} -> {started.after}"))
+            if not started.running:
+                return Outcome(False, f"REPLICA on {server} is {started.after} after the start attempt")
         elif kind == "reseed":
             emit(Progress(text=f"exporting the configuration on {cms}"))
             run = fleet.run(cms, ["export-configuration"])
-            if run.error:
-                return Outcome(False, f"Export-CsConfiguration on {cms} failed: {run.error.reason}")
-            export = run.results["export-configuration"]
-            import_params["sha256"] = str(export.get("Sha256", ""))
-            emit(Progress(text=f"exported {export.get('Bytes')} bytes to {export.get('Path')} on {cms} "
+            export = run.answer("export-configuration", ConfigurationFile)
+            if export is None:
+                return Outcome(False, f"Export-CsConfiguration on {cms} failed: {run.failure}")
+            import_params["sha256"] = export.sha256
+            emit(Progress(text=f"exported {export.bytes} bytes to {export.path} on {cms} "
                                f"(kept there as a backup); importing into {server}'s local store"))
             with Fleet(topology, settings, import_calls) as importer:
                 run = importer.run(server, ["import-configuration"],
-                                   stdin={"import-configuration": str(export.get("Content", "")).encode("ascii")})
-            if run.error:
-                return Outcome(False, f"Import-CsConfiguration -LocalStore on {server} failed: {run.error.reason}")
+                                   stdin={"import-configuration": export.content.encode("ascii")})
+            if run.answer("import-configuration", ConfigurationFile) is None:
+                return Outcome(False, f"Import-CsConfiguration -LocalStore on {server} failed: {run.failure}")
         emit(Progress(text=f"forcing replication to {server} from {cms}"))
         run = fleet.run(cms, ["force-replication"])
-        if run.error:
-            return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.error.reason}")
+        if run.answer("force-replication", ReplicationRequest) is None:
+            return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.failure}")
     report = recheck(topology, settings, scope or topology.resolve(server), emit)
     current = next((r.up_to_date for r in report.cms.replicas if r.fqdn == server), None) if report.cms else None
     done = remediation.action(server)
@@ -126,14 +126,14 @@ def replicate(topology: Topology, settings: Settings, target: Target, emit: Emit
     with Fleet(topology, settings,
                lambda h: {"force-replication": {"replicas": replicas}} if h == cms else {}) as fleet:
         run = fleet.run(cms, ["force-replication"])
-    if run.error:
-        return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.error.reason}", before)
-    errors = run.results["force-replication"].get("Errors") or []
+    forced = run.answer("force-replication", ReplicationRequest)
+    if forced is None:
+        return Outcome(False, f"Invoke-CsManagementStoreReplication on {cms} failed: {run.failure}", before)
     after = recheck(topology, settings, target, emit)
     text = f"forced replication to {'every replica' if not replicas else ', '.join(replicas)} from {cms}"
-    if errors:
-        text += "; errors: " + "; ".join(f"{e.get('Replica')}: {e.get('Message')}" for e in errors)
-    return Outcome(not errors, text, after, _changes(before, after))
+    if forced.errors:
+        text += "; errors: " + "; ".join(f"{e.replica}: {e.message}" for e in forced.errors)
+    return Outcome(not forced.errors, text, after, _changes(before, after))
 
 
 def recheck(topology: Topology, settings: Settings, target: Target, emit: Emit) -> StatusReport:

@@ -17,15 +17,16 @@ from typing import Any
 
 from cms.diagnose import diagnose
 from cms.messages import Emit, Progress
-from cms.models import HostError, HostErrorKind, StatusReport
-from cms.parsers import (
-    ParseError,
-    parse_ad_membership,
-    parse_backup_status,
-    parse_cms_status,
-    parse_reachability,
-    parse_replica_health,
-    parse_replication_events,
+from cms.models import (
+    BackupStatus,
+    CmsStatus,
+    EventLog,
+    GroupMembership,
+    HostError,
+    PoolBackup,
+    Reachability,
+    ReplicaHealth,
+    StatusReport,
 )
 from cms.settings import Settings
 from cms.topology import ServerRole, Target, Topology
@@ -147,23 +148,19 @@ def second_stage(topology: Topology, report: StatusReport, candidates: list[str]
 def build_report(topology: Topology, target: Target, runs: dict[str, HostRun],
                  cms_attempts: list[HostRun]) -> StatusReport:
     errors = _Errors()
-    health, backup = [], []
+    health: list[ReplicaHealth] = []
+    backup: list[PoolBackup] = []
     for server, run in runs.items():
-        errors.add(run.error)
-        if "replica-health" in run.results and server in target.servers:
-            health += errors.parse(server, "replica-health",
-                                   lambda d, s=server: [parse_replica_health(s, d)],  # type: ignore[misc]  # mypy#15459
-                                   run.results["replica-health"])
-        if "backup-status" in run.results:
-            backup += errors.parse(server, "backup-status", parse_backup_status, run.results["backup-status"])
+        errors.add(*run.errors)
+        if (h := run.answer("replica-health", ReplicaHealth)) and server in target.servers:
+            health.append(h)
+        if b := run.answer("backup-status", BackupStatus):
+            backup += b.pools
     cms, cms_source = None, None
     for attempt in cms_attempts:
-        errors.add(attempt.error)
-        if cms is None and "cms-status" in attempt.results:
-            parsed = errors.parse(attempt.server, "cms-status", lambda d: [parse_cms_status(d)],
-                                  attempt.results["cms-status"])
-            if parsed:
-                cms, cms_source = parsed[0], attempt.server
+        errors.add(*attempt.errors)
+        if cms is None and (cms := attempt.answer("cms-status", CmsStatus)):
+            cms_source = attempt.server
     paired = topology.paired_pool(topology.cms_pool)
     return StatusReport(
         scope=target.name if target.kind != "deployment" else "all",
@@ -180,24 +177,14 @@ def add_second_stage(report: StatusReport, runs: dict[str, HostRun]) -> StatusRe
     errors = _Errors(report.host_errors)
     update: dict[str, Any] = {}
     for server, run in runs.items():
-        errors.add(run.error)
-        results = run.results
-        if "replication-events" in results:
-            parsed = errors.parse(server, "replication-events", lambda d: [parse_replication_events(d)],
-                                  results["replication-events"])
-            if parsed:
-                update["events_source"] = parsed[0][0] or server
-                update["events"] = parsed[0][1]
-        if "reachability" in results:
-            parsed = errors.parse(server, "reachability",
-                                  lambda d, s=server: [parse_reachability(s, d)],  # type: ignore[misc]  # mypy#15459
-                                  results["reachability"])
-            if parsed:
-                update["reachability"] = parsed[0]
-        if "ad-membership" in results:
-            parsed = errors.parse(server, "ad-membership", lambda d: [parse_ad_membership(d)], results["ad-membership"])
-            if parsed:
-                update["membership"] = parsed[0]
+        errors.add(*run.errors)
+        if log := run.answer("replication-events", EventLog):
+            update["events_source"] = log.computer or server
+            update["events"] = log.events
+        if reach := run.answer("reachability", Reachability):
+            update["reachability"] = reach
+        if membership := run.answer("ad-membership", GroupMembership):
+            update["membership"] = membership
     update["host_errors"] = errors.sorted()
     return report.model_copy(update=update)
 
@@ -208,18 +195,9 @@ class _Errors:
     def __init__(self, existing: list[HostError] | None = None):
         self._errors = {(e.server, e.probe): e for e in existing or []}
 
-    def add(self, error: HostError | None) -> None:
-        if error:
+    def add(self, *errors: HostError) -> None:
+        for error in errors:
             self._errors.setdefault((error.server, error.probe), error)
-
-    def parse(self, server: str, probe: str, parser: Callable[[Any], list[Any]], data: Any) -> list[Any]:
-        try:
-            return parser(data)
-        except (ParseError, ValueError, TypeError) as e:
-            log.warning("%s on %s: unreadable answer: %s", probe, server, e)
-            self.add(HostError(server=server, kind=HostErrorKind.probe_failed, probe=probe,
-                               reason=f"unreadable answer ({e})"[:300]))
-            return []
 
     def sorted(self) -> list[HostError]:
         return sorted(self._errors.values(), key=lambda e: (e.server, e.probe or ""))

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from cms.models import HostError, HostErrorKind
+from cms.models import HostError, HostErrorKind, Model
+from cms.parsers import ParseError, parse_answer
 from cms.settings import Settings
 from cms.topology import Topology
 from workers import probes
@@ -29,11 +30,41 @@ log = logging.getLogger(__name__)
 STRAGGLER_MARGIN = 2.0
 
 
+M = TypeVar("M", bound=Model)
+
+
 @dataclass
 class HostRun:
+    """One server's answers in one job: each probe's model, the failure that stopped the server
+    (unreachable, timed out, the probe's own error), and the answers that could not be read."""
+
     server: str
-    results: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Model] = field(default_factory=dict)
     error: HostError | None = None
+    unreadable: list[HostError] = field(default_factory=list)
+
+    def answer(self, probe: str, model: type[M]) -> M | None:
+        found = self.results.get(probe)
+        return found if isinstance(found, model) else None
+
+    @property
+    def errors(self) -> list[HostError]:
+        return ([self.error] if self.error else []) + self.unreadable
+
+    @property
+    def failure(self) -> str:
+        """Why an answer is missing, for the thread."""
+        return self.errors[0].reason if self.errors else "no answer"
+
+    def read(self, probe: str, data: Any) -> None:
+        """Parse one probe's decoded data into its model; an unreadable answer is this probe's error
+        (the server's other probes still count)."""
+        try:
+            self.results[probe] = parse_answer(probe, self.server, data)
+        except ParseError as e:
+            log.warning("%s on %s: unreadable answer: %s", probe, self.server, e)
+            self.unreadable.append(HostError(server=self.server, kind=HostErrorKind.probe_failed, probe=probe,
+                                             reason=f"unreadable answer ({e})"[:300]))
 
 
 def endpoint(topology: Topology, settings: Settings, server: str) -> str:
@@ -92,7 +123,7 @@ class Fleet:
         for name in names:
             try:
                 cmd, args = probes.command(name)
-                run.results[name] = probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name)))
+                run.read(name, probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name))))
             except HostFailure as f:
                 run.error = HostError(server=server, kind=f.kind, reason=f.reason, probe=name)
                 break
