@@ -317,3 +317,17 @@ class StatusReport(Model):
 
     def error_of(self, server: str) -> HostError | None:
         return next((e for e in self.host_errors if e.server == server), None)
+
+    def hosts_of(self, name: str) -> list[str]:
+        """The servers a CMS name stands for. ActiveMasterFqdn and ActiveFileTransferAgents may name
+        a server or the pool (Microsoft's failover article expects the master to point "to the FQDN
+        of CMS_Pool"): a pool FQDN stands for its members, a server (or an unknown name) for itself."""
+        wanted = name.lower().rstrip(".")
+        members = sorted(s for s, pool in self.pools.items() if pool.lower() == wanted)
+        return members or [next((s for s in self.pools if s.lower() == wanted), wanted)]
+
+    @property
+    def fta_hosts(self) -> list[str]:
+        """The servers the active File Transfer Agents run on, pool FQDNs expanded."""
+        ftas = self.cms.store.active_file_transfer_agents if self.cms else []
+        return sorted({h for f in ftas for h in self.hosts_of(f)})

@@ -114,7 +114,7 @@ def _event_note(report: StatusReport) -> list[str]:
     ftas = report.cms.store.active_file_transfer_agents if report.cms else []
     fta = ", ".join(ftas)
     err = next((e for e in report.host_errors if e.probe == "replication-events"), None) or next(
-        (e for e in report.host_errors if e.server.lower() in {f.lower() for f in ftas}), None)
+        (e for e in report.host_errors if e.server.lower() in {f.lower() for f in report.fta_hosts}), None)
     reason = f"{err.kind.value.replace('_', ' ')} ({err.reason})" if err else "not read"
     return [f"'Lync Server' event log on the FTA host {fta or '(none active)'}: {reason}"]
 

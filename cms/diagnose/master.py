@@ -90,13 +90,13 @@ def fta_not_in_group(report: StatusReport) -> list[str]:
 
 def active_fta_not_member(report: StatusReport, not_member: list[str]) -> bool:
     """Only the active File Transfer Agent's account explains other replicas' access denied."""
-    ftas = {f.split(".")[0].upper() for f in (report.cms.store.active_file_transfer_agents if report.cms else [])}
+    ftas = {f.split(".")[0].upper() for f in report.fta_hosts}
     return any(c.upper() in ftas for c in not_member)
 
 
 def group_finding(report: StatusReport, computers: list[str], affected: list[ReplicaStatus]) -> Finding:
     group = report.membership.group if report.membership else "RTCUniversalConfigReplicator"
-    fta = {f.split(".")[0].upper(): f for f in (report.cms.store.active_file_transfer_agents if report.cms else [])}
+    fta = {f.split(".")[0].upper(): f for f in report.fta_hosts}
     active = [c for c in computers if c.upper() in fta]
     subject = fta[active[0].upper()] if active else cms_server_named(report, computers[0])
     evidence = [Evidence(text=f"{', '.join(computers)} not a member of {group}",

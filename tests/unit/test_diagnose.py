@@ -414,3 +414,25 @@ def test_a_stopped_cms_service_on_a_cms_pool_server():
     assert (f.code, f.subject, f.severity) == ("cms.service-stopped", FE2, Severity.error)
     assert f.summary == "MASTER is stopped on fe02.contoso.com"
     assert "Start-CsWindowsService -Name MASTER" in " ".join(f.fix)
+
+
+def test_a_master_and_file_transfer_agent_named_by_their_pool_read_as_its_servers():
+    """Microsoft's failover article expects ActiveMasterFqdn to be the CMS pool's FQDN; a pool
+    stands for its members wherever a server is looked for (the FTA's event log, its account)."""
+    from workers.runs.status import cms_candidates, second_stage
+
+    replay = R.status_replay("computer-not-in-group")
+    named_by_server = replay.report
+    assert named_by_server.cms is not None
+    store = named_by_server.cms.store.model_copy(update={"active_master_fqdn": POOL1,
+                                                         "active_file_transfer_agents": [POOL1]})
+    named_by_pool = named_by_server.model_copy(update={"cms": named_by_server.cms.model_copy(update={"store": store})})
+    assert named_by_pool.hosts_of(POOL1) == [FE1, FE2] and named_by_pool.hosts_of(FE3.upper()) == [FE3]
+    assert named_by_pool.fta_hosts == [FE1, FE2]
+    # the FTA's event log is read on a member of the pool, not skipped
+    topology = R.topology_of("computer-not-in-group")
+    plan = second_stage(topology, named_by_pool, cms_candidates(topology))
+    assert any(server in (FE1, FE2) and "replication-events" in probes for server, probes in plan.items())
+    # and the group finding still names the FTA host's account
+    found = {(f.code, f.subject, f.severity) for f in diagnose(named_by_pool)}
+    assert ("cms.fta-not-in-group", FE1, Severity.error) in found

@@ -133,7 +133,7 @@ def second_stage(topology: Topology, report: StatusReport, candidates: list[str]
     up = [c for c in candidates if c not in failed]
     # events 1015/1017/1034 are logged on the active FTA host only: no other server's log stands in for it
     # (none active: the CMS is unavailable, and the CMS pool's first server is the best guess)
-    ftas = {f.lower() for f in cms.store.active_file_transfer_agents}
+    ftas = {f.lower() for f in report.fta_hosts}
     events_host = next((c for c in up if not ftas or c.lower() in ftas), None)
     fta = events_host or next(iter(up), None)  # the port tests run from another CMS server if need be
     if fta is None:
