@@ -73,6 +73,7 @@ class Result(_Body):
 class Failed(_Body):
     kind: Literal["failed"] = "failed"
     reason: str
+    unknown: str | None = None  # an unknown outcome it left (hub.cms_lock): the thread offers to clear it
 
 
 class PreflightReady(_Body):

@@ -34,7 +34,8 @@ class StoreStatus(Model):
     active_master_fqdn: str | None = None
     active_file_transfer_agents: list[str] = Field(default_factory=list)
     active_replicas: list[str] = Field(default_factory=list)
-    deleted_replicas: list[str] = Field(default_factory=list)
+    # None: not reported by this product version (no documentation names the property)
+    deleted_replicas: list[str] | None = Field(default_factory=list)
 
     @property
     def available(self) -> bool:
@@ -47,7 +48,7 @@ class CmsService(Model):
     pool_fqdn: str
     site_id: str | None = None
     version: str | None = None
-    active: bool
+    active: bool | None  # None: not reported by this product version (Lync Server 2010 has no Active)
 
 
 class CmsStatus(Model):

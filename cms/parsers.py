@@ -1,4 +1,6 @@
-"""Probe data (5.1 JSON, already decoded) -> typed models. Pure functions."""
+"""Probe data (already decoded JSON: the probes' 2.0-compatible writer, or 5.1's ConvertTo-Json) ->
+typed models. Pure functions; cms.ps_json reads both shapes. A field the product version does not
+report (null in the probes' answer, see workers/probes/_lib.ps1) becomes None where the model says so."""
 
 from __future__ import annotations
 
@@ -31,11 +33,27 @@ from cms.models import (
     ShareAcl,
     StoreStatus,
 )
-from cms.ps_json import as_bool, as_datetime, as_fqdn, as_list, as_service_state, as_str, as_strings
+from cms.ps_json import (
+    as_ace_allow,
+    as_bool,
+    as_datetime,
+    as_fqdn,
+    as_list,
+    as_optional_bool,
+    as_service_state,
+    as_str,
+    as_strings,
+)
 
 
 class ParseError(ValueError):
     pass
+
+
+def not_reported(data: dict[str, Any], prop: str) -> bool:
+    """Whether the probe said this product version has no such cmdlet property: data.NotReported lists
+    "<cmdlet>: <property>" (workers/probes/_lib.ps1); 5.1 output has no such list."""
+    return any(entry.rsplit(": ", 1)[-1] == prop for entry in as_strings(data.get("NotReported")))
 
 
 def _mapping(value: Any, what: str) -> dict[str, Any]:
@@ -72,7 +90,8 @@ def parse_cms_status(data: Any) -> CmsStatus:
             active_master_fqdn=as_fqdn(store.get("ActiveMasterFqdn")),
             active_file_transfer_agents=[f.lower() for f in as_strings(store.get("ActiveFileTransferAgents"))],
             active_replicas=[f.lower() for f in as_strings(store.get("ActiveReplicas"))],
-            deleted_replicas=[f.lower() for f in as_strings(store.get("DeletedReplicas"))],
+            deleted_replicas=None if not_reported(d, "DeletedReplicas")
+            else [f.lower() for f in as_strings(store.get("DeletedReplicas"))],
         ),
         services=services,
     )
@@ -85,7 +104,7 @@ def _cms_services(rows: Iterable[dict[str, Any]]) -> list[CmsService]:
             pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "",
             site_id=as_str(s.get("SiteId")),
             version=as_str(s.get("Version")),
-            active=as_bool(s.get("Active")),
+            active=as_optional_bool(s.get("Active")),  # None: not reported (Lync Server 2010)
         )
         for s in rows
         if as_str(s.get("PoolFqdn"))
@@ -135,10 +154,10 @@ def _share_acl(d: dict[str, Any]) -> ShareAcl:
     return ShareAcl(
         path=as_str((share or {}).get("Path")) or as_str((folder or {}).get("Path")),
         share=[Ace(identity=as_str(a.get("Account")) or "?", rights=as_str(a.get("Right")) or "",
-                   allow=(as_str(a.get("Type")) or "Allow").lower() != "deny")
+                   allow=as_ace_allow(a.get("Type")))
                for a in map(_ace, as_list(share.get("Access")))] if isinstance(share, dict) else None,
         folder=[Ace(identity=as_str(a.get("Identity")) or "?", rights=as_str(a.get("Rights")) or "",
-                    allow=(as_str(a.get("Type")) or "Allow").lower() != "deny", inherited=as_bool(a.get("Inherited")))
+                    allow=as_ace_allow(a.get("Type")), inherited=as_bool(a.get("Inherited")))
                 for a in map(_ace, as_list(folder.get("Access")))] if isinstance(folder, dict) else None,
         owner=as_str((folder or {}).get("Owner")) if isinstance(folder, dict) else None,
         share_error=as_str(d.get("ShareError")),

@@ -49,6 +49,7 @@ class Check(Model):
     name: str
     verdict: Verdict
     reason: str
+    ref: str | None = None  # what the check is about, for a button on the card (an unknown outcome's id)
 
 
 class Step(Model):
@@ -68,6 +69,26 @@ class Plan(Model):
     steps: list[Step] = []
 
 
+class OutcomeUnknown(Model):
+    """A CMS change or remediation that ended without a known outcome (its worker died, its lock was
+    lost after it started, its cmdlet's answer never came). Sticky: no CMS change starts, and no
+    remediation runs, until an approver other than its requester says it was checked."""
+
+    id: str  # the request of the change or remediation
+    what: str  # what was running, in words
+    check: str  # what to check before anything else
+    requester: str  # who asked for it (never the one who clears it)
+    at: datetime
+
+
+class RedisDurability(Model):
+    """Whether the Redis holding the CMS lock keeps it across a restart (AOF), as Redis reports it."""
+
+    persistent: bool | None  # None: Redis would not say
+    detail: str
+    accepted: bool = False  # CMSBOT_ALLOW_VOLATILE_REDIS: the operator accepts a Redis that may forget
+
+
 class Facts(Model):
     collected_at: datetime
     source: str  # the CMS pool as the topology names it
@@ -79,6 +100,9 @@ class Facts(Model):
     host_errors: list[HostError] = []
     lock_holder: str | None = None
     cooldown: str | None = None
+    changes_in_flight: list[str] = []  # CMS changes queued or started in the job queue (RQ's registries)
+    unknown: list[OutcomeUnknown] = []
+    redis: RedisDurability | None = None  # None: not read (facts gathered without Redis)
 
 
 class Preflight(Model):
@@ -126,15 +150,56 @@ def _services_checks(topology: Topology, facts: Facts, pool: str, verdict: Verdi
 
 
 def _lock_check(facts: Facts, *, cooldown_blocks: bool = True) -> Check:
-    """A running change always blocks; a cooldown blocks a failover but not a recovery,
+    """A running or queued change always blocks; a cooldown blocks a failover but not a recovery,
     which is what a failed failover calls for."""
     if facts.lock_holder:
         return Check(name="one change at a time", verdict=BLOCK,
                      reason=f"another CMS change is running: {facts.lock_holder}")
+    if facts.changes_in_flight:
+        return Check(name="one change at a time", verdict=BLOCK, reason=(
+            "a change is queued or running: " + "; ".join(facts.changes_in_flight)))
     if facts.cooldown:
         return Check(name="one change at a time", verdict=BLOCK if cooldown_blocks else WARN,
                      reason=f"cooldown after the last CMS change: {facts.cooldown}")
     return Check(name="one change at a time", verdict=GO, reason="no CMS change running, no cooldown")
+
+
+UNKNOWN_CHECK = "unknown outcome"
+REDIS_CHECK = "Redis persistence"
+ALLOW_VOLATILE = "CMSBOT_ALLOW_VOLATILE_REDIS"
+
+
+def unknown_reason(m: OutcomeUnknown) -> str:
+    return (f"{m.what} ({m.at.strftime('%Y-%m-%d %H:%M UTC')}). {m.check} Once checked, an approver other than "
+            "its requester clears it with the button; until then no CMS change or remediation starts.")
+
+
+def _unknown_checks(facts: Facts) -> list[Check]:
+    """One BLOCK for every unknown outcome nobody has cleared: they never expire."""
+    return [Check(name=UNKNOWN_CHECK, verdict=BLOCK, reason=unknown_reason(m), ref=m.id) for m in facts.unknown]
+
+
+def redis_check(d: RedisDurability) -> Check:
+    """The CMS lock, its fencing token and the unknown-outcome marker live in Redis: a Redis that
+    forgets them on a restart lets a second change start while the first is still converging."""
+    if d.persistent:
+        return Check(name=REDIS_CHECK, verdict=GO, reason=f"{d.detail}: the CMS lock survives a Redis restart")
+    risk = (f"{d.detail}: a Redis restart during the change would forget the CMS lock, and a second change "
+            "could start before the first has converged")
+    if d.accepted:
+        return Check(name=REDIS_CHECK, verdict=WARN, reason=f"{risk}. Accepted by {ALLOW_VOLATILE}")
+    return Check(name=REDIS_CHECK, verdict=BLOCK, reason=(
+        f"{risk}. Turn on AOF (`appendonly yes` in redis.conf, or `redis-server --appendonly yes`), or accept "
+        f"the risk with {ALLOW_VOLATILE}=1 on the workers"))
+
+
+def _store_checks(facts: Facts) -> list[Check]:
+    return ([redis_check(facts.redis)] if facts.redis is not None else []) + _unknown_checks(facts)
+
+
+MANUAL_MOVE = ("Lync Server 2010 has no Invoke-CsManagementServerFailover. Move the CMS manually: install the "
+               "database on the new store (Install-CsDatabase -CentralManagementDatabase), then run "
+               "Move-CsManagementServer on a server of the new pool, then publish and re-run setup")
 
 
 def preflight_failover(topology: Topology, facts: Facts, requested_target: str | None, mode: str) -> Preflight:
@@ -147,13 +212,11 @@ def preflight_failover(topology: Topology, facts: Facts, requested_target: str |
 
     version = topology.deployment.version
     if not version.has_failover_cmdlet:
-        checks.append(Check(name="version", verdict=BLOCK, reason=(
-            "Lync Server 2010 has no Invoke-CsManagementServerFailover. Move the CMS manually: install the "
-            "database on the new store (Install-CsDatabase -CentralManagementDatabase), then run "
-            "Move-CsManagementServer on a server of the new pool, then publish and re-run setup")))
+        checks.append(Check(name="version", verdict=BLOCK, reason=MANUAL_MOVE))
     else:
         checks.append(Check(name="version", verdict=GO, reason=f"{version.label}: Invoke-CsManagementServerFailover"))
     checks.append(_lock_check(facts))
+    checks += _store_checks(facts)
 
     if target is None:
         checks.append(Check(name="target", verdict=BLOCK, reason=f"{source} has no paired pool to fail over to"))
@@ -301,11 +364,14 @@ def _first_answering(topology: Topology, facts: Facts, pool: str) -> str | None:
 
 def preflight_recover(topology: Topology, facts: Facts, plan_id: str) -> Preflight:
     """The article's resolution, as a plan computed from live facts."""
-    checks = [Check(name="version", verdict=GO if topology.deployment.version.has_failover_cmdlet else BLOCK,
-                    reason="Invoke-CsManagementServerFailover -Restore"
-                    if topology.deployment.version.has_failover_cmdlet
-                    else "Lync Server 2010 has no -Restore: use Move-CsManagementServer"),
-              _lock_check(facts, cooldown_blocks=False)]
+    if not topology.deployment.version.has_failover_cmdlet:
+        # the runbook's step 1 is Invoke-CsManagementServerFailover -Restore: no plan to show
+        return Preflight(plan=Plan(action="recover", target=None, run_on=None, steps=[]), checks=[
+            Check(name="version", verdict=BLOCK, reason="Lync Server 2010 has no Invoke-CsManagementServerFailover "
+                                                        "-Restore, so the article's recovery does not apply. "
+                                                        + MANUAL_MOVE.split(". ", 1)[1])])
+    checks = [Check(name="version", verdict=GO, reason="Invoke-CsManagementServerFailover -Restore"),
+              _lock_check(facts, cooldown_blocks=False), *_store_checks(facts)]
     owner = owner_pool(topology, facts)
     store = facts.location.store_sql if facts.location else None
     if owner is None:

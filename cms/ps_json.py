@@ -1,9 +1,12 @@
-"""Reading the JSON that Windows PowerShell 5.1's ConvertTo-Json prints.
+"""Reading probe JSON: the probes' own writer and Windows PowerShell 5.1's ConvertTo-Json.
 
-5.1 writes dates as "\\/Date(ms)\\/", turns a one-element array into a bare
-value and an empty one into null, writes enums as numbers, and may write an
-empty string where a value is missing. These helpers make each of those read
-as what it means.
+The probes print their answer with the JSON writer of `workers/probes/_lib.ps1` (Windows
+PowerShell 2.0 has no ConvertTo-Json): plain ASCII, dates as ISO 8601 UTC with milliseconds
+("2023-11-14T22:13:20.000Z"), enums by name, every list an array, and null for a property the
+product version does not have ("not reported"). 5.1's ConvertTo-Json, which the parsers accept
+as well, writes dates as "\\/Date(ms)\\/", turns a one-element array into a bare value and an
+empty one into null, writes enums as numbers, and may write an empty string where a value is
+missing. These helpers make each shape read as what it means.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ def as_strings(value: Any) -> list[str]:
     return [s for s in (as_str(v) for v in as_list(value)) if s]
 
 
+def as_optional_bool(value: Any) -> bool | None:
+    """A flag that may be "not reported" (null or missing): None then, else as_bool."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return as_bool(value)
+
+
 def as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -53,7 +63,8 @@ def as_bool(value: Any) -> bool:
 
 
 def as_datetime(value: Any) -> datetime | None:
-    """A 5.1 date (/Date(ms)/, ISO 8601 or empty) as an aware UTC datetime."""
+    """A date as the probes' writer (ISO 8601, "...Z") or 5.1 (/Date(ms)/) writes it, or empty,
+    as an aware UTC datetime."""
     if value is None or value == "":
         return None
     if isinstance(value, dict) and "value" in value:  # Get-Date | ConvertTo-Json
@@ -85,3 +96,17 @@ def as_service_state(value: Any) -> ServiceState:
         return ServiceState(_SERVICE_CODES.get(int(value), "unknown"))
     name = _SERVICE_NAMES.get(str(value).strip().lower().replace(" ", ""), "unknown")
     return ServiceState(name)
+
+
+# System.Security.AccessControl.AccessControlType, as 5.1 writes the enum.
+_ACE_TYPES = {0: "allow", 1: "deny"}
+
+
+def as_ace_allow(value: Any) -> bool:
+    """An ACE's type ("Allow"/"Deny", or 5.1's 0/1) as allow: absent reads as Allow."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return _ACE_TYPES.get(int(value), "allow") != "deny"
+    text = as_str(value)
+    return (text or "Allow").lower() != "deny"

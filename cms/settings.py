@@ -9,8 +9,15 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# What the probes declare in their headers (workers/probes/*.ps1, `# deadline: N s`), for the jobs'
+# hard time limits; tests/unit/test_probe_scripts.py keeps these in step with the headers.
+READ_ONLY_DEADLINE = 30.0  # every read-only probe
+REMEDIATION_PROBES = 660.0  # the longest remediation in a row: re-seed = export 300 + import 300 + force 60
+CHANGE_PROBES = 3600.0  # a failover's cmdlet (900), or a recovery's steps (restore 900, re-seeds 600 each, ...)
+
 DEFAULT_NAMESPACE = "cmsbot"
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MIN_COOLDOWN = 60.0  # seconds: a CMS change is never followed at once by the next
 
 
 class Settings(BaseSettings):
@@ -38,9 +45,16 @@ class Settings(BaseSettings):
     winrm_ca_bundle: Path | None = None
     winrm_connect_timeout: float = Field(5.0, gt=0)
     winrm_proxy: str | None = None  # e.g. http://proxy:8080; none by default
+    winrm_max_envelope_kb: int = Field(
+        150, ge=32, description="the largest WS-Management message a shell's Create may make, in KB: the host's "
+                                "MaxEnvelopeSizekb (150 on Windows Server 2008 R2, 500 on current Windows) and "
+                                "pywinrm's 150 KB for the response that echoes the environment; above it the "
+                                "probes of a server are spread over several shells")
 
     # Deadlines and fan-out
-    host_deadline: float = Field(30.0, gt=0, description="seconds one server may take for its probes in one job")
+    host_deadline: float = Field(30.0, gt=0, description="seconds a read-only probe may take on one server, module "
+                                                        "load included; the long probes' declared deadlines "
+                                                        "(start-service 240 s, re-seed 600 s, ...) scale with it")
     fanout: int = Field(256, ge=1, le=1024, description="servers probed at once (I/O-bound threads)")
     chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
     replication_wait: float = Field(150.0, ge=0, description="seconds between forcing replication and re-checking")
@@ -52,7 +66,20 @@ class Settings(BaseSettings):
     approval_ttl: float = Field(900.0, gt=0, description="seconds an approval card stays open")
     failover_deadline: float = Field(900.0, gt=0, description="seconds a failover may take to converge")
     failover_poll: float = Field(10.0, gt=0, description="seconds between convergence checks")
-    cooldown: float = Field(900.0, ge=0, description="seconds after a CMS change before the next may start")
+    cooldown: float = Field(900.0, ge=MIN_COOLDOWN, description="seconds after a CMS change before the next may "
+                                                                 f"start; at least {MIN_COOLDOWN:g}")
+    allow_volatile_redis: bool = Field(
+        False, description="run CMS changes although Redis does not persist its data (no AOF), or cannot say: a "
+                           "Redis restart then forgets the CMS lock. The preflight card shows the risk as WARN")
+
+    # Delivery to Slack (the reporter)
+    delivery_patience: float = Field(86400.0, gt=0, description="seconds the reporter keeps retrying an event "
+                                                                "Slack does not take (an outage) before giving it up")
+    delivery_backoff: float = Field(60.0, gt=0, description="the longest wait between two retries of one event")
+    delivery_late_note: float = Field(60.0, ge=0, description="an event delivered this many seconds late because "
+                                                              "Slack failed gets a note in its thread saying so")
+    events_keep: float = Field(86400.0, ge=0, description="seconds delivered events stay in the events stream; "
+                                                          "undelivered ones stay until every consumer group has them")
 
     @model_validator(mode="after")
     def _password_from_file(self) -> Settings:
@@ -65,18 +92,30 @@ class Settings(BaseSettings):
         """How many rounds of `fanout` servers a stage over `servers` takes."""
         return max(1, math.ceil(servers / self.fanout))
 
+    def probe_deadline(self, declared: float) -> float:
+        """A probe's deadline here: what its header declares for a real host (module load included),
+        scaled by CMSBOT_HOST_DEADLINE against the read-only probes' declared 30 s."""
+        return declared * self.host_deadline / READ_ONLY_DEADLINE
+
+    def _status_budget(self, servers: int) -> float:
+        # stage 1: up to 3 read-only probes in a row on a server (the CMS Front End), one wave after
+        # another; then the CMS fallbacks (2) and the second stage (2 probes in a row on the FTA host)
+        return self.host_deadline * (3 * self.waves(servers) + 4)
+
     def job_timeout(self, servers: int) -> int:
-        """RQ's hard limit for a status job over `servers`: the first stage, one host deadline per
-        fan-out wave, then the CMS fallback and the second stage, plus slack. Shorter, and RQ kills a
-        check whose servers are still answering and discards every result."""
-        return int(self.host_deadline * (self.waves(servers) + 2) + 60)
+        """RQ's hard limit for a status job over `servers`. Shorter, and RQ kills a check whose servers
+        are still answering and discards every result."""
+        return int(self._status_budget(servers) + 60)
 
     @property
     def failover_timeout(self) -> int:
-        """RQ's hard limit for a failover or recovery job: preflight, the change, convergence."""
-        return int(self.host_deadline * 20 + self.failover_deadline + self.replication_wait + 120)
+        """RQ's hard limit for a failover or recovery job: preflight again, the cmdlet or the recovery's
+        steps, convergence, the replication wait."""
+        return int(self.host_deadline * 20 + self.probe_deadline(CHANGE_PROBES) + self.failover_deadline
+                   + self.replication_wait + 120)
 
     def change_timeout(self, servers: int) -> int:
-        """RQ's hard limit for a remediation or /cms-replicate over `servers`: its steps, the
-        replication wait and the checks before and after (each one host deadline per wave)."""
-        return int(self.host_deadline * (2 * self.waves(servers) + 4) + self.replication_wait + 60)
+        """RQ's hard limit for a remediation or /cms-replicate over `servers`: the checks before and
+        after, the longest remediation's probes in a row, the replication wait."""
+        return int(2 * self._status_budget(servers) + self.probe_deadline(REMEDIATION_PROBES)
+                   + self.replication_wait + 60)

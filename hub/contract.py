@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, Field
@@ -24,7 +25,10 @@ from cms.messages import Accepted, Message, Unreadable, from_wire, to_wire
 from hub.keys import Hub
 
 REQUEST_TTL = 21 * 24 * 3600
-EVENTS_MAXLEN = 100_000
+# The last resort only: XADD trims beyond this many entries whatever the consumer groups have read, and
+# counts what it cut (field "capped" of the delivery counts). Normal trimming is trim_events(): acknowledged
+# entries only.
+EVENTS_CAP = 1_000_000
 STATUS = "status"  # read-only diagnostics; may be retried
 CHANGE = "change"  # remediations, failover, recovery; never retried
 
@@ -143,22 +147,80 @@ def load_request(hub: Hub, request_id: str) -> Request:
     return Request.model_validate_json(raw)
 
 
+# KEYS: the stream, the request's seq counter, the delivery counts, the request's appended tokens.
+# A token seen before returns its seq and appends nothing: a write retried after a lost reply
+# (the client's own retries, a job's outbox) is one event, not two.
 _APPEND = """
+local seen = redis.call('HGET', KEYS[4], ARGV[6])
+if seen then return tonumber(seen) end
 local seq = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[4], ARGV[6], seq)
+redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+local before = redis.call('XLEN', KEYS[1])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'request', ARGV[1], 'seq', seq, 'kind', ARGV[2], 'body', ARGV[3])
+local cut = before + 1 - redis.call('XLEN', KEYS[1])
+if cut > 0 then redis.call('HINCRBY', KEYS[3], 'capped', cut) end
 return seq
 """  # noqa: E501 -- Lua script text kept verbatim: wrapping it would change the script sent to Redis
 
 
-def append_event(hub: Hub, request_id: str, message: Message):
+def append_event(hub: Hub, request_id: str, message: Message, token: str | None = None):
     """Append one event; `seq` is allocated atomically with the append so the
     stream order and the seq order of a request always agree. Returns the seq
-    (or the pipeline, when given one)."""
+    (or the pipeline, when given one). `token` names this event for retries: the same
+    token appends once (a new one is made when none is given). The stream is trimmed by
+    trim_events(), which respects the consumer groups; the cap here is a last resort,
+    counted when it cuts."""
     kind, payload = to_wire(message)
-    result = hub.redis.eval(_APPEND, 2, hub.keys.events, hub.keys.seq(request_id), request_id, kind, payload,
-                            EVENTS_MAXLEN, REQUEST_TTL)
+    result = hub.redis.eval(_APPEND, 4, hub.keys.events, hub.keys.seq(request_id), hub.keys.delivery_counts,
+                            hub.keys.appended(request_id), request_id, kind, payload, EVENTS_CAP, REQUEST_TTL,
+                            token or secrets.token_hex(8))
     return int(result) if isinstance(result, (int, bytes, str)) else result
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    removed: int  # entries removed by this trim
+    held_by: str | None  # the consumer group whose unacknowledged entries stopped it, if one did
+    capped: int  # entries the last-resort cap (EVENTS_CAP) has cut since the counts began
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _s(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def trim_events(hub: Hub, keep: float, *, mine: str, abandoned_after: float) -> Trimmed:
+    """Trim the events stream (XTRIM MINID) below the oldest entry some consumer group still
+    needs: one it has read and not acknowledged, or not read yet; and keep what is younger than
+    `keep` seconds. A group other than `mine` whose consumers have all been idle for
+    `abandoned_after` seconds (a `cmsbot chat` killed before it cleaned up) stops counting."""
+    conn, stream = hub.redis, hub.keys.events
+    capped = int(cast(bytes | None, conn.hget(hub.keys.delivery_counts, "capped")) or 0)
+    cutoff, held_by = (int((time.time() - keep) * 1000), 0), None
+    try:
+        groups = cast(list[dict[str, Any]], conn.xinfo_groups(stream))
+    except redis.ResponseError:  # no stream (yet)
+        return Trimmed(0, None, capped)
+    abandoned_ms = abandoned_after * 1000
+    for group in groups:
+        name = _s(group["name"])
+        if name != mine:
+            consumers = cast(list[dict[str, Any]], conn.xinfo_consumers(stream, name))
+            idle = (min(int(c["idle"]) for c in consumers) if consumers
+                    else time.time() * 1000 - _stream_id(group["last-delivered-id"])[0])
+            if idle > abandoned_ms:
+                continue
+        if int(group["pending"]):
+            floor = _stream_id(cast(dict[str, Any], conn.xpending(stream, name))["min"])
+        else:  # everything up to its last-delivered id is acknowledged; what follows is unread
+            ms, seq = _stream_id(group["last-delivered-id"])
+            floor = (ms, seq + 1)
+        if floor < cutoff:
+            cutoff, held_by = floor, name
+    removed = int(cast(int, conn.xtrim(stream, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=True)))
+    return Trimmed(removed, held_by, capped)
 
 
 def append_audit(hub: Hub, **fields: Any) -> None:

@@ -10,3 +10,4 @@ FAILURE_CALLBACK = "workers.jobs.report_failure"
 
 CHANGE_COMMAND = "cms-execute"
 REMEDIATE_COMMAND = "remediate"
+REPLICATE_COMMAND = "/cms-replicate"

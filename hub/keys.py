@@ -43,6 +43,9 @@ class Keys:
     def seq(self, request_id: str) -> str:
         return self._key("seq", request_id)
 
+    def appended(self, request_id: str) -> str:
+        return self._key("appended", request_id)
+
     @property
     def events(self) -> str:
         return self._key("events")
@@ -80,8 +83,18 @@ class Keys:
         return self._key("lock", "cms", "holder")
 
     @property
+    def cms_fence(self) -> str:
+        """The fencing counter (INCR, no TTL): every CMS lock carries the next number."""
+        return self._key("lock", "cms", "fence")
+
+    @property
     def cms_cooldown(self) -> str:
         return self._key("cooldown", "cms")
+
+    @property
+    def outcome_unknown(self) -> str:
+        """Unknown outcomes nobody has cleared yet (a hash: request id -> JSON; no TTL)."""
+        return self._key("unknown", "cms")
 
     def remediating(self, kind: str, target: str) -> str:
         return self._key("remediating", kind, target)
@@ -98,6 +111,11 @@ class Keys:
 
     def slack_steps(self, request_id: str) -> str:
         return self._key("slack", "steps", request_id)
+
+    @property
+    def delivery_counts(self) -> str:
+        """What delivery lost or gave up, by reason (a hash of counters, for the operators)."""
+        return self._key("delivery", "counts")
 
 
 KEYS = Keys()  # the default deployment's names

@@ -1,8 +1,13 @@
-"""What each probe prints on a simulated server, in Windows PowerShell 5.1's JSON.
+"""What each probe prints on a simulated server: the JSON of the probes' own writer.
 
-Answers are derived from the lab state only, and written the way 5.1's
-`ConvertTo-Json -Compress` writes them: dates as "\\/Date(ms)\\/", strings for
-values the probe casts with [string], arrays where the probe wraps with @().
+Answers are derived from the lab state only, and written the way the JSON writer of
+`workers/probes/_lib.ps1` writes them on every host (Windows PowerShell 2.0 has no ConvertTo-Json):
+one line of plain ASCII (every character outside 0x20-0x7E escaped), dates as ISO 8601 UTC with
+milliseconds ("2023-11-14T22:13:20.000Z"), strings for values the probe casts with [string],
+arrays for every list (empty or one item too), and the envelope
+`{"probe", "version", "ps", "data" | "error"}` where "ps" is the host's Windows PowerShell. A
+cmdlet property the deployment does not emit (the drop-property scenario) is what the probe's
+Get-Field makes of it: null, and listed in data.NotReported as "<cmdlet>: <property>".
 """
 
 from __future__ import annotations
@@ -11,10 +16,10 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cms.topology import ServerRole
+from cms.topology import ServerRole, Version
 from lab.deployment import (
     DOMAIN,
     EVENT_EVERY,
@@ -36,16 +41,92 @@ class UnknownProbe(LookupError):
     pass
 
 
-def ms_date(moment: datetime | None) -> str | None:
+# The Windows PowerShell each lab version answers from ($PSVersionTable.PSVersion as the probes report it):
+# Lync Server 2010 on Windows Server 2008 R2 (2.0), Lync Server 2013 on 2008 R2 with WMF 3.0, Skype for
+# Business Server 2015 on Windows Server 2012 R2 (4.0), 2019 on Windows Server 2019 (5.1, build 17763).
+POWERSHELL = {Version.lync2010: "2.0", Version.lync2013: "3.0", Version.sfb2015: "4.0",
+              Version.sfb2019: "5.1.17763.1"}
+
+# The cmdlet behind each property a probe reads with Get-Field -Source (workers/probes/*.ps1), for
+# data.NotReported; a property not listed here is labelled with the probe's name.
+SOURCES: dict[str, dict[str, str]] = {
+    "cms-status": {
+        **dict.fromkeys(("ReplicaFqdn", "UpToDate", "LastStatusReport", "LastUpdateCreation"),
+                        "Get-CsManagementStoreReplicationStatus"),
+        **dict.fromkeys(("ActiveMasterFqdn", "ActiveFileTransferAgents", "ActiveReplicas", "DeletedReplicas"),
+                        "Get-CsManagementStoreReplicationStatus -CentralManagementStoreStatus"),
+        **dict.fromkeys(("PoolFqdn", "SiteId", "Version", "Active"), "Get-CsService -CentralManagement"),
+    },
+    "cms-location": {
+        **dict.fromkeys(("StoreProvider", "SqlServer", "SqlInstance"), "Get-CsManagementConnection"),
+        **dict.fromkeys(("SiteId", "Version", "Active"), "Get-CsService -CentralManagement"),
+    },
+    "backup-status": {
+        "BackupPoolFqdn": "Get-CsPoolBackupRelationship",
+        **dict.fromkeys(("Identity", "ExportStatus", "ImportStatus"), "Get-CsBackupServiceStatus BackupModules"),
+    },
+}
+
+
+# Properties a product version's cmdlets do not have at all: Get-CsService -CentralManagement has Active
+# from Lync Server 2013 on (CMS failover and pool pairing came with 2013).
+VERSION_LACKS: dict[Version, dict[str, set[str]]] = {
+    Version.lync2010: {"cms-status": {"Active"}, "cms-location": {"Active"}},
+}
+
+
+def json_date(moment: datetime | None) -> str | None:
+    """A date as the probes' writer prints it: ISO 8601 UTC, milliseconds (truncated, as .NET's 'fff')."""
     if moment is None:
         return None
-    return f"/Date({int(moment.timestamp() * 1000)})/"
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def to_ps51_json(doc: dict[str, Any]) -> str:
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    # 5.1 escapes the slashes of its date literal.
-    return text.replace('"/Date(', '"\\/Date(').replace(')/"', ')\\/"')
+def to_probe_json(doc: dict[str, Any]) -> str:
+    """One line of plain ASCII JSON, as ConvertTo-ProbeJson (_lib.ps1) writes it: Python's escapes with
+    ensure_ascii are the writer's (\\" \\\\ \\b \\f \\n \\r \\t, else \\uxxxx in lower-case hex, 0x7F too)."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+
+
+to_ps51_json = to_probe_json  # the old name (5.1's ConvertTo-Json is no longer what the probes print)
+
+
+def error_answer(state: LabState, probe: str, version: int, message: str, category: str = "InvalidOperation",
+                 command: str = "") -> str:
+    """Invoke-Probe's error document."""
+    return to_probe_json({"probe": probe, "version": version, "ps": POWERSHELL[state.version],
+                          "error": {"message": message, "category": category, "command": command}})
+
+
+def not_reported(state: LabState, probe: str, data: Any) -> Any:
+    """The answer when the cmdlets do not emit a property (the drop-property scenarios, or one the version
+    lacks): what the probe's Get-Field makes of it (null, at any depth) and data.NotReported listing each."""
+    names = {prop for p, prop in state.dropped if p == probe} | VERSION_LACKS.get(state.version, {}).get(probe, set())
+    if not names or not isinstance(data, dict):
+        return data
+    seen: list[str] = []
+
+    def null(value: Any) -> Any:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                if k in names:
+                    label = f"{SOURCES.get(probe, {}).get(k, probe)}: {k}"
+                    if label not in seen:
+                        seen.append(label)
+                    out[k] = None
+                else:
+                    out[k] = null(v)
+            return out
+        if isinstance(value, list):
+            return [null(v) for v in value]
+        return value
+
+    out = null(data)
+    if seen:
+        out["NotReported"] = seen
+    return out
 
 
 def server_version_text(state: LabState) -> str:
@@ -78,9 +159,9 @@ def run(state: LabState, server: LabServer, probe: str, version: int, params: di
     try:
         data = ANSWERS[probe](state, server, {**params, "_stdin": stdin} if probe in READS_STDIN else params)
     except ProbeError as e:
-        return to_ps51_json({"probe": probe, "version": version,
-                             "error": {"message": str(e), "category": "InvalidOperation", "command": ""}})
-    return to_ps51_json({"probe": probe, "version": version, "data": data})
+        return error_answer(state, probe, version, str(e))
+    return to_probe_json({"probe": probe, "version": version, "ps": POWERSHELL[state.version],
+                          "data": not_reported(state, probe, data)})
 
 
 def _reported(state: LabState, s: LabServer) -> datetime | None:
@@ -99,8 +180,8 @@ def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> d
         replicas.append({
             "ReplicaFqdn": s.fqdn,
             "UpToDate": state.up_to_date(s),
-            "LastStatusReport": ms_date(reported),
-            "LastUpdateCreation": ms_date(state.last_change),
+            "LastStatusReport": json_date(reported),
+            "LastUpdateCreation": json_date(state.last_change),
             "ProductVersion": build if reported else "",
         })
     services = [
@@ -109,7 +190,7 @@ def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> d
         for pool in ([state.cms_pool] + ([state.pairs[state.cms_pool]] if state.cms_pool in state.pairs else []))
     ]
     return {
-        "CollectedAt": ms_date(now()),
+        "CollectedAt": json_date(now()),
         "ProductVersion": server_version_text(state),
         "Replicas": replicas,
         "Store": {
@@ -135,7 +216,7 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
         folder.append({"Identity": group, "Rights": "Modify, Synchronize", "Type": "Allow", "Inherited": False})
     cert = server.cert
     return {
-        "CollectedAt": ms_date(now()),
+        "CollectedAt": json_date(now()),
         "ProductVersion": server_version_text(state),
         "ProductVersionError": None,
         "Services": services,
@@ -145,7 +226,7 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
         "FolderError": None,
         "Certificate": None if cert is None else {
             "Use": cert.use, "Thumbprint": cert.thumbprint, "Subject": cert.subject, "DnsNames": list(cert.dns_names),
-            "HasPrivateKey": cert.has_private_key, "NotAfter": ms_date(cert.not_after), "Issuer": cert.issuer,
+            "HasPrivateKey": cert.has_private_key, "NotAfter": json_date(cert.not_after), "Issuer": cert.issuer,
             "Root": cert.root, "ChainStatus": [] if cert.root.startswith("CN=Contoso") else ["PartialChain"],
         },
         "CertificateError": None if cert else (
@@ -160,9 +241,9 @@ def _replication_events(state: LabState, server: LabServer, params: dict[str, An
     limit = int(params.get("maxEvents", 200))  # replication-events.ps1's default
     events = [e for e in events if e["_time"] >= since][:limit]
     return {
-        "CollectedAt": ms_date(now()),
+        "CollectedAt": json_date(now()),
         "Computer": server.fqdn,
-        "Events": [{k: (ms_date(v) if k == "TimeCreated" else v) for k, v in e.items() if k != "_time"}
+        "Events": [{k: (json_date(v) if k == "TimeCreated" else v) for k, v in e.items() if k != "_time"}
                    for e in events],
     }
 
@@ -266,7 +347,7 @@ def _reachability(state: LabState, server: LabServer, params: dict[str, Any]) ->
                 f"Access to the path '\\\\{fqdn}\\xds-replica\\from-master\\cmsbot-write-test-"
                 "5f0c2d7e-2b1f-4a59-9d7e-0c1a3c2b9e11.tmp' is denied."))
         results.append(row)
-    return {"CollectedAt": ms_date(now()), "From": server.fqdn, "Identity": "CONTOSO\\cmsbot", "Results": results}
+    return {"CollectedAt": json_date(now()), "From": server.fqdn, "Identity": "CONTOSO\\cmsbot", "Results": results}
 
 
 @answers("ad-membership")
@@ -278,7 +359,7 @@ def _ad_membership(state: LabState, server: LabServer, params: dict[str, Any]) -
         computers.append({"Name": name, "Found": s is not None,
                           "DistinguishedName": f"CN={s.netbios},OU=Lync Servers,DC=contoso,DC=com" if s else None,
                           "Member": bool(s and s.in_group)})
-    return {"CollectedAt": ms_date(now()), "Group": GROUP_DN, "Computers": computers}
+    return {"CollectedAt": json_date(now()), "Group": GROUP_DN, "Computers": computers}
 
 
 @answers("backup-status")
@@ -293,7 +374,7 @@ def _backup_status(state: LabState, server: LabServer, params: dict[str, Any]) -
         pools.append({"PoolFqdn": pool, "BackupPoolFqdn": state.pairs.get(pool),
                       "Modules": [{"Identity": "CentralMgmt.CMSMaster", "ExportStatus": export,
                                    "ImportStatus": "NormalState"}], "Error": None})
-    return {"CollectedAt": ms_date(now()), "Pools": pools}
+    return {"CollectedAt": json_date(now()), "Pools": pools}
 
 
 # -- remediations: they change the state the way the cmdlets would ----------------------
@@ -310,7 +391,7 @@ def _start_service(state: LabState, server: LabServer, params: dict[str, Any]) -
         raise ProbeError(f"Cannot find any service with service name '{name}'.")
     before = server.services[name]
     server.services[name] = RUNNING
-    return {"CollectedAt": ms_date(now()), "Name": name, "Before": before, "After": RUNNING,
+    return {"CollectedAt": json_date(now()), "Name": name, "Before": before, "After": RUNNING,
             "Started": before != RUNNING}
 
 
@@ -325,7 +406,7 @@ def _force_replication(state: LabState, server: LabServer, params: dict[str, Any
             errors.append({"Replica": r, "Message": f"Cannot find replica \"{r}\"."})
         else:
             state.replicate(only=r)
-    return {"CollectedAt": ms_date(now()), "Replicas": replicas or ["*"], "Errors": errors}
+    return {"CollectedAt": json_date(now()), "Replicas": replicas or ["*"], "Errors": errors}
 
 
 EXPORT_DIR = "C:\\ProgramData\\cmsbot\\exports"
@@ -342,7 +423,7 @@ def _export_configuration(state: LabState, server: LabServer, params: dict[str, 
     if not state.active_master:
         raise ProbeError("Cannot export the configuration: the Central Management Store is not available.")
     blob = _export_bytes(state)
-    return {"CollectedAt": ms_date(now()), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
+    return {"CollectedAt": json_date(now()), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
             "Sha256": hashlib.sha256(blob).hexdigest().upper(), "Content": base64.b64encode(blob).decode()}
 
 
@@ -360,7 +441,7 @@ def _import_configuration(state: LabState, server: LabServer, params: dict[str, 
     t = now()
     server.synced_at = server.reported_at = t
     server.failing_since, server.stuck = None, False
-    return {"CollectedAt": ms_date(t), "Path": f"C:\\ProgramData\\cmsbot\\imports\\{params.get('fileName')}",
+    return {"CollectedAt": json_date(t), "Path": f"C:\\ProgramData\\cmsbot\\imports\\{params.get('fileName')}",
             "Bytes": len(blob), "Sha256": digest, "Imported": True}
 
 
@@ -388,7 +469,7 @@ def _cms_location(state: LabState, server: LabServer, params: dict[str, Any]) ->
     pair = [state.cms_pool] + ([state.pairs[state.cms_pool]] if state.cms_pool in state.pairs else [])
     _, build = state.product
     return {
-        "CollectedAt": ms_date(now()),
+        "CollectedAt": json_date(now()),
         "Connection": {"StoreProvider": "Sql", "SqlServer": owner_sql, "SqlInstance": "rtc",
                        "Source": f"SQL Server: {owner_sql}\\rtc"},
         "ConnectionError": None,
@@ -402,7 +483,7 @@ def _cms_location(state: LabState, server: LabServer, params: dict[str, Any]) ->
 
 def _cmdlet_result(mode: str, command: str, started: datetime, errors: list[str], warnings: list[str],
                    output: str = "") -> dict[str, Any]:
-    return {"CollectedAt": ms_date(now()), "StartedAt": ms_date(started), "Mode": mode, "Command": command,
+    return {"CollectedAt": json_date(now()), "StartedAt": json_date(started), "Mode": mode, "Command": command,
             "Succeeded": not errors, "Warnings": warnings, "Errors": errors, "Output": output}
 
 
@@ -470,5 +551,5 @@ def _reseed_local(state: LabState, server: LabServer, params: dict[str, Any]) ->
     t = now()
     server.synced_at = server.reported_at = t
     server.failing_since, server.stuck = None, False
-    return {"CollectedAt": ms_date(t), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
+    return {"CollectedAt": json_date(t), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
             "Sha256": hashlib.sha256(blob).hexdigest().upper(), "Imported": True}

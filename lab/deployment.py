@@ -96,6 +96,7 @@ class LabState:
     moving_until: datetime | None = None  # when it converges (None: stuck)
     down: set[str] = field(default_factory=set)  # pools that are down
     convergence: timedelta = timedelta(seconds=2)
+    dropped: set[tuple[str, str]] = field(default_factory=set)  # (probe, property) the cmdlet does not emit
 
     @property
     def product(self) -> tuple[str, str]:
@@ -287,6 +288,9 @@ def apply(state: LabState, spec: str) -> None:
         raise ScenarioError(f"unknown scenario {name!r}; known: {', '.join(sorted(SCENARIOS))}")
     fn, wants = SCENARIOS[name]
     server = None
+    if wants == "property":
+        _drop_property(state, target)
+        return
     if wants:
         if not target:
             raise ScenarioError(f"scenario {name} needs a target: {name}:<server fqdn>")
@@ -296,6 +300,25 @@ def apply(state: LabState, spec: str) -> None:
     elif target:
         raise ScenarioError(f"scenario {name} takes no target")
     fn(state, server)
+
+
+@scenario("drop-property", "property")
+def _drop_property_doc(state: LabState, s: LabServer | None) -> None:
+    """drop-property:<probe>:<Property>: the cmdlet behind the probe does not emit that property on this
+    deployment (a version that lacks it, e.g. Active of Get-CsService before Lync Server 2013); the probe's
+    answer shows it as its Get-Field does (lab/answers.py), e.g. drop-property:cms-status:DeletedReplicas."""
+
+
+def _drop_property(state: LabState, target: str) -> None:
+    from lab.answers import ANSWERS  # here: lab.answers imports this module
+
+    probe, _, prop = target.partition(":")
+    if not probe or not prop or ":" in prop:
+        raise ScenarioError("drop-property needs a probe and a property: drop-property:<probe>:<Property>, "
+                            "e.g. drop-property:cms-status:DeletedReplicas")
+    if probe not in ANSWERS:
+        raise ScenarioError(f"drop-property: no probe {probe!r} in the lab; probes: {', '.join(sorted(ANSWERS))}")
+    state.dropped.add((probe, prop))
 
 
 def _start_failing(s: LabServer, state: LabState, hours: float = 3) -> None:

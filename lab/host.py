@@ -7,14 +7,21 @@ section 3), never with the client's helpers, so an encoding bug of the client is
 
 - a value is the concatenation of the variables NAME_0, NAME_1, ... up to the first missing
   index (Windows caps one variable at 32,767 characters);
-- `[Convert]::FromBase64String` rejects what .NET rejects, and a bootstrap that fails there is a
+- every value is packed: base64 of gzip (RFC 1952) of UTF-8 text. `[Convert]::FromBase64String`
+  rejects what .NET rejects, GZipStream what is not gzip, and a bootstrap that fails there is a
   terminating error (`$ErrorActionPreference='Stop'`): powershell.exe writes it to stderr as
   CLIXML and exits 1, without printing anything on stdout;
 - the bootstrap dot-sources the decoded library, then the decoded probe script; the script is
   recognised by its first line, `# probe: <name> v<N>`, and calls Invoke-Probe, which the library
   must have defined;
-- the parameters travel as base64 JSON that the library decodes inside Invoke-Probe, so bad
-  parameters are the probe's own error document (`{"probe": ..., "error": {...}}`), exit code 0.
+- the parameters travel as packed JSON that the library unpacks inside Invoke-Probe, so bad
+  parameters are the probe's own error document (`{"probe": ..., "error": {...}}`), exit code 0;
+- on a Windows PowerShell 2.0 host (Lync Server 2010) every dot-sourced script is read for what 2.0
+  cannot run (lab/powershell.py): a parse error in either script stops the bootstrap inside
+  `[ScriptBlock]::Create` (a terminating error); a construct that fails at run time is terminating
+  when it is in the library (Invoke-Probe's own error branch runs the library's code, so an
+  incompatible library leaves nothing to report the error with) and is the probe's error document,
+  as Invoke-Probe's catch writes it, when it is in the probe script alone.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import base64
 import binascii
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
+from lab import powershell
+from lab.powershell import Host
+
 PROBE_LINE = re.compile(r"# probe: ([a-z][a-z0-9-]*) v([0-9]+)[ \t]*")
-FUNCTION = re.compile(r"^[ \t]*function[ \t]+([A-Za-z][\w-]*)", re.M | re.I)
 # the bootstrap's two uses of the shell environment: the parameters' text, and the scripts it dot-sources
 PARAMS_FROM = re.compile(r"\$CmsbotParams=\(& \$j '([A-Za-z0-9_]+)'\)")
 SOURCES = re.compile(r"\. \(\[ScriptBlock\]::Create\(\(& \$d '([A-Za-z0-9_]+)'\)\)\)")
@@ -38,6 +48,8 @@ WHITESPACE = re.compile(r"[ \t\r\n]")
 BAD_BASE64 = ("The input is not a valid Base-64 string as it contains a non-base 64 character, more than two padding "
               "characters, or an illegal character among the padding characters. ")
 BAD_LENGTH = "Invalid length for a Base-64 char array or string."
+# System.IO.InvalidDataException from GZipStream (.NET Framework) for data that is not gzip
+NOT_GZIP = "The magic number in GZip header is not correct. Make sure you are passing in a GZip stream."
 
 
 class NotABootstrap(ValueError):
@@ -74,6 +86,8 @@ class Invocation:
     params: dict[str, Any] = field(default_factory=dict)
     params_error: str | None = None  # Get-ProbeParams threw: the probe answers with its error document
     params_error_command: str = ""
+    params_error_category: str = "NotSpecified"
+    imports_module: bool = False  # Invoke-Probe loads the Lync/SkypeForBusiness module first
 
 
 def environment_value(env: dict[str, str], name: str) -> str:
@@ -98,9 +112,34 @@ def from_base64(text: str) -> bytes:
         raise ValueError(BAD_BASE64) from None
 
 
-def _method_error(message: str) -> TerminatingError:
-    return TerminatingError(f'Exception calling "FromBase64String" with "1" argument(s): "{message}"',
-                            "NotSpecified: (:) [], MethodInvocationException", "FormatException")
+def unpack(text: str) -> str:
+    """What the bootstrap's `$d` (and the library's ConvertFrom-PackedText) does with a value: base64,
+    then gunzip, then UTF-8. Raises _Unpacking with the .NET method call that would fail."""
+    try:
+        raw = from_base64(text)
+    except ValueError as e:
+        raise _Unpacking(f'Exception calling "FromBase64String" with "1" argument(s): "{e}"', "FormatException") \
+            from None
+    if not raw:
+        return ""  # GZipStream over an empty stream reads nothing, no error
+    if raw[:2] != b"\x1f\x8b":
+        raise _Unpacking(f'Exception calling "ReadToEnd" with "0" argument(s): "{NOT_GZIP}"', "InvalidDataException")
+    try:
+        # .NET Framework's GZipStream returns what it could decode from a truncated stream, no error
+        return zlib.decompressobj(wbits=31).decompress(raw).decode("utf-8", errors="replace")
+    except zlib.error:
+        raise _Unpacking('Exception calling "ReadToEnd" with "0" argument(s): "Found invalid data while decoding."',
+                         "InvalidDataException") from None
+
+
+class _Unpacking(ValueError):
+    def __init__(self, message: str, error_id: str):
+        super().__init__(message)
+        self.message, self.error_id = message, error_id
+
+
+def _method_error(e: _Unpacking) -> TerminatingError:
+    return TerminatingError(e.message, "NotSpecified: (:) [], MethodInvocationException", e.error_id)
 
 
 def bootstrap_of(args: list[str]) -> str:
@@ -112,38 +151,63 @@ def bootstrap_of(args: list[str]) -> str:
         raise NotABootstrap("-EncodedCommand bootstrap expected") from None
 
 
-def run(args: list[str], env: dict[str, str]) -> Invocation:
+def _parse_failure(inc: powershell.Incompatibility) -> TerminatingError:
+    """A script 2.0 cannot parse: `[ScriptBlock]::Create` throws, wrapped as a .NET method call's exception
+    (Windows PowerShell 2.0 names that record DotNetMethodException)."""
+    return TerminatingError(f'Exception calling "Create" with "1" argument(s): "{inc.message}"',
+                            "NotSpecified: (:) [], MethodInvocationException", "DotNetMethodException")
+
+
+def run(args: list[str], env: dict[str, str], host: Host = powershell.CURRENT) -> Invocation:
     """Run the bootstrap of `args` against the shell environment `env`, as far as the lab can:
-    up to the probe it invokes. Raises NotABootstrap, UnknownScript or TerminatingError."""
+    up to the probe it invokes, on a host running `host`'s PowerShell. Raises NotABootstrap,
+    UnknownScript or TerminatingError."""
     bootstrap = bootstrap_of(args)
     sources = SOURCES.findall(bootstrap)
     if not sources:
         raise NotABootstrap("the bootstrap dot-sources no script from the environment")
+    for inc in powershell.check(bootstrap, host):  # the -EncodedCommand text itself must run on this host
+        raise TerminatingError(inc.message, inc.category, inc.error_id)
     params_from = PARAMS_FROM.search(bootstrap)
     params_text = environment_value(env, params_from.group(1)) if params_from else ""
     defined: set[str] = set()
+    strict = False
+    library_failure: powershell.Incompatibility | None = None
     invocation = Invocation(probe=None)
     for name in sources:  # in order: the library, then the probe
         try:
-            script = from_base64(environment_value(env, name)).decode("utf-8", errors="replace")
-        except ValueError as e:
-            raise _method_error(str(e)) from None
+            script = unpack(environment_value(env, name))
+        except _Unpacking as e:
+            raise _method_error(e) from None
         script = script.lstrip("\ufeff")
         first = script.splitlines()[0] if script else ""
         header = PROBE_LINE.fullmatch(first)
+        found = powershell.check(script, host, defined=defined, strict=strict) if script else []
+        parse = next((f for f in found if f.parse), None)
+        if parse is not None:
+            raise _parse_failure(parse)
+        runtime = next((f for f in found if not f.parse), None)
         if header is None:
             if script and not first.startswith("# probe-lib:"):
                 raise UnknownScript(first[:80])
-            defined |= {f.lower() for f in FUNCTION.findall(script)}
+            defined |= powershell.functions(script)
+            strict = strict or powershell.turns_on_strict_mode(script)
+            library_failure = library_failure or runtime
             continue
+        if library_failure is not None:
+            raise TerminatingError(library_failure.message, library_failure.category, library_failure.error_id)
         if "invoke-probe" not in defined:
             raise TerminatingError(
                 "Invoke-Probe : The term 'Invoke-Probe' is not recognized as the name of a cmdlet, function, script "
                 "file, or operable program. Check the spelling of the name, or if a path was included, verify that "
                 "the path is correct and try again.",
                 "ObjectNotFound: (Invoke-Probe:String) [], CommandNotFoundException", "CommandNotFoundException")
-        invocation = Invocation(probe=header.group(1), version=int(header.group(2)), header=first)
+        invocation = Invocation(probe=header.group(1), version=int(header.group(2)), header=first,
+                                imports_module=powershell.imports_module(script))
         _read_params(invocation, params_text)
+        if runtime is not None and invocation.params_error is None:  # Invoke-Probe's catch: the error document
+            invocation.params_error, invocation.params_error_command = runtime.message, ""
+            invocation.params_error_category = runtime.short_category
     return invocation
 
 
@@ -152,9 +216,9 @@ def _read_params(invocation: Invocation, text: str) -> None:
     if not text:
         return
     try:
-        raw = from_base64(text).decode("utf-8", errors="replace")
-    except ValueError as e:
-        invocation.params_error = f'Exception calling "FromBase64String" with "1" argument(s): "{e}"'
+        raw = unpack(text)
+    except _Unpacking as e:
+        invocation.params_error = e.message
         return
     try:
         doc = json.loads(raw.lstrip("\ufeff"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from cms import topology as topo
 from cms.topology import Version
 from lab.deployment import LabState, ScenarioError, apply, build
-from lab.wsman import Lab
+from lab.wsman import HostConfig, Lab
 
 DEFAULT_USER = "cmsbot"
 DEFAULT_PASSWORD = "lab-password"
@@ -30,9 +30,9 @@ def make_state_factory(version: Version, servers: int, edge_winrm: bool = False,
 
 async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, edge_winrm: bool,
                 convergence_s: float, latency_ms: int, scenarios: list[str], topology_out: Path, username: str,
-                password: str) -> None:
+                password: str, config: HostConfig | None = None) -> None:
     lab = Lab(make_state_factory(version, servers, edge_winrm, convergence_s), scenarios, username, password,
-              latency_ms)
+              latency_ms, config)
     server = await asyncio.start_server(lab.handle, host, port, backlog=1024, limit=8 * 1024 * 1024)
     bound = server.sockets[0].getsockname()[1]
     topology = lab.state.topology(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
@@ -59,12 +59,20 @@ def main(args) -> int:
     except ScenarioError as e:
         print(f"cmsbot lab: {e}", file=sys.stderr)
         return 2
+    config = HostConfig(max_envelope_kb=args.max_envelope_kb, max_shells_per_user=args.max_shells_per_user,
+                        idle_timeout_s=args.idle_timeout_s, module_load_ms=args.module_load_ms)
+    if config.max_envelope_kb < 32 or config.max_shells_per_user < 1 or config.idle_timeout_s <= 0 \
+            or config.module_load_ms < 0:
+        print("cmsbot lab: --max-envelope-kb must be at least 32 (WinRM's minimum), --max-shells-per-user at least 1, "
+              "--idle-timeout-s above 0 and --module-load-ms not negative", file=sys.stderr)
+        return 2
     advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     try:
         asyncio.run(serve(host=args.host, port=args.port, advertise=advertise, version=Version(args.version),
                           servers=args.servers, edge_winrm=args.edge_winrm,
                           convergence_s=args.convergence_s, latency_ms=args.latency_ms, scenarios=args.scenario,
-                          topology_out=Path(args.topology_out), username=username, password=password))
+                          topology_out=Path(args.topology_out), username=username, password=password,
+                          config=config))
     except OSError as e:
         print(f"cmsbot lab: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 2

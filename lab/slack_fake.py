@@ -11,17 +11,27 @@ The real `slack_sdk.WebClient` runs against it unmodified:
 As a pytest fixture:  `slack = pytest.fixture(lab.slack_fake.fixture, name="slack")`.
 
 Every request is recorded as a `Call`. `fail()` and `delay()` inject rate limits,
-server errors, `{"ok": false}` errors and slowness. `messages()` / `thread()` show
+server errors, `{"ok": false}` errors and slowness; `outage()` makes every method answer
+503 for a while, as Slack down does. `messages()` / `thread()` show
 the channel state after `chat.update` edits; `uploads()` shows files_upload_v2 shares.
 The file bytes POSTed to an upload URL are recorded as a call of method "upload"
 (fault it with `fail("upload", status=500)`).
+
+Socket Mode, minimally: `apps.connections.open` hands out a ws:// URL of this server, which
+upgrades to a WebSocket, says Slack's `hello`, answers pings and records what the app sends
+(`socket_messages()`, the envelopes' acks); `socket_send()` pushes an envelope to the apps
+connected (`socket_connections()` counts them).
 """
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
+import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +43,7 @@ from urllib.parse import parse_qsl, urlsplit
 TEAM = {"team": "Contoso", "user": "cmsbot", "team_id": "T0001", "user_id": "U0BOT", "bot_id": "B0001"}
 # Form fields slack_sdk sends as JSON strings; recorded decoded.
 JSON_FIELDS = {"blocks", "attachments", "files", "metadata", "user_auth_blocks", "view", "outputs", "unfurls"}
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 
 @dataclass
@@ -85,6 +96,8 @@ class SlackFake:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 try:
+                    if self.path.startswith("/socket-mode/"):
+                        return fake._socket_mode(self)
                     fake._handle(self)
                 except Exception as e:  # a bug in the fake: answer, don't drop the connection
                     _reply(self, 500, {"ok": False, "error": f"fake_error: {e!r}"})
@@ -102,6 +115,11 @@ class SlackFake:
         return self
 
     def stop(self) -> None:
+        for conn in self.socket_connections():
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -134,6 +152,9 @@ class SlackFake:
             self._ephemeral: list[dict] = []
             self._files: dict[str, dict] = {}
             self._seq = 0
+            self._down_until = 0.0
+            self._sockets: list[tuple[socket.socket, threading.Lock]] = getattr(self, "_sockets", [])
+            self._socket_messages: list[dict] = []
 
     def fail(self, method: str, status: int | None = None, *, error: str | None = None,
              retry_after: int | None = 1, times: int = 1) -> None:
@@ -145,6 +166,11 @@ class SlackFake:
         with self._lock:
             self._faults.setdefault(method, []).append(
                 _Fault(status, error, retry_after if status == 429 else None, times))
+
+    def outage(self, seconds: float) -> None:
+        """Slack is down for `seconds` from now: every method answers HTTP 503 (recorded as calls)."""
+        with self._lock:
+            self._down_until = time.monotonic() + seconds
 
     def delay(self, method: str, seconds: float) -> None:
         with self._lock:
@@ -171,6 +197,29 @@ class SlackFake:
     def ephemeral(self) -> list[dict]:
         with self._lock:
             return list(self._ephemeral)
+
+    def socket_connections(self) -> list[socket.socket]:
+        with self._lock:
+            return [s for s, _ in self._sockets]
+
+    def socket_messages(self) -> list[dict]:
+        """What the connected apps sent (envelope acks), decoded."""
+        with self._lock:
+            return list(self._socket_messages)
+
+    def socket_send(self, message: dict) -> int:
+        """Push a Socket Mode message (an envelope) to every connected app; returns how many got it."""
+        with self._lock:
+            sockets = list(self._sockets)
+        sent = 0
+        for sock, lock in sockets:
+            try:
+                with lock:
+                    sock.sendall(_ws_frame(0x1, json.dumps(message).encode()))
+                sent += 1
+            except OSError:
+                pass
+        return sent
 
     def uploads(self, thread_ts: str | None = None) -> list[dict]:
         """Completed file uploads: file_id, filename, title, content (bytes), channel, thread_ts..."""
@@ -199,7 +248,9 @@ class SlackFake:
             pause = self._delays.get(method, 0)
             faults = self._faults.get(method)
             fault = faults[0] if faults else None
-            if faults and fault:
+            if time.monotonic() < self._down_until:
+                fault = _Fault(503, "service_unavailable", None, 1)
+            elif faults and fault:
                 fault.times -= 1
                 if fault.times <= 0:
                     faults.pop(0)
@@ -216,6 +267,42 @@ class SlackFake:
         call.status = status
         _reply(req, status, answer)
 
+    def _socket_mode(self, req: BaseHTTPRequestHandler) -> None:
+        """One Socket Mode connection, for as long as the app keeps it (RFC 6455, no extensions)."""
+        key = req.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        req.send_response(101, "Switching Protocols")
+        for name, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)):
+            req.send_header(name, value)
+        req.end_headers()
+        req.close_connection = True
+        sock, lock = req.connection, threading.Lock()
+        with self._lock:
+            self._calls.append(Call("socket_mode.connect", {"path": req.path}, dict(req.headers.items()), None,
+                                    time.time(), 101))
+            self._sockets.append((sock, lock))
+        try:
+            with lock:
+                sock.sendall(_ws_frame(0x1, json.dumps({"type": "hello", "num_connections": 1,
+                                                        "connection_info": {"app_id": "A0001"}}).encode()))
+            while True:
+                opcode, payload = _ws_read(req.rfile)
+                if opcode is None or opcode == 0x8:  # gone, or closing: answer the close
+                    with lock:
+                        sock.sendall(_ws_frame(0x8, payload[:2]))
+                    break
+                if opcode == 0x9:  # ping
+                    with lock:
+                        sock.sendall(_ws_frame(0xA, payload))
+                elif opcode == 0x1:
+                    with self._lock:
+                        self._socket_messages.append(json.loads(payload))
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._sockets = [s for s in self._sockets if s[0] is not sock]
+
     def _next_ts(self) -> str:
         self._seq += 1
         micros = 1_700_000_000_000_000 + self._seq * 100
@@ -230,6 +317,9 @@ class SlackFake:
             return 200, f"OK - {len(body)}"
         if method == "auth.test":
             return 200, {"ok": True, "url": self.root + "/", **TEAM}
+        if method == "apps.connections.open":
+            self._seq += 1
+            return 200, {"ok": True, "url": f"ws{self.root[4:]}/socket-mode/{self._seq}"}
         if method == "chat.postMessage":
             if not p.get("channel"):
                 return 200, {"ok": False, "error": "channel_not_found"}
@@ -276,6 +366,29 @@ class SlackFake:
                 done.append({"id": f["file_id"], "title": f["title"], "name": f["filename"], "size": len(f["content"])})
             return 200, {"ok": True, "files": done}
         return 200, {"ok": True}
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame (a server's)."""
+    n = len(payload)
+    size = bytes([n]) if n < 126 else bytes([126]) + struct.pack(">H", n) if n < 1 << 16 else \
+        bytes([127]) + struct.pack(">Q", n)
+    return bytes([0x80 | opcode]) + size + payload
+
+
+def _ws_read(rfile) -> tuple[int | None, bytes]:
+    """One frame from a client (masked): (opcode, payload), (None, b"") once the connection is gone."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None, b""
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", rfile.read(8))[0]
+    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = rfile.read(n)
+    return head[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
 def _parse_body(content_type: str, body: bytes) -> dict:

@@ -2,17 +2,21 @@
 
 Jobs are enqueued by dotted path with the request id as their only argument;
 they report only through the events stream, never to Slack. Each one claims its
-request (a duplicate delivery runs nothing) and heartbeats while it runs.
+request (a duplicate delivery runs nothing) and heartbeats while it runs. Everything
+a job writes goes through its outbox (workers/outbox.py): in order, held in the job
+while Redis is down and written when it is back; the job ends once it is written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.timeouts import JobTimeoutException
@@ -23,15 +27,22 @@ from cms.remediation import describe
 from cms.settings import Settings
 from hub import approvals
 from hub.cms_lock import cms_change_blocking
-from hub.contract import Request, append_audit, append_event, claim, load_request
+from hub.contract import Request, append_event, claim, load_request
 from hub.jobs import CHANGE_COMMAND, EXECUTE_JOB, REMEDIATE_COMMAND, REMEDIATE_JOB
 from hub.keys import Hub, hub_for
-from hub.liveness import LOST_CHECK, Heartbeat, claim_report, lost_reason
+from hub.liveness import LOST_CHECK, Heartbeat, claim_report, lost_reason, mark_ended
+from workers.outbox import Outbox
 from workers.runs.remediate import RemediationRefused, remediate, replicate
 from workers.runs.status import run_status
 
 log = logging.getLogger(__name__)
 
+REDIS_GRACE = 600.0  # seconds a finished job waits for Redis to come back to write what it holds
+TIMEOUT_MARGIN = 10.0  # seconds kept from RQ's hard limit, to end with a log line instead of a kill
+
+
+class RedisDidNotReturn(RuntimeError):
+    """The job ended but what it had to write could not be written: the watchdog reports it later."""
 
 
 @dataclass
@@ -40,9 +51,15 @@ class Ctx:
     request: Request
     settings: Settings
     topology: topo.Topology
+    outbox: Outbox
+    heartbeat: Heartbeat
 
     def emit(self, message: Message) -> None:
-        append_event(self.hub, self.request.id, message)
+        """The one emit path: in order, held through a Redis outage (see workers/outbox.py)."""
+        self.outbox.emit(self.request.id, message)
+
+    def audit(self, **fields: Any) -> None:
+        self.outbox.audit(**fields)
 
     def target(self) -> topo.Target:
         t = self.request.args.get("target")
@@ -52,14 +69,27 @@ class Ctx:
 def _run(request_id: str, body: Callable[[Ctx], dict[str, Any]]) -> dict[str, Any] | None:
     job = get_current_job()
     assert job is not None  # _run is the body of an RQ job
+    started = time.monotonic()
     settings = Settings()
     hub = hub_for(job.connection, settings)
     if not claim(hub, request_id):
         log.info("request %s already ran (duplicate delivery); skipping", request_id)
         return None
-    with Heartbeat(hub, request_id):
-        ctx = Ctx(hub, load_request(hub, request_id), settings, topo.load(settings.topology))
-        return body(ctx)
+    with Heartbeat(hub, request_id) as beat:
+        outbox = Outbox(hub, name=f"outbox-{request_id}")
+        try:
+            ctx = Ctx(hub, load_request(hub, request_id), settings, topo.load(settings.topology), outbox, beat)
+            result = body(ctx)
+        finally:
+            limit = (job.timeout or 0) - (time.monotonic() - started) - TIMEOUT_MARGIN
+            written = outbox.close(min(REDIS_GRACE, limit) if job.timeout and job.timeout > 0 else REDIS_GRACE)
+        if not written:
+            raise RedisDidNotReturn(f"request {request_id}: Redis did not come back in time to write its outcome")
+        try:
+            mark_ended(hub, request_id)
+        except redis.RedisError:
+            log.warning("request %s: could not mark it ended (Redis unavailable)", request_id)
+        return result
 
 
 def status(request_id: str) -> dict[str, Any] | None:
@@ -94,8 +124,8 @@ def _remediation(ctx: Ctx) -> dict[str, Any]:
     try:
         if blocked := cms_change_blocking(ctx.hub):
             raise RemediationRefused(blocked)
-        append_audit(ctx.hub, request=ctx.request.id, who=who, what=kind, target=target,
-                     detail=describe(kind, target), result="started")
+        ctx.audit(request=ctx.request.id, who=who, what=kind, target=target, detail=describe(kind, target),
+                  result="started")
         outcome = remediate(ctx.topology, ctx.settings, kind, target, ctx.request.id, ctx.emit,
                             scope=ctx.topology.everything() if scope == "all" else
                             ctx.topology.resolve(scope) if scope else None)
@@ -106,17 +136,16 @@ def _remediation(ctx: Ctx) -> dict[str, Any]:
 
 def _refused(ctx: Ctx, kind: str, target: str, reason: str) -> dict[str, Any]:
     """Nothing was done: free the guard, audit and say why."""
-    ctx.hub.redis.delete(ctx.hub.keys.remediating(kind, target))
-    append_audit(ctx.hub, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
-                 result=f"refused: {reason}")
+    ctx.outbox.put(f"free the {kind} guard", lambda hub: hub.redis.delete(hub.keys.remediating(kind, target)))
+    ctx.audit(request=ctx.request.id, who=ctx.request.user, what=kind, target=target, result=f"refused: {reason}")
     ctx.emit(Failed(reason=f"not done: {reason}"))
     return {"ok": False}
 
 
 def _finish(ctx: Ctx, kind: str, target: str, outcome) -> dict[str, Any]:
-    ctx.hub.redis.delete(ctx.hub.keys.remediating(kind, target))
-    append_audit(ctx.hub, request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
-                 result="ok" if outcome.ok else "failed", detail=outcome.text)
+    ctx.outbox.put(f"free the {kind} guard", lambda hub: hub.redis.delete(hub.keys.remediating(kind, target)))
+    ctx.audit(request=ctx.request.id, who=ctx.request.user, what=kind, target=target,
+              result="ok" if outcome.ok else "failed", detail=outcome.text)
     ctx.emit(Result(action=ActionOutcome(kind=kind, target=target, ok=outcome.ok, text=outcome.text,
                                          changes=outcome.changes or []), report=outcome.report))
     return {"ok": outcome.ok}
@@ -142,8 +171,8 @@ def _preflight(ctx: Ctx) -> dict[str, Any]:
                                 requester=ctx.request.user, request=ctx.request.id,
                                 needed=ctx.settings.approvals_required, ttl=ctx.settings.approval_ttl,
                                 blocked=pre.blocked)
-    append_audit(ctx.hub, request=ctx.request.id, approval=approval.id, who=ctx.request.user, what=f"preflight:{kind}",
-                 result="blocked" if pre.blocked else "ready", detail=json.dumps([c.model_dump() for c in pre.checks]))
+    ctx.audit(request=ctx.request.id, approval=approval.id, who=ctx.request.user, what=f"preflight:{kind}",
+              result="blocked" if pre.blocked else "ready", detail=json.dumps([c.model_dump() for c in pre.checks]))
     ctx.emit(PreflightReady(approval=approval.id))
     return {"approval": approval.id, "blocked": pre.blocked}
 
@@ -152,7 +181,8 @@ def execute_change(request_id: str) -> dict[str, Any] | None:
     """An approved failover or recovery. Enqueued only by the decision that crossed the threshold."""
     from workers.runs.change import execute
 
-    return _run(request_id, lambda ctx: execute(ctx.hub, ctx.request, ctx.topology, ctx.settings, ctx.emit))
+    return _run(request_id, lambda ctx: execute(ctx.hub, ctx.request, ctx.topology, ctx.settings, ctx.outbox,
+                                                ctx.heartbeat))
 
 
 # -- when a job dies ------------------------------------------------------------------------------
@@ -166,17 +196,19 @@ def report_failure(job, connection, exc_type, exc_value, tb) -> None:
     if not claim_report(hub, job.id):
         return  # the watchdog (or another callback) has reported it already
     command = {EXECUTE_JOB: CHANGE_COMMAND, REMEDIATE_JOB: REMEDIATE_COMMAND}.get(job.func_name, "")
-    reason = lost_reason(hub, job.id, command, settings.cooldown)
-    if reason is None:
-        if isinstance(exc_value, AbandonedJobError) or exc_type is AbandonedJobError:
-            reason = LOST_CHECK
-        elif isinstance(exc_value, JobTimeoutException):
-            reason = "it ran past its time limit and was stopped. Run it again; if it repeats, a server is hanging."
-        elif isinstance(exc_value, topo.TopologyError):
-            reason = f"the worker's topology file has a problem: {exc_value}"
-        else:
-            reason = f"it failed with an internal error ({exc_type.__name__}); the worker log has the details."
-            log.error("job %s failed: %s", job.id, exc_type.__name__, exc_info=(exc_type, exc_value, tb))
+    lost = lost_reason(hub, job.id, command, settings.cooldown)
+    if lost is not None:
+        append_event(hub, job.id, lost)
+        return
+    if isinstance(exc_value, AbandonedJobError) or exc_type is AbandonedJobError:
+        reason = LOST_CHECK
+    elif isinstance(exc_value, JobTimeoutException):
+        reason = "it ran past its time limit and was stopped. Run it again; if it repeats, a server is hanging."
+    elif isinstance(exc_value, topo.TopologyError):
+        reason = f"the worker's topology file has a problem: {exc_value}"
+    else:
+        reason = f"it failed with an internal error ({exc_type.__name__}); the worker log has the details."
+        log.error("job %s failed: %s", job.id, exc_type.__name__, exc_info=(exc_type, exc_value, tb))
     append_event(hub, job.id, Failed(reason=reason))
 
 

@@ -27,6 +27,7 @@ from hub.contract import REQUEST_TTL, Event, Request, load_request
 from hub.keys import Hub
 
 CHANGE_COMMANDS = {"/cms-failover", "/cms-recover"}
+READ_ONLY_COMMANDS = {"/cms-status", "/cms-failover", "/cms-recover"}  # a check, or a preflight: safe to run again
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ def _transient(e: SlackApiError) -> bool:
     return status == 429 or status >= 500 or error in TRANSIENT_ERRORS
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def _channel(req: Request) -> str:
     assert req.channel is not None  # wants() takes only requests with a channel
     return req.channel
@@ -49,18 +54,55 @@ class SlackThreads:
         self.hub, self.conn, self.client = hub, hub.redis, client
         self._workers_listening = workers_listening
         self._requests: OrderedDict[str, Request | None] = OrderedDict()
+        # each thread's state as this process last knew it: Redis may lose it (a restart without
+        # persistence, FLUSHDB) while the request's job runs on and its events still come
+        self._threads: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     # -- reporter hooks ---------------------------------------------------------------
     def wants(self, event: Event) -> bool:
         req = self._request(event.request)
+        if req is None and event.terminal:
+            log.error("the %s event %s/%s has no request record (expired, or lost by Redis) and this process never "
+                      "saw the request: there is no thread to deliver it to", event.kind, event.request, event.seq)
+            self.conn.hincrby(self.hub.keys.delivery_counts, "no_request", 1)
         return req is not None and req.origin == "slack" and bool(req.channel)
+
+    def late(self, event: Event, seconds: float) -> bool:
+        """Say in the thread that its events came late because Slack failed (once per event);
+        False when Slack cannot take the note now either."""
+        req = self._request(event.request)
+        parent = self._state(req).get("parent") if req is not None else None
+        if req is None or not parent:
+            return True
+        text = f"delivered late: Slack was unavailable for {_duration(seconds)}"
+        return self._attempt(req, event, lambda: self._once(req, event, "late", lambda: self._post(
+            req, blocks.note(text, ":hourglass_flowing_sand:"), parent)))
+
+    def lost(self, request_id: str) -> bool:
+        """Redis lost the request's events (its result will never come): say so in its thread as a
+        failure, once; False when Slack cannot take it now."""
+        req = self._request(request_id)
+        if req is None or not self.wants(Event(request_id, 0, "failed", Failed(reason=""))):
+            return True
+        if req.command in READ_ONLY_COMMANDS:
+            reason = ("Redis lost this request's events before they reached this thread (restarted without "
+                      "persistence, flushed or evicted), so its result will not appear. Run it again.")
+        else:
+            reason = ("Redis lost this request's events before they reached this thread (restarted without "
+                      "persistence, flushed or evicted): its outcome is unknown here. Run /cms-status and check "
+                      "the servers before running anything again.")
+        event = Event(request_id, 0, "failed", Failed(reason=reason))  # seq 0: a step no worker event has
+        return self._attempt(req, event, lambda: self._on_failed(req, event, reason))
 
     def deliver(self, event: Event) -> bool:
         """True: done with this event (delivered, or permanently undeliverable)."""
         req = self._request(event.request)
         assert req is not None
+        return self._attempt(req, event, lambda: self._dispatch(req, event))
+
+    def _attempt(self, req: Request, event: Event, call: Callable[[], object]) -> bool:
         try:
-            self._dispatch(req, event)
+            call()
             return True
         except SlackApiError as e:
             if _transient(e):
@@ -80,8 +122,8 @@ class SlackThreads:
                 self._on_progress(req, event, text)
             case Result() as result:
                 self._on_result(req, event, result)
-            case Failed(reason=reason):
-                self._on_failed(req, event, reason)
+            case Failed(reason=reason, unknown=unknown):
+                self._on_failed(req, event, reason, unknown)
             case PreflightReady(approval=approval_id):
                 self._on_preflight(req, event, approval_id)
             case ApprovalChanged():
@@ -109,7 +151,15 @@ class SlackThreads:
     def _state(self, req: Request) -> dict[str, str]:
         # the connection does not decode responses: replies are bytes
         raw = cast(dict[bytes, bytes], self.conn.hgetall(self._state_key(req)))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        state = {k.decode(): v.decode() for k, v in raw.items()}
+        known = self._threads.get(req.id)
+        if not state and known:  # Redis lost it: put back what this process knows
+            log.warning("the Slack thread state of %s was gone from Redis; restored from memory", req.id)
+            self._save(req, **known)
+            return dict(known)
+        if state:
+            self._remember(req.id, state)
+        return state
 
     def _save(self, req: Request, **fields: str) -> None:
         key = self._state_key(req)
@@ -117,6 +167,13 @@ class SlackThreads:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py: Mapping's key type is invariant
             pipe.expire(key, REQUEST_TTL)
             pipe.execute()
+        self._remember(req.id, {**self._threads.get(req.id, {}), **fields})
+
+    def _remember(self, request_id: str, state: dict[str, str]) -> None:
+        self._threads[request_id] = state
+        self._threads.move_to_end(request_id)
+        while len(self._threads) > 2000:
+            self._threads.popitem(last=False)
 
     def _once(self, req: Request, event: Event, step: str, call: Callable[[], str]) -> str:
         """Run one Slack call for (event, step) at most once; returns its ts. A permanent
@@ -217,10 +274,10 @@ class SlackThreads:
         if attachment := rendered.attachment:
             self._once(req, event, "file", lambda: self._upload(req, attachment, parent))
 
-    def _on_failed(self, req: Request, event: Event, reason: str) -> None:
+    def _on_failed(self, req: Request, event: Event, reason: str, unknown: str | None = None) -> None:
         state = self._state(req)
         parent = state.get("parent")
-        self._once(req, event, "message", lambda: self._post(req, blocks.failed(reason), parent))
+        self._once(req, event, "message", lambda: self._post(req, blocks.failed(reason, unknown), parent))
         if parent and self._owner(req).command in CHANGE_COMMANDS:
             self._once(req, event, "card", lambda: self._update_card(req, parent, f":x: {blocks.esc(reason)}"))
         elif parent and state.get("owner") == req.id:

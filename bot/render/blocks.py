@@ -28,7 +28,7 @@ from bot.render import text as render
 from cms.explain import Explanation
 from cms.messages import ActionOutcome
 from cms.models import SEVERITY_ORDER, Finding, Severity, StatusReport
-from cms.preflight import Verdict
+from cms.preflight import UNKNOWN_CHECK, Verdict
 from cms.remediation import describe
 from hub.approvals import ApprovalStatus
 
@@ -131,8 +131,12 @@ def plain(text: str) -> Message:
                                             for c in chunks[:MAX_BLOCKS]])
 
 
-def failed(reason: str) -> Message:
-    return Message(text=f"Failed: {reason}", blocks=sections(f":warning: *The command failed.* {esc(reason)}"))
+def failed(reason: str, unknown: str | None = None) -> Message:
+    """A failure; one that left an unknown outcome carries the button that clears it."""
+    body: list[Block] = list(sections(f":warning: *The command failed.* {esc(reason)}"))
+    if unknown:
+        body.append(ActionsBlock(elements=[clear_button(unknown)]))
+    return Message(text=f"Failed: {reason}", blocks=body)
 
 
 # -- the result ----------------------------------------------------------------------
@@ -180,11 +184,15 @@ def cms_summary(r: StatusReport) -> str:
     cms = r.cms
     assert cms is not None
     active = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active) or "none"
-    standby = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if not s.active) or "none"
+    standby = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active is False) or "none"
+    unknown = [f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active is None]  # Lync Server 2010 has no Active
+    known = any(s.active is not None for s in cms.services)
+    pools = (f"*CMS pool* {', '.join(unknown)} (active: not reported by this version)" if unknown and not known
+             else f"*Active pool* {active} · *backup* {standby}"
+             + (f" · *active not reported* {', '.join(unknown)}" if unknown else ""))
     return (f"*CMS master* `{esc(cms.store.active_master_fqdn or '(none)')}` · *file transfer agents* "
             f"{', '.join(f'`{esc(f)}`' for f in cms.store.active_file_transfer_agents) or '(none)'}\n"
-            f"*Active pool* {active} · *backup* {standby} · read on `{esc(r.cms_source or '?')}` at "
-            f"{render.when(cms.collected_at)}")
+            f"{pools} · read on `{esc(r.cms_source or '?')}` at {render.when(cms.collected_at)}")
 
 
 def replica_table(r: StatusReport) -> tuple[str, bool]:
@@ -270,6 +278,21 @@ def help_message(lines: list[tuple[str, str, str]]) -> Message:
 VERDICT_ICON = {Verdict.GO: ":large_green_circle:", Verdict.WARN: ":large_yellow_circle:",
                 Verdict.BLOCK: ":red_circle:"}
 APPROVE_ACTION, DENY_ACTION = "approval-approve", "approval-deny"
+CLEAR_UNKNOWN_ACTION = "cms-clear-unknown"
+
+
+def clear_button(marker_id: str) -> ButtonElement:
+    """Approvers only, never the requester of the change whose outcome is unknown (bot/listeners/unknown.py)."""
+    return ButtonElement(
+        text=PlainTextObject(text="Checked: clear the unknown outcome"), action_id=CLEAR_UNKNOWN_ACTION,
+        value=marker_id, style="danger",
+        confirm=ConfirmObject(
+            title=PlainTextObject(text="Clear the unknown outcome?"),
+            text=MarkdownTextObject(text=_short(
+                "Only once someone has checked the CMS (/cms-status, ActiveMasterFqdn, which pool is Active). "
+                "Clearing it lets CMS changes and remediations start again; it is written to the audit log.")),
+            confirm=PlainTextObject(text="Checked: clear it"), deny=PlainTextObject(text="Cancel")),
+    )
 
 
 def card(a, status_line: str | None = None) -> Message:
@@ -284,9 +307,11 @@ def card(a, status_line: str | None = None) -> Message:
         lines.append(f"*Plan:* {esc(str(plan.get('mode')))} failover from `{esc(str(plan.get('source')))}` to "
                      f"`{esc(str(plan.get('target')))}`, run on `{esc(str(plan.get('run_on')))}`:\n"
                      f"`{esc(str(plan.get('cmdlet')))}`")
-    else:
+    elif plan.get("steps"):
         lines.append(f"*Plan:* restore the CMS in `{esc(str(plan.get('target')))}`, in this order:")
-        lines += [f"{i}. `{esc(s['detail'])}` on `{esc(s['server'])}`" for i, s in enumerate(plan.get("steps", []), 1)]
+        lines += [f"{i}. `{esc(s['detail'])}` on `{esc(s['server'])}`" for i, s in enumerate(plan["steps"], 1)]
+    else:
+        lines.append("*Plan:* none: the preflight below says why")
     lines.append("*Preflight*")
     lines += [f"{VERDICT_ICON.get(c['verdict'], '')} *{c['verdict']}* {esc(c['name'])}: {esc(c['reason'])}"
               for c in a.checks]
@@ -294,6 +319,9 @@ def card(a, status_line: str | None = None) -> Message:
         status_line = approval_status(a)
     lines.append(f"*Status:* {status_line}")
     body: list[Block] = list(sections("\n".join(lines)))
+    unknown = [c["ref"] for c in a.checks if c.get("name") == UNKNOWN_CHECK and c.get("ref")]
+    if unknown and a.status is ApprovalStatus.blocked:  # the card that is blocked by it offers to clear it
+        body.append(ActionsBlock(elements=[clear_button(ref) for ref in unknown[:5]]))
     if a.status is ApprovalStatus.pending:
         body.append(ActionsBlock(elements=[
             ButtonElement(text=PlainTextObject(text="Approve"), action_id=APPROVE_ACTION, value=a.id, style="primary",

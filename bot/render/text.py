@@ -76,10 +76,12 @@ def report_text(report: StatusReport) -> str:
     cms = report.cms
     if cms is not None:
         active = [s.pool_fqdn for s in cms.services if s.active]
-        standby = [s.pool_fqdn for s in cms.services if not s.active]
+        standby = [s.pool_fqdn for s in cms.services if s.active is False]
+        unknown = [s.pool_fqdn for s in cms.services if s.active is None]  # Lync Server 2010 has no Active
         lines.append(f"CMS master: {cms.store.active_master_fqdn or '(none)'}   "
                      f"file transfer agents: {', '.join(cms.store.active_file_transfer_agents) or '(none)'}")
-        pools = ", ".join([f"{p} (active)" for p in active] + [f"{p} (backup)" for p in standby])
+        pools = ", ".join([f"{p} (active)" for p in active] + [f"{p} (backup)" for p in standby]
+                          + [f"{p} (active: not reported by this version)" for p in unknown])
         lines.append(f"CMS pools: {pools or '(none reported)'}")
         lines.append(f"Read on {report.cms_source} at {when(cms.collected_at)}"
                      + (f" - {cms.product_version}" if cms.product_version else ""))

@@ -15,7 +15,19 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import SlackSettings
-from bot.listeners import SAFE_ERROR, Deps, approval, explain, failover, help, just_ack, remediate, replicate, status
+from bot.listeners import (
+    SAFE_ERROR,
+    Deps,
+    approval,
+    explain,
+    failover,
+    help,
+    just_ack,
+    remediate,
+    replicate,
+    status,
+    unknown,
+)
 
 log = logging.getLogger("cmsbot.slack")
 
@@ -61,7 +73,7 @@ def build_app(deps: Deps, client: WebClient) -> App:
         process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
-    for module in (status, explain, replicate, failover, approval, help, remediate):
+    for module in (status, explain, replicate, failover, approval, unknown, help, remediate):
         module.register(app, deps)
     _register_fallbacks(app)
 

@@ -17,9 +17,19 @@ import threading
 import time
 
 import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from slack_bolt.error import BoltError
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
 
 from bot.config import SlackSettings
-from bot.delivery.reporter import Reporter
+from bot.delivery.reporter import Hooks, Reporter
 from bot.delivery.slack_thread import SlackThreads
 from bot.listeners import Deps
 from bot.roles import Roles
@@ -39,6 +49,10 @@ REPORTER_GROUP = "slack"
 REPORTER_NICENESS = 5
 WORKERS_FRESH = 5.0
 EXPIRY_EVERY = 2.0
+SHUTDOWN_GRACE = 2.5  # seconds the reporter may take, after SIGTERM, to finish the delivery in flight
+REPORTER_STOP_WAIT = 3.5  # the bot waits this long for its reporter after SIGTERM (then SIGKILL)
+SOCKET_CLOSE_WAIT = 1.5
+SLACK_DOWN = ("service_unavailable", "internal_error", "fatal_error", "ratelimited", "request_timeout")
 # Set by the bot for the reporter it starts (see _exit_with_parent).
 PARENT_ENV = "CMSBOT_REPORTER_PARENT"
 
@@ -55,27 +69,13 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
     acks never wait behind the reporter's work. Over HTTP, `http_processes` pre-forked
     processes share the listening socket, so acks use every core."""
     stop = threading.Event()
+    # until the serving loop installs its own: a SIGTERM while starting (Slack down) unwinds cleanly
+    signal.signal(signal.SIGTERM, _exit_now)
     # The delivery group exists before the first command is acked: the reporter process
     # may take a moment to start, and must still see every event from here on.
     Reporter.ensure_group(hub_for(conn, settings), REPORTER_GROUP)
     if slack.app_token.get_secret_value():
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        app, roles, client = _build(settings, slack, topology)
-        threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
-        threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True).start()
-        handler = SocketModeHandler(app, slack.app_token.get_secret_value())
-        def on_sigterm(*_: object) -> None:
-            stop.set()
-            handler.close()
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        print("cmsbot bot: connected to Slack in Socket Mode", flush=True)
-        try:
-            handler.start()
-        finally:
-            stop.set()
-        return 0
+        return _socket_mode(settings, slack, topology, stop)
 
     listener = socket.create_server((slack.http_host, slack.http_port), backlog=512)
     # Non-blocking: the processes sharing it all wake for one connection, and the ones that lose
@@ -109,6 +109,54 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
     return 0
 
 
+def _exit_now(*_: object) -> None:
+    raise SystemExit(0)
+
+
+def _socket_mode(settings: Settings, slack: SlackSettings, topology: Topology, stop: threading.Event) -> int:
+    """Socket Mode: connect (and keep reconnecting) in the background; the main thread only waits
+    for SIGTERM, then closes the connection and stops the reporter. Not slack_bolt's start(): it
+    blocks the main thread for good in Event().wait()."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    app, roles, client = _build(settings, slack, topology)
+    threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
+    supervisor = threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True)
+    supervisor.start()
+    handler = SocketModeHandler(app, slack.app_token.get_secret_value())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=_connect, args=(handler, stop), name="socket-mode-connect", daemon=True).start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        # close() joins the connection's threads: bounded, a half-open connection must not hold the exit
+        closing = threading.Thread(target=handler.close, name="socket-mode-close", daemon=True)
+        closing.start()
+        closing.join(SOCKET_CLOSE_WAIT)
+        supervisor.join(REPORTER_STOP_WAIT + 1)
+    return 0
+
+
+def _connect(handler, stop: threading.Event) -> None:
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            handler.connect()
+        except Exception as e:  # noqa: BLE001 - Slack unreachable, or refusing the app token: keep trying
+            log.warning("cannot connect to Slack in Socket Mode (%s: %s); retrying in %.0f s", type(e).__name__, e,
+                        delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 60.0)
+            continue
+        if not stop.is_set():
+            print("cmsbot bot: connected to Slack in Socket Mode", flush=True)
+        return
+
+
 def _build(settings: Settings, slack: SlackSettings, topology: Topology):
     client = web_client(slack)
     roles = Roles(slack)
@@ -116,7 +164,27 @@ def _build(settings: Settings, slack: SlackSettings, topology: Topology):
     # most about a second before the user gets a clear error instead of Slack's timeout
     fast = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     deps = Deps(hub=hub_for(fast, settings), settings=settings, slack=slack, topology=topology, roles=roles)
-    return build_app(deps, client), roles, client
+    delay = 1.0
+    while True:  # Bolt checks the token with auth.test: a bot started while Slack is down waits for it
+        try:
+            return build_app(deps, client), roles, client
+        except (BoltError, OSError) as e:
+            if not _slack_down(e):
+                raise  # a wrong or revoked token: say so and stop
+            log.warning("Slack did not answer auth.test (%s); retrying in %.0f s", e.__context__ or e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _slack_down(e: Exception) -> bool:
+    """Slack unreachable or failing (not refusing the token)."""
+    if isinstance(e, OSError):
+        return True
+    cause = e.__context__  # Bolt raises its BoltError while handling auth.test's SlackApiError
+    if not isinstance(cause, SlackApiError) or cause.response is None:
+        return isinstance(cause, OSError)
+    status = cause.response.status_code
+    return status == 429 or status >= 500 or cause.response.get("error") in SLACK_DOWN
 
 
 def _serve(listener: socket.socket, settings: Settings, slack: SlackSettings, topology: Topology, conn_url: str,
@@ -147,7 +215,7 @@ def _supervise_reporter(stop: threading.Event) -> None:
         if child is not None and child.poll() is None:
             child.terminate()
             try:
-                child.wait(10)
+                child.wait(REPORTER_STOP_WAIT)
             except subprocess.TimeoutExpired:
                 child.kill()
 
@@ -155,8 +223,19 @@ def _supervise_reporter(stop: threading.Event) -> None:
 def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) -> int:
     """`cmsbot reporter`: Slack delivery, the dead-job watchdog and approval expiry."""
     client = web_client(slack)
+    # few retries inside one call: the reporter holds what Slack does not take and retries it with its
+    # own backoff, for hours if need be, without blocking the others (or a shutdown) for long
+    client.retry_handlers = [ConnectionErrorRetryHandler(max_retry_count=1),
+                             RateLimitErrorRetryHandler(max_retry_count=2), ServerErrorRetryHandler(max_retry_count=1)]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_sigterm(*_: object) -> None:
+        stop.set()
+        timer = threading.Timer(SHUTDOWN_GRACE, _hand_back)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if parent := os.environ.get(PARENT_ENV):
         _exit_with_parent(int(parent))
     # acks are latency-critical (Slack allows 3 s), delivery is not: under CPU contention the
@@ -174,14 +253,38 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
         return count
 
     threads = SlackThreads(hub, client, listening)
+    hooks = Hooks(late=threads.late, lost=threads.lost, in_flight=lambda rid: _in_flight(hub, rid))
     background = [threading.Thread(target=_expire_approvals, args=(hub, stop), name="expiry", daemon=True),
                   threading.Thread(target=watch, args=(hub, lambda rid, cmd: lost_reason(hub, rid, cmd,
                                                                                           settings.cooldown), stop),
                                    kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True)]
     for t in background:
         t.start()
-    _report(hub, threads, stop)
+    _report(hub, threads, stop, settings, hooks)
+    log.info("reporter stopped")
     return 0
+
+
+def _hand_back() -> None:
+    """SIGTERM came and the delivery in flight did not finish in time (Slack hanging): exit anyway.
+    Its event stays unacknowledged in the group and is delivered after the restart; the Slack
+    calls it had made are recorded, so only a call cut off mid-flight can be repeated."""
+    log.warning("delivery did not finish within %.0f s of SIGTERM; exiting, the event in flight is delivered "
+                "after the restart", SHUTDOWN_GRACE)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _in_flight(hub: Hub, request_id: str) -> bool:
+    """May the request's job still append events: running (a fresh heartbeat) or queued in RQ?"""
+    if hub.redis.zscore(hub.keys.running, request_id) is not None:
+        return True
+    try:
+        job = Job.fetch(request_id, connection=hub.redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
+                                             JobStatus.SCHEDULED)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -202,18 +305,22 @@ def _redis_ok(conn: redis.Redis) -> bool:
         return False
 
 
-def _report(hub: Hub, threads: SlackThreads, stop: threading.Event) -> None:
-    """Deliver events to Slack until stopped; survive Redis restarts."""
+def _report(hub: Hub, threads: SlackThreads, stop: threading.Event, settings: Settings, hooks: Hooks) -> None:
+    """Deliver events to Slack until stopped; survive Redis restarts (and the loss of the group,
+    which the reporter creates again itself). One reporter for the process's life: what it holds
+    for Slack and the requests it watches must outlive a Redis outage."""
     reporter = None
     while not stop.is_set():
         try:
             if reporter is None:
                 reporter = Reporter(hub, group=REPORTER_GROUP, consumer=socket.gethostname(),
-                                    deliver=threads.deliver, wants=threads.wants, start="$")
+                                    deliver=threads.deliver, wants=threads.wants, start="$",
+                                    patience=settings.delivery_patience, backoff=settings.delivery_backoff,
+                                    late_after=settings.delivery_late_note, keep=settings.events_keep,
+                                    lost_grace=settings.heartbeat_stale, hooks=hooks)
             reporter.poll(block_ms=1000)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             log.warning("reporter: Redis unavailable (%s); retrying", type(e).__name__)
-            reporter = None
             stop.wait(1.0)
         except Exception:  # noqa: BLE001 - a bad event must not stop delivery of the others
             log.exception("reporter: unexpected error; continuing")

@@ -54,7 +54,8 @@ def internal_findings(clues: Clues, report: StatusReport, not_member: list[str])
     acl = clues.health.acl if clues.health else None
     missing = missing_aces(acl) if acl else None
     if missing:
-        acl_evidence = Evidence(text="; ".join(missing), source=f"Get-SmbShareAccess / Get-Acl on {subject}",
+        acl_evidence = Evidence(text="; ".join(missing),
+                                source=f"share ACL (Get-SmbShareAccess or WMI) and folder ACL on {subject}",
                                 at=clues.health.collected_at if clues.health else None)
         found.append(finding(FindingCode.replica_share_acl_missing, Severity.error, subject,
                              f"'RTC Local Config Replicator' lacks change rights on {subject}'s xds-replica",

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
+import time
 
 import pytest
 import redis
@@ -16,21 +18,24 @@ from cms import topology as topo
 from cms.models import CmdletRun
 from cms.preflight import recognise
 from cms.settings import Settings
-from hub import approvals
-from hub.contract import CHANGE, Request, submit
-from hub.jobs import EXECUTE_JOB
+from hub import approvals, cms_lock
+from hub.contract import CHANGE, Request, id_for_delivery, submit
+from hub.jobs import EXECUTE_JOB, REMEDIATE_JOB
 from hub.keys import KEYS, Hub
 from tests.harness import (
     LAB_PASSWORD,
     LAB_USER,
+    SLACK_WORKER,
+    RedisServer,
     WorkerProcess,
     children_of,
     jobs_in_flight,
     stop_cleanly,
     wait_idle,
+    wait_settled,
     wait_until,
 )
-from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, blocks_text, parents
+from tests.slack_support import APPROVER, APPROVER2, BOTH, OPERATOR, BotProcess, blocks_text, parents
 from workers.runs.failover import run_change
 
 
@@ -240,10 +245,15 @@ def test_each_failure_mode_is_recognised_and_recovery_restores_health(bot, fake,
     wait_until(lambda: any(p["edits"] and p["text"].startswith("OK: 8/8") for p in parents(fake)), 40, "not healthy")
 
 
-def test_a_worker_killed_during_a_failover_never_runs_it_twice_and_says_the_outcome_is_unknown(
+def audit_of(conn: redis.Redis) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(KEYS.audit)]
+
+
+def test_a_worker_killed_during_a_failover_never_runs_it_twice_and_its_unknown_outcome_holds_until_cleared(
         bot, fake, edge_lab, slack_worker, slack_redis):
     edge_lab.scenarios()
-    card = request_card(bot, fake)
+    conn = redis.Redis.from_url(slack_redis)
+    card = request_card(bot, fake, user=BOTH)  # BOTH asks; it may approve others' changes, never clear its own
     click(bot, fake, card, "approval-approve", APPROVER)
     wait_in_thread(fake, card, "waiting for convergence")
     horses = children_of(slack_worker.proc.pid)
@@ -258,3 +268,186 @@ def test_a_worker_killed_during_a_failover_never_runs_it_twice_and_says_the_outc
     wait_idle(slack_redis)
     assert edge_lab.probe_count("cms-failover") == 1
     assert slack_worker.proc.poll() is None  # the worker itself lives on
+
+    # the unknown outcome is sticky: no TTL, and the lock is free, yet nothing may start
+    (marker,) = conn.hkeys(KEYS.outcome_unknown)
+    assert conn.ttl(KEYS.outcome_unknown) == -1 and not conn.exists(KEYS.cms_lock)
+    lost = next(m for m in fake.thread(card["ts"])[1:] if "outcome is unknown" in blocks_text(m))
+    assert card_buttons(lost)["cms-clear-unknown"]["value"] == marker.decode()
+    second = request_card(bot, fake, "pool01.contoso.com")
+    assert "*BLOCK* unknown outcome: the normal failover of the CMS" in blocks_text(second)
+    assert set(card_buttons(second)) == {"cms-clear-unknown"}, "no approval, only the way to clear it"
+    value = json.dumps({"a": "start-replica", "t": "fe03.contoso.com"})
+    seen = len(fake.calls("response_url"))
+    assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread=card["ts"])[0] == 200
+    wait_until(lambda: answers_to(fake, seen), 10, "no answer to the remediation")
+    assert "Not now: the normal failover of the CMS" in answers_to(fake, seen)[0]
+    assert "nobody has cleared it yet" in answers_to(fake, seen)[0]
+    status, body = bot.command("/cms-replicate", "pool02.contoso.com")
+    assert status == 200 and "Not now: the normal failover of the CMS" in body
+
+    # cleared only by an approver, and never by the one who asked for the lost change
+    for user, answer in ((OPERATOR, "approver"), (BOTH, "another approver has to confirm")):
+        seen = len(fake.calls("response_url"))
+        click(bot, fake, second, "cms-clear-unknown", user)
+        wait_until(lambda n=seen: answers_to(fake, n), 10, "no answer to the clear button")
+        assert answer in answers_to(fake, seen)[0]
+        assert conn.hexists(KEYS.outcome_unknown, marker)
+    seen = len(fake.calls("response_url"))
+    click(bot, fake, lost, "cms-clear-unknown", APPROVER2)
+    wait_until(lambda: answers_to(fake, seen), 10, "no answer to the clear button")
+    assert f"<@{APPROVER2}> checked and cleared the unknown outcome" in answers_to(fake, seen)[0]
+    assert not conn.exists(KEYS.outcome_unknown)
+    clears = [(a["who"], a["result"]) for a in audit_of(conn) if a.get("what") == "clear-unknown"]
+    assert clears == [(BOTH, "refused: own request"), (APPROVER2, "cleared")]
+    third = request_card(bot, fake, "pool01.contoso.com")  # the cooldown holds on, the unknown outcome is gone
+    assert "*BLOCK* unknown outcome" not in blocks_text(third)
+    assert "cooldown after the last CMS change" in blocks_text(third)
+    wait_idle(slack_redis)
+    assert edge_lab.probe_count("cms-failover") == 1
+
+
+def test_a_lock_taken_by_someone_else_stops_the_failover_before_its_cmdlet(bot, fake, edge_lab, slack_redis):
+    """The lock carries a fencing token; the job verifies it is still ours right before the cmdlet."""
+    edge_lab.scenarios("hang:fe02.contoso.com")  # the re-run preflight waits a host deadline for fe02
+    conn = redis.Redis.from_url(slack_redis)
+    card = request_card(bot, fake)
+    click(bot, fake, card, "approval-approve", APPROVER)
+    wait_in_thread(fake, card, "re-running preflight")
+    token = wait_until(lambda: conn.get(KEYS.cms_lock), 10, "the change holds no lock")
+    assert re.fullmatch(rb"\d+:r[0-9a-f]{16}", token), token  # the fencing counter, then the holder's request
+    conn.set(KEYS.cms_lock, "999999:r-someone-else", ex=120)  # as a second change would, after a lost lock
+    wait_in_thread(fake, card, "lock lost: check before anything else")
+    wait_idle(slack_redis)
+    assert "Not executed" in thread_text(fake, card) and "r-someone-else" in thread_text(fake, card)
+    assert edge_lab.probe_count("cms-failover") == 0
+    assert conn.get(KEYS.cms_lock) == b"999999:r-someone-else", "it must not free a lock that is not its own"
+    results = [a["result"] for a in audit_of(conn) if a.get("what") in ("lock", "execute")]
+    assert "lost: lock lost: check before anything else" in results
+    assert results[-1] == "stopped: lock lost: check before anything else"
+    assert not conn.exists(KEYS.outcome_unknown), "nothing had started: nothing to check"
+
+
+def test_without_redis_persistence_preflight_blocks_unless_the_risk_is_accepted(bot, fake, edge_lab, tmp_path,
+                                                                                 db_url):
+    edge_lab.scenarios()
+    card = request_card(bot, fake)  # the suite's workers accept the risk (tests/harness.py SLACK_WORKER)
+    assert ("*WARN* Redis persistence: Redis runs without AOF (INFO persistence: aof_enabled:0)"
+            in blocks_text(card))
+    assert "Accepted by CMSBOT_ALLOW_VOLATILE_REDIS" in blocks_text(card) and "approval-approve" in card_buttons(card)
+
+    strict = {k: v for k, v in SLACK_WORKER.items() if k != "allow_volatile_redis"}
+    worker = WorkerProcess(tmp_path, db_url, edge_lab.topology, **strict)
+    other = BotProcess(tmp_path, db_url, edge_lab.topology, fake)
+    try:
+        card = request_card(other, fake)
+        text = blocks_text(card)
+        assert "*BLOCK* Redis persistence: Redis runs without AOF" in text
+        assert "Turn on AOF (`appendonly yes`" in text and "CMSBOT_ALLOW_VOLATILE_REDIS=1" in text
+        assert card_buttons(card) == {}
+    finally:
+        stop_cleanly(other, worker)
+
+
+@pytest.fixture
+def durable_redis(tmp_path):
+    server = RedisServer(tmp_path, durable=True)
+    assert server.owned, "restarting Redis needs a redis-server binary (.ci/run installs it)"
+    yield server
+    assert not server.stop(), "redis-server had to be killed"
+
+
+def test_redis_down_30_s_during_convergence_the_failover_ends_with_its_real_outcome(durable_redis, fake, edge_lab,
+                                                                                    tmp_path):
+    """Redis with AOF, restarted while the failover converges: the job holds its events and writes
+    them once Redis is back; the watch reads the servers throughout; one cmdlet, the real outcome."""
+    edge_lab.scenarios()
+    fake.reset()
+    url = durable_redis.url
+    worker = WorkerProcess(tmp_path, url, edge_lab.topology, **SLACK_WORKER)
+    other = BotProcess(tmp_path, url, edge_lab.topology, fake)
+    try:
+        card = request_card(other, fake)
+        assert "*GO* Redis persistence: AOF on" in blocks_text(card)
+        click(other, fake, card, "approval-approve", APPROVER)
+        wait_in_thread(fake, card, "waiting for convergence")
+        assert not durable_redis.stop()
+        time.sleep(30)  # the outage itself, not a wait for anything
+        durable_redis.start()
+        wait_in_thread(fake, card, "converged in", timeout=120)
+        wait_settled(url, timeout=60)
+        text = thread_text(fake, card)
+        assert "outcome is unknown" not in text and "lock lost" not in text and "master fe03.contoso.com" in text
+        log = worker.log.read_text()
+        assert "holding the job's writes" in log and "writing what the job held" in log, "the outage missed the job"
+        assert edge_lab.probe_count("cms-failover") == 1
+        conn = redis.Redis.from_url(url)
+        assert not conn.exists(KEYS.outcome_unknown) and not conn.exists(KEYS.cms_lock)
+        assert conn.exists(KEYS.cms_cooldown)
+        assert [a["result"] for a in audit_of(conn) if a.get("what") == "convergence"] == ["converged"]
+        wait_until(lambda: "executed" in blocks_text(card_now(fake, card)), 10, "card not updated")
+    finally:
+        stop_cleanly(other, worker)
+
+
+def test_a_change_queued_in_rq_blocks_preflight_and_remediations_like_a_held_lock(db_url):
+    """Read from RQ's registries, not from the lock: a change approved but not started yet counts."""
+    hub = Hub(redis.Redis.from_url(db_url), KEYS)  # no worker serves this database: jobs stay queued
+    assert cms_lock.cms_change_blocking(hub) is None and cms_lock.changes_in_flight(hub) == []
+    fix = Request(command="remediate", args={"action": "start-replica", "target": "fe03.contoso.com"}, user=OPERATOR)
+    submit(hub, fix, REMEDIATE_JOB, kind=CHANGE, timeout=120)
+    remediation = (f"Start-CsWindowsService -Name REPLICA on fe03.contoso.com, then force replication and re-check "
+                   f"(request {fix.id}, queued)")
+    assert cms_lock.changes_in_flight(hub) == [remediation]
+    assert cms_lock.cms_change_blocking(hub) is None  # remediations do not hold back each other
+    change = Request(command="cms-execute", args={"approval": "a1", "kind": "failover"}, user=APPROVER)
+    submit(hub, change, EXECUTE_JOB, kind=CHANGE, timeout=120)
+    queued = f"the approved failover (request {change.id}, queued)"
+    assert cms_lock.changes_in_flight(hub) == [remediation, queued]
+    assert cms_lock.cms_change_blocking(hub) == f"a CMS change is queued or starting ({queued})"
+
+
+def approval_of(conn: redis.Redis, request_id: str) -> approvals.Approval | None:
+    """The approval a preflight stored for this request, once it has."""
+    hub = Hub(conn, KEYS)
+    for key in conn.scan_iter(KEYS.approval("*")):
+        if key.count(b":") == 2 and conn.hget(key, "request") == request_id.encode():
+            return approvals.load(hub, key.decode().rsplit(":", 1)[1])
+    return None
+
+
+def test_redis_restarted_without_persistence_during_convergence_leaves_the_lock_lost_marker_and_one_cmdlet(
+        fake, edge_lab, tmp_path):
+    """The risk accepted (CMSBOT_ALLOW_VOLATILE_REDIS): the restart forgets the lock. The job notices
+    with its next heartbeat, and, its cmdlet having run, leaves an unknown outcome: the next failover's
+    preflight BLOCKs on it instead of running a second cmdlet into a CMS that is still moving."""
+    edge_lab.scenarios()
+    fake.reset()
+    server = RedisServer(tmp_path, durable=False)
+    assert server.owned, "restarting Redis needs a redis-server binary (.ci/run installs it)"
+    worker = WorkerProcess(tmp_path, server.url, edge_lab.topology, **SLACK_WORKER)
+    other = BotProcess(tmp_path, server.url, edge_lab.topology, fake)
+    try:
+        card = request_card(other, fake)
+        assert "*WARN* Redis persistence" in blocks_text(card)
+        click(other, fake, card, "approval-approve", APPROVER)
+        wait_in_thread(fake, card, "waiting for convergence")
+        assert not server.stop()
+        time.sleep(2)  # the outage itself, not a wait for anything
+        server.start()
+        conn = redis.Redis.from_url(server.url)
+        (marker,) = wait_until(lambda: conn.hvals(KEYS.outcome_unknown), 60, "no unknown outcome after the lost lock")
+        assert "lost its CMS lock while it ran" in marker.decode() and "is gone from Redis" in marker.decode()
+        audit = audit_of(conn)
+        assert ("lock", "lost: lock lost: check before anything else") in [(a["what"], a["result"]) for a in audit]
+        # the next failover, requested right away: its preflight BLOCKs on the unknown outcome
+        assert other.command("/cms-failover", "pool01.contoso.com", trigger="after-the-restart")[0] == 200
+        second = wait_until(lambda: approval_of(conn, id_for_delivery("T0001", "after-the-restart")), 60,
+                            "the second preflight stored no approval")
+        assert second.status is approvals.ApprovalStatus.blocked
+        assert [c["verdict"] for c in second.checks if c["name"] == "unknown outcome"] == ["BLOCK"]
+        wait_until(lambda: not conn.exists(KEYS.cms_lock), 60, "the first change did not end")
+        assert edge_lab.probe_count("cms-failover") == 1
+    finally:
+        stop_cleanly(other, worker)
+        assert not server.stop(), "redis-server had to be killed"

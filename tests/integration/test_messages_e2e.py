@@ -51,3 +51,15 @@ def test_the_reporter_delivers_typed_messages_and_gets_past_unreadable_ones(db_u
     # everything was acknowledged: nothing waits to be redelivered, the delivery loop goes on
     assert hub.redis.xpending(hub.keys.events, "messages-test")["pending"] == 0
     reporter.destroy()
+
+
+def test_a_retried_append_is_one_event(db_url):
+    """A write whose reply was lost is sent again (the client's retries, a job's outbox): with the same
+    token it appends nothing more, and the thread shows the event once."""
+    hub = Hub(redis.Redis.from_url(db_url), Keys("append-test"))
+    request = Request(command="/cms-status", user="alice")
+    first = append_event(hub, request.id, Progress(text="checking"), token="t-1")
+    again = append_event(hub, request.id, Progress(text="checking"), token="t-1")
+    other = append_event(hub, request.id, Progress(text="checking"))
+    assert (first, again, other) == (1, 1, 2)
+    assert [f[b"seq"] for _, f in hub.redis.xrange(hub.keys.events)] == [b"1", b"2"]

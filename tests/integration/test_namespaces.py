@@ -47,8 +47,8 @@ def test_two_deployments_on_one_redis_database_never_see_each_other(tmp_path, db
         assert alpha_requests and beta_requests and not alpha_requests & beta_requests
 
         # 2. a CMS change held in alpha holds alpha only
-        lock = cms_lock.lock(hubs["alpha"], timeout=60)
-        assert lock.acquire(blocking=False)
+        lock = cms_lock.CmsLock.acquire(hubs["alpha"], "r-alpha-change", ttl=60)
+        assert lock is not None
         cms_lock.set_holder(hubs["alpha"], "normal failover of the CMS (alpha)", ttl=60)
         status, body = bots["alpha"].command("/cms-replicate", "pool02.contoso.com")
         assert status == 200 and "Not now: another CMS change is running" in ack_body(body)["text"]

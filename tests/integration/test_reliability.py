@@ -129,6 +129,38 @@ def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_
         stop_cleanly(w)
 
 
+def test_after_a_redis_restart_the_watchdog_lets_running_jobs_beat_before_it_calls_any_lost(durable_redis):
+    """Every heartbeat is old after an outage: a job that is alive must not be reported lost
+    (a CMS change would be called "outcome unknown") before it has had a heartbeat period."""
+    from hub.contract import connect
+    from hub.keys import KEYS, Hub
+    from hub.liveness import watch
+
+    hub = Hub(connect(durable_redis.url), KEYS)
+    before = time.time() - 60  # both last beat a minute ago, before the outage
+    hub.redis.zadd(KEYS.running, {"r-alive": before, "r-dead": before})
+    assert not durable_redis.stop()
+    durable_redis.start()
+    reported: list[str] = []
+    stop = threading.Event()
+
+    def beat() -> None:  # r-alive's heartbeat, back as soon as Redis is
+        while not stop.wait(1.0):
+            hub.redis.zadd(KEYS.running, {"r-alive": time.time()})
+    threads = [threading.Thread(target=beat, daemon=True),
+               threading.Thread(target=watch, args=(hub, lambda rid, cmd: reported.append(rid), stop),
+                                kwargs={"every": 0.2, "stale": 10}, daemon=True)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: "r-dead" in reported, 40, "the dead job was never reported")
+        assert reported == ["r-dead"]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+
+
 # -- hostile input ----------------------------------------------------------------------------
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300) | st.sampled_from([

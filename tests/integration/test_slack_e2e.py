@@ -18,6 +18,7 @@ from hub.jobs import REMEDIATE_JOB
 from hub.keys import KEYS, Hub
 from tests.harness import children_of, jobs_in_flight, wait_idle, wait_until
 from tests.slack_support import (
+    APPROVER,
     GROUP_OPERATOR,
     OPERATOR,
     VIEWER,
@@ -233,7 +234,7 @@ def test_a_request_without_a_usable_length_is_refused_before_it_is_read(bot, fak
     assert wait_for_verdict(fake)["text"].startswith("OK")
 
 
-def test_a_remediation_whose_worker_dies_is_reported_as_unknown_audited_and_can_run_again(
+def test_a_remediation_whose_worker_dies_is_reported_as_unknown_audited_and_can_run_again_once_cleared(
         bot, fake, edge_lab, slack_worker, slack_redis):
     edge_lab.scenarios("hang:fe03.contoso.com")  # Start REPLICA runs until the host deadline
     conn = redis.Redis.from_url(slack_redis)
@@ -246,14 +247,24 @@ def test_a_remediation_whose_worker_dies_is_reported_as_unknown_audited_and_can_
     for pid in horses:
         os.kill(pid, signal.SIGKILL)
 
-    def failed() -> list[str]:
-        return [json.loads(f[b"body"])["reason"] for _, f in conn.xrange(KEYS.events) if f[b"kind"] == b"failed"]
-    (reason,) = wait_until(failed, 30, "the lost remediation was not reported")
+    def failed() -> list[dict]:
+        return [json.loads(f[b"body"]) for _, f in conn.xrange(KEYS.events) if f[b"kind"] == b"failed"]
+    (lost,) = wait_until(failed, 30, "the lost remediation was not reported")
+    reason = lost["reason"]
     assert "Start-CsWindowsService -Name REPLICA on fe03.contoso.com" in reason and "outcome is unknown" in reason
     audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in conn.xrange(KEYS.audit)]
     assert [a["result"] for a in audit if a.get("what") == "start-replica"] == [
         "requested", "started", "unknown: the worker stopped"]
-    # the guard is free: the next click runs instead of "already running"
+    # its outcome stays unknown until an approver has checked: the next click is refused with the reason
+    assert conn.hexists(KEYS.outcome_unknown, lost["unknown"])
+    seen = len(fake.calls("response_url"))
+    assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200
+    wait_until(lambda: len(fake.calls("response_url")) > seen, 10, "no answer to the click")
+    assert "Not now: Start-CsWindowsService -Name REPLICA on fe03.contoso.com" in \
+        fake.calls("response_url")[seen].params["text"]
+    assert bot.click(fake, "cms-clear-unknown", lost["unknown"], user=APPROVER, thread="1700000000.000001")[0] == 200
+    wait_until(lambda: not conn.exists(KEYS.outcome_unknown), 10, "the approver could not clear it")
+    # cleared, and the guard is free: the next click runs instead of "already running"
     seen = len(fake.calls("response_url"))
     edge_lab.scenarios()
     assert bot.click(fake, "remediate-start-replica", value, user=OPERATOR, thread="1700000000.000001")[0] == 200

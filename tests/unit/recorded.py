@@ -1,7 +1,7 @@
 """Replay of the probe output recorded from the lab (tests/fixtures/record_lab.py).
 
 Each recording holds, in order, the calls a job made on its `Fleet` (`run_all` with its plan, or
-`run` on one server) and, for every server, the raw Windows PowerShell 5.1 JSON line of each probe
+`run` on one server) and, for every server, the raw JSON line of each probe (as the probes' writer prints it)
 the product decoded, or the HostError it reported. Replaying means: `probes.decode` each raw line
 into the HostRun the job saw, then call the product's pure functions with them. No lab, no
 sockets, no Redis: only files.

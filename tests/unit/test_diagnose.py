@@ -1,7 +1,7 @@
 """Diagnosis of every lab scenario from probe output recorded from the lab.
 
 The recordings (tests/fixtures/recorded/, made by tests/fixtures/record_lab.py) hold the raw
-Windows PowerShell 5.1 JSON each server answered. Here they go through the product's pure
+probe JSON each server answered (the probes' 2.0-compatible writer, workers/probes/_lib.ps1). Here they go through the product's pure
 functions only: probes.decode -> parsers -> status.build_report / second_stage /
 add_second_stage -> diagnose. The expectations come from README.md (findings table, lab
 scenarios) and shared/domain.md (the seed articles' events, ports, certificates and ACLs).

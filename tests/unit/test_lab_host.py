@@ -1,12 +1,13 @@
 """The lab reads the probe wire format its own way, as a Windows host would: from the shell's
 environment as the WS-Man Create body carries it. The environment here is built by hand (literal
-variable names, base64 computed here), not with the client's helpers, so an encoding bug in the
+variable names, gzip and base64 computed here), not with the client's helpers, so an encoding bug in the
 client could not be copied into both sides of this test."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
@@ -32,9 +33,14 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
-def environment(script: str = b64(SCRIPT), params: str = b64(PARAMS)) -> dict[str, str]:
-    """Script and parameters each in three chunks cut at odd places: the host joins, then decodes."""
-    return {"CMSBOT_PROBE_LIB_0": b64(LIBRARY),
+def packed(text: str) -> str:
+    """The documented packing: UTF-8, gzip (RFC 1952), base64."""
+    return base64.b64encode(gzip.compress(text.encode("utf-8"))).decode("ascii")
+
+
+def environment(script: str = packed(SCRIPT), params: str = packed(PARAMS)) -> dict[str, str]:
+    """Script and parameters each in three chunks cut at odd places: the host joins, then unpacks."""
+    return {"CMSBOT_PROBE_LIB_0": packed(LIBRARY),
             "CMSBOT_SCRIPT_CMS_STATUS_0": script[:7], "CMSBOT_SCRIPT_CMS_STATUS_1": script[7:30],
             "CMSBOT_SCRIPT_CMS_STATUS_2": script[30:],
             "CMSBOT_PARAMS_CMS_STATUS_0": params[:5], "CMSBOT_PARAMS_CMS_STATUS_1": params[5:40],
@@ -96,7 +102,7 @@ def test_the_lab_decodes_the_environment_as_a_host_would_and_fails_where_a_host_
 
     # bad base64 in the script: [Convert]::FromBase64String stops the bootstrap (ErrorActionPreference
     # Stop); powershell.exe prints nothing, writes the error record to stderr as CLIXML, exits 1
-    stdout, stderr, code, _ = run_probe(environment(script="!!" + b64(SCRIPT)[2:]))
+    stdout, stderr, code, _ = run_probe(environment(script="!!" + packed(SCRIPT)[2:]))
     assert (stdout, code) == (b"", 1)
     assert stderr.startswith(b"#< CLIXML\r\n") and b"FromBase64String" in stderr and b"FormatException" in stderr
     assert "not a valid Base-64 string" in probes.clixml_errors(stderr)
@@ -108,15 +114,21 @@ def test_the_lab_decodes_the_environment_as_a_host_would_and_fails_where_a_host_
     assert (stdout, code) == (b"", 1)
     assert "Invalid length for a Base-64 char array" in probes.clixml_errors(stderr)
 
-    # the parameters are decoded by the library inside Invoke-Probe: bad base64 or a missing chunk there
-    # is the probe's own error document, as Invoke-Probe prints it, with exit code 0
-    stdout, stderr, code, _ = run_probe(environment(params="%%%%" + b64(PARAMS)[4:]))
+    # a script sent as plain base64, not packed: GZipStream refuses it
+    stdout, stderr, code, _ = run_probe(environment(script=b64(SCRIPT)))
+    assert (stdout, code) == (b"", 1)
+    assert "The magic number in GZip header is not correct" in probes.clixml_errors(stderr)
+
+    # the parameters are unpacked by the library inside Invoke-Probe: bad base64, a missing chunk or
+    # JSON that does not parse is the probe's own error document, as Invoke-Probe prints it, exit code 0
+    stdout, stderr, code, _ = run_probe(environment(params="%%%%" + packed(PARAMS)[4:]))
     doc = json.loads(stdout)
     assert (doc["probe"], code, stderr, "data" in doc) == ("cms-status", 0, b"", False)
     assert "not a valid Base-64 string" in doc["error"]["message"]
-    env = environment()
-    del env["CMSBOT_PARAMS_CMS_STATUS_2"]  # the first two chunks are 40 characters: whole base64, cut JSON
+    env = environment(params=packed(PARAMS)[:41] + "=" * 3)
     doc = json.loads(run_probe(env)[0])
+    assert "Base-64" in doc["error"]["message"]
+    doc = json.loads(run_probe(environment(params=packed(PARAMS[:-9])))[0])
     assert doc["error"]["message"].startswith("Invalid JSON primitive")
     assert doc["error"]["command"] == "ConvertFrom-Json"
 

@@ -333,3 +333,94 @@ def test_the_change_probes_answers_become_their_models():
     assert (export.path, export.bytes, export.sha256, export.content) == ("C:\\x.zip", 12, "AB", "UEs=")
     with pytest.raises(ParseError, match="no parser"):
         parse_answer("no-such-probe", "fe01.contoso.com", {})
+
+
+# -- both shapes: the probes' 2.0-compatible writer and 5.1's ConvertTo-Json ------------------------
+# The probes print with the JSON writer of _lib.ps1 (Windows PowerShell 2.0 has no ConvertTo-Json): ISO
+# dates, enums by name, every list an array, plain ASCII, "ps" in the envelope, null + data.NotReported
+# for a property the version lacks. The parsers read that and 5.1's ConvertTo-Json alike.
+
+def as_probe_writer(value):
+    """A 5.1-shaped value in the probe writer's shape: ISO dates, every bare single a one-item list."""
+    from cms.ps_json import as_datetime
+    from lab.answers import json_date
+
+    lists = {"Replicas", "ActiveFileTransferAgents", "ActiveReplicas", "DeletedReplicas"}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = as_probe_writer(v)
+            # cms-status's Services is a list of pools (replica-health's is a dictionary of services)
+            if k in lists or (k == "Services" and (v is None or isinstance(v, list) or "PoolFqdn" in v)):
+                v = [] if v is None else (v if isinstance(v, list) else [v])
+            out[k] = v
+        return out
+    if isinstance(value, list):
+        return [as_probe_writer(v) for v in value]
+    if isinstance(value, str) and value.startswith("/Date("):
+        return json_date(as_datetime(value))
+    return value
+
+
+def probe_writer_output(fixture: str, ps: str = "2.0") -> bytes:
+    from lab.answers import to_probe_json
+
+    doc = json.loads(raw(fixture))
+    return (to_probe_json({"probe": doc["probe"], "version": doc["version"], "ps": ps,
+                           "data": as_probe_writer(doc["data"])}) + "\r\n").encode("ascii")
+
+
+@pytest.mark.parametrize("fixture", ["cms-status-healthy.json", "cms-status-edge-behind.json",
+                                     "cms-status-single-replica.json", "cms-status-unavailable.json"])
+def test_cms_status_reads_the_same_from_both_writers(fixture):
+    out = probe_writer_output(fixture)
+    assert b"/Date(" not in out and out.isascii()
+    assert parse_cms_status(probes.decode("cms-status", Output(out, b"", 0))) == cms(fixture)
+
+
+def test_the_probe_writer_shape_has_iso_dates_and_arrays_everywhere():
+    doc = json.loads(probe_writer_output("cms-status-single-replica.json"))
+    data = doc["data"]
+    assert doc["ps"] == "2.0"
+    assert data["CollectedAt"] == "2023-11-14T23:13:20.000Z"
+    assert isinstance(data["Replicas"], list) and isinstance(data["Services"], list)
+    assert data["Store"]["ActiveFileTransferAgents"] == ["se01.contoso.com"]
+    assert data["Store"]["DeletedReplicas"] == []
+
+
+def test_replica_health_enums_read_as_names_or_numbers():
+    from cms.parsers import parse_replica_health as parse
+
+    names = {"CollectedAt": "2023-11-14T22:13:27.000Z",
+             "Services": {"REPLICA": "Running", "MASTER": "Running", "FTA": "Stopped", "LYNCBACKUP": "StartPending"}}
+    numbers = json.loads(raw("replica-health-enum.json"))["data"]
+    assert parse("fe01.contoso.com", names).services == parse("fe01.contoso.com", numbers).services
+    acl = {"CollectedAt": "2023-11-14T22:13:27.000Z",
+           "Share": {"Path": "C:\\x", "Access": [{"Account": "a", "Right": "Full", "Type": "Deny"}]},
+           "Folder": {"Path": "C:\\x", "Owner": "o", "Access": {"Identity": "b", "Rights": "Modify", "Type": 1,
+                                                                  "Inherited": False}}}
+    health = parse("fe01.contoso.com", acl)
+    assert health.acl is not None and [a.allow for a in health.acl.share or []] == [False]
+    assert [a.allow for a in health.acl.folder or []] == [False]  # 5.1: AccessControlType Deny is 1
+
+
+def test_not_reported_properties_are_none_in_the_probe_writer_shape():
+    data = as_probe_writer(json.loads(raw("cms-status-healthy.json"))["data"])
+    for service in data["Services"]:
+        service["Active"] = None
+    data["Store"]["DeletedReplicas"] = None
+    data["NotReported"] = ["Get-CsService -CentralManagement: Active",
+                           "Get-CsManagementStoreReplicationStatus -CentralManagementStoreStatus: DeletedReplicas"]
+    status = parse_cms_status(data)
+    assert [s.active for s in status.services] == [None, None]
+    assert status.store.deleted_replicas is None
+    # 5.1's null for an empty, unwrapped list stays an empty list: only NotReported says "not reported"
+    assert cms("cms-status-single-replica.json").store.deleted_replicas == []
+
+
+def test_a_version_too_old_for_a_probe_is_its_error():
+    out = (b'{"probe":"cms-status","version":2,"ps":"2.0","error":{"message":"cms-status needs Windows PowerShell '
+           b'3.0 or later; this server runs Windows PowerShell 2.0; nothing was run","category":"NotImplemented",'
+           b'"command":"","needs":"3.0"}}\r\n')
+    with pytest.raises(ProbeFailed, match="needs Windows PowerShell 3.0 or later; this server runs Windows PowerShell 2.0"):
+        probes.decode("cms-status", Output(out, b"", 0))

@@ -1,7 +1,8 @@
 """The parsers on probe output recorded from the lab (tests/fixtures/recorded/).
 
 tests/unit/test_parsers.py covers cms-status and replica-health service states on the
-hand-written 5.1 fixtures in tests/fixtures/ps51/. This covers what those fixtures do not:
+hand-written 5.1 fixtures in tests/fixtures/ps51/ (5.1's ConvertTo-Json shape, which the parsers
+still read) and on answers in the probes' own writer's shape. This covers what those fixtures do not:
 the event log, the port and share test, the AD group, the Backup Service, the CMS location,
 and replica-health's ACL and certificate, each on what the probes answered in a lab scenario.
 """
@@ -9,6 +10,7 @@ and replica-health's ACL and certificate, each on what the probes answered in a 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -54,17 +56,22 @@ def data(name: str, probe: str, server: str | None = None, job: str = "status"):
 ALL_LINES = [(n, s, p) for n in R.NAMES for job in ("status", "preflight") for s, p, _ in raw_lines(n, job)]
 
 
-# -- the recordings are what 5.1 prints ------------------------------------------------------------
+# -- the recordings are what the probes' JSON writer prints (workers/probes/_lib.ps1) -------------
+
+ISO_UTC = re.compile(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"')
 
 
 @pytest.mark.parametrize("name", R.NAMES)
-def test_every_recorded_answer_is_one_compressed_5_1_line(name):
+def test_every_recorded_answer_is_one_line_of_the_probe_writer(name):
     for job in ("status", "preflight"):
         for server, probe, out in raw_lines(name, job):
             assert out.endswith("\r\n") and "\n" not in out[:-2], (server, probe)
-            assert '": ' not in out and '"/Date(' not in out, (server, probe)  # -Compress, escaped date slashes
+            assert out.isascii(), (server, probe)  # every other character escaped as \\uXXXX
+            assert '": ' not in out and "/Date(" not in out, (server, probe)  # compact, ISO 8601 dates
             doc = json.loads(out)
-            assert list(doc)[:2] == ["probe", "version"] and doc["probe"] == probe and "data" in doc
+            assert list(doc)[:3] == ["probe", "version", "ps"] and doc["probe"] == probe and "data" in doc
+            assert re.fullmatch(r"\d+\.\d+(\.\d+\.\d+)?", doc["ps"]), (server, probe, doc["ps"])
+            assert ISO_UTC.search(out), (server, probe)  # CollectedAt at least
 
 
 def test_the_recordings_cover_every_read_only_probe():

@@ -12,6 +12,7 @@ cms-failover-fails.md as restated in shared/domain.md section 5.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,6 +23,8 @@ from cms.preflight import (
     GO,
     RECOVER_POINTER,
     WARN,
+    OutcomeUnknown,
+    RedisDurability,
     converged,
     describe_plan,
     plan_json,
@@ -334,8 +337,12 @@ def test_run_on_blocks_when_no_server_of_the_target_answers():
 
 def test_recover_version_go_uses_restore_and_lync_2010_blocks():
     assert verdict_of(recover("both-active"), "version") == (GO, "Invoke-CsManagementServerFailover -Restore")
-    assert verdict_of(recover("healthy@lync2010"), "version") == (
-        BLOCK, "Lync Server 2010 has no -Restore: use Move-CsManagementServer")
+    legacy = recover("healthy@lync2010")
+    v, reason = verdict_of(legacy, "version")
+    assert v is BLOCK and reason.startswith("Lync Server 2010 has no Invoke-CsManagementServerFailover -Restore")
+    assert "Move-CsManagementServer on a server of the new pool" in reason
+    # the runbook starts with the cmdlet 2010 lacks: the card shows no plan to approve
+    assert legacy.plan.steps == [] and [c.name for c in legacy.checks] == ["version"]
 
 
 def test_recover_a_running_change_blocks_but_the_cooldown_only_warns():
@@ -513,3 +520,53 @@ def test_not_converged_while_a_replica_is_behind_or_the_master_is_blank():
     blank = R.facts("failover-in-progress")
     ok, state = converged(blank.cms, blank.location.services, POOL2, R.topology_of("failover-in-progress"))
     assert not ok and state.startswith("master blank, FTA none")
+
+
+# -- the store of the lock: Redis persistence, changes queued, unknown outcomes -------------------------------
+
+AT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+LOST = OutcomeUnknown(id="r0lost", what="the normal failover of the CMS (request r0lost) ended with an unknown "
+                                        "outcome: its worker stopped", check="Run /cms-status first.",
+                      requester="U0OPERATOR", at=AT)
+
+
+def test_redis_with_aof_is_go_and_not_reading_it_adds_no_check():
+    aof = RedisDurability(persistent=True, detail="AOF on (appendfsync everysec)")
+    assert verdict_of(failover("healthy", redis=aof), "Redis persistence") == (
+        GO, "AOF on (appendfsync everysec): the CMS lock survives a Redis restart")
+    assert "Redis persistence" not in [c.name for c in failover("healthy").checks]  # gathered without Redis
+
+
+def test_redis_without_aof_blocks_with_the_fix_unless_the_risk_is_accepted():
+    volatile = RedisDurability(persistent=False, detail="Redis runs without AOF (INFO persistence: aof_enabled:0)")
+    v, reason = verdict_of(failover("healthy", redis=volatile), "Redis persistence")
+    assert v == BLOCK and "a Redis restart during the change would forget the CMS lock" in reason
+    assert "`appendonly yes`" in reason and "CMSBOT_ALLOW_VOLATILE_REDIS=1" in reason
+    accepted = volatile.model_copy(update={"accepted": True})
+    v, reason = verdict_of(failover("healthy", redis=accepted), "Redis persistence")
+    assert v == WARN and reason.endswith("Accepted by CMSBOT_ALLOW_VOLATILE_REDIS")
+    assert not failover("healthy", redis=accepted).blocked
+    assert verdict_of(recover("both-active", redis=volatile), "Redis persistence")[0] == BLOCK
+
+
+def test_redis_that_will_not_say_counts_as_not_persisting():
+    unknown = RedisDurability(persistent=None, detail="Redis will not say whether it persists")
+    assert verdict_of(failover("healthy", redis=unknown), "Redis persistence")[0] == BLOCK
+    assert verdict_of(failover("healthy", redis=unknown.model_copy(update={"accepted": True})),
+                      "Redis persistence")[0] == WARN
+
+
+def test_a_change_queued_or_running_in_the_job_queue_blocks_without_the_lock():
+    queued = ["the approved failover (request r9, queued)"]
+    assert verdict_of(failover("healthy", changes_in_flight=queued), "one change at a time") == (
+        BLOCK, "a change is queued or running: the approved failover (request r9, queued)")
+    assert verdict_of(recover("both-active", changes_in_flight=queued), "one change at a time")[0] == BLOCK
+
+
+def test_an_unknown_outcome_blocks_failover_and_recovery_until_cleared_and_names_itself_for_the_button():
+    for pre in (failover("healthy", unknown=[LOST]), recover("both-active", unknown=[LOST])):
+        c = check(pre, "unknown outcome")
+        assert c.verdict == BLOCK and c.ref == "r0lost" and pre.blocked
+        assert c.reason.startswith(f"{LOST.what} (2026-11-21 12:00 UTC). Run /cms-status first.")
+        assert "an approver other than its requester clears it" in c.reason
+    assert "unknown outcome" not in [c.name for c in failover("healthy").checks]

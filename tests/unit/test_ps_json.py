@@ -1,4 +1,4 @@
-"""cms.ps_json: reading what Windows PowerShell 5.1's ConvertTo-Json prints."""
+"""cms.ps_json: reading probe JSON, as the probes' own writer and Windows PowerShell 5.1's ConvertTo-Json print it."""
 
 from __future__ import annotations
 
@@ -201,3 +201,31 @@ def test_service_state_enum_names(name, state):
 def test_service_state_unknown_values(value):
     # bool is an int subclass: True must not read as code 1 (Stopped).
     assert as_service_state(value) is ServiceState.unknown
+
+
+# -- the probes' own writer (workers/probes/_lib.ps1): ISO 8601 UTC dates, null for "not reported" --
+
+def test_probe_writer_date_is_utc_with_milliseconds():
+    assert as_datetime("2023-11-14T22:13:20.000Z") == T0
+    assert as_datetime("2023-11-14T22:13:20.123Z") == T0 + timedelta(milliseconds=123)
+    assert as_datetime("2023-11-14T22:13:20.123Z").tzinfo is not None
+
+
+def test_both_writers_read_the_same_instant():
+    assert as_datetime("2023-11-14T22:13:20.000Z") == as_datetime(r"\/Date(1700000000000)\/")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("  ", None), (True, True), (False, False),
+                                                 ("True", True), ("False", False), (1, True), (0, False)])
+def test_optional_bool_keeps_not_reported_apart_from_false(value, expected):
+    from cms.ps_json import as_optional_bool
+
+    assert as_optional_bool(value) is expected
+
+
+@pytest.mark.parametrize(("value", "allow"), [("Allow", True), ("Deny", False), ("deny", False), (0, True), (1, False),
+                                              (None, True), ("", True)])
+def test_ace_type_by_name_or_5_1_number(value, allow):
+    from cms.ps_json import as_ace_allow
+
+    assert as_ace_allow(value) is allow

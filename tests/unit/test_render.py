@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,7 +19,7 @@ from bot.render import text as render
 from cms.diagnose import diagnose
 from cms.models import SEVERITY_ORDER
 from cms.parsers import parse_replica_health
-from cms.preflight import plan_json, preflight_failover, preflight_recover
+from cms.preflight import OutcomeUnknown, plan_json, preflight_failover, preflight_recover
 from hub.approvals import Approval, ApprovalStatus, plan_hash
 from tests.unit import recorded as R
 
@@ -262,3 +263,24 @@ def test_the_recovery_card_lists_the_runbook_steps_in_order():
     assert [(int(n), server) for n, _, server in steps] == [
         (1, FE3), (2, FE3), (3, "fe04.contoso.com"), (4, FE3), (5, "fe04.contoso.com"), (6, "pool02.contoso.com")]
     assert steps[0][1] == "Invoke-CsManagementServerFailover -Restore -Confirm:$false"
+
+
+def test_a_card_blocked_by_an_unknown_outcome_offers_only_the_button_that_clears_it():
+    lost = OutcomeUnknown(id="r0lost", what="the normal failover of the CMS (request r0lost) ended with an unknown "
+                                            "outcome: its worker stopped", check="Run /cms-status first.",
+                          requester="U0OPERATOR", at=datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
+    facts = R.facts("healthy").model_copy(update={"unknown": [lost]})
+    pre = preflight_failover(R.topology_of("healthy"), facts, None, "normal")
+    payload = blocks.card(approval(pre)).payload()
+    assert_within_slack_limits(payload)
+    (clear,) = buttons(payload)
+    assert (clear["action_id"], clear["value"]) == (blocks.CLEAR_UNKNOWN_ACTION, "r0lost")
+    assert "Only once someone has checked the CMS" in clear["confirm"]["text"]["text"]
+    assert "*BLOCK* unknown outcome: the normal failover of the CMS (request r0lost)" in "\n".join(
+        mrkdwn_texts(payload))
+
+
+def test_a_failure_that_left_an_unknown_outcome_carries_the_clear_button_and_others_none():
+    (clear,) = buttons(blocks.failed("the worker stopped: its outcome is unknown", unknown="r0lost").payload())
+    assert (clear["action_id"], clear["value"]) == (blocks.CLEAR_UNKNOWN_ACTION, "r0lost")
+    assert buttons(blocks.failed("not executed: it was denied").payload()) == []

@@ -31,11 +31,21 @@ __all__ = ["ENV_CHUNK", "HEADER", "LIB_VAR", "POWERSHELL", "Probe", "clixml_erro
 LIB_NAME = "_lib"
 
 
+# Invoke-Probe's -PowerShell: the oldest Windows PowerShell the probe runs on (default 2.0, the
+# Lync Server 2010 host); an older host answers an error naming both versions (_lib.ps1).
+# `# deadline: <N> s (why)` right under the header: how long the probe may take on a real host,
+# loading the Lync/SkypeForBusiness module included (several seconds on a busy Front End).
+DEADLINE = re.compile(r"^# deadline: (?P<seconds>\d+) s\b", re.M)
+MINIMUM_POWERSHELL = re.compile(r"^Invoke-Probe\b.*?-PowerShell\s+'(?P<version>\d+\.\d+)'", re.M)
+
+
 @dataclass(frozen=True)
 class Probe:
     name: str
     version: int
     script: str
+    powershell: str = "2.0"  # the oldest Windows PowerShell it runs on
+    deadline: float = 30.0  # seconds on a real host, module load included (its header says why)
 
     @property
     def slot(self) -> str:
@@ -60,7 +70,12 @@ def probe(name: str) -> Probe:
     m = HEADER.match(script.splitlines()[0] if script else "")
     if not m or m["name"] != name:
         raise ValueError(f"{name}.ps1 must start with '# probe: {name} v<N>'")
-    return Probe(name=name, version=int(m["version"]), script=script)
+    needs = MINIMUM_POWERSHELL.search(script)
+    deadline = DEADLINE.search("\n".join(script.splitlines()[:3]))
+    if not deadline:
+        raise ValueError(f"{name}.ps1 must say how long it may take on its second line: '# deadline: <N> s (why)'")
+    return Probe(name=name, version=int(m["version"]), script=script, powershell=needs["version"] if needs else "2.0",
+                 deadline=float(deadline["seconds"]))
 
 
 def names() -> list[str]:
@@ -102,6 +117,9 @@ def decode(name: str, out: Output) -> Any:
         err = doc["error"]
         message = err.get("message") if isinstance(err, dict) else str(err)
         raise ProbeFailed(f"{name}: {message}")
+    # "ps" (the host's Windows PowerShell) and data.NotReported (cmdlet properties this product
+    # version lacks, their fields null) are part of every answer of the 2.0-compatible writer
+    # (_lib.ps1); the parsers read NotReported from the data.
     if "data" not in doc:
         raise ProbeFailed(f"{name}: result has no data")
     return doc["data"]

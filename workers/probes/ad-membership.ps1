@@ -1,4 +1,5 @@
 # probe: ad-membership v1
+# deadline: 30 s (read-only: module load and one LDAP query per computer)
 # Active Directory, read on a CMS Front End with ADSI (not the ActiveDirectory
 # module): is each named computer account a member, directly or through
 # nested groups, of a group such as RTCUniversalConfigReplicator (the CMS
@@ -69,17 +70,17 @@ Invoke-Probe -Name 'ad-membership' -Version 1 -NoModule -Body {
                 '(memberOf:1.2.840.113556.1.4.1941:=' + (ConvertTo-LdapFilterValue $groupDn) + '))'
             $member = ($null -ne (Find-DistinguishedName $inChain))
         }
-        [ordered]@{
-            Name              = $name
-            Found             = ($null -ne $dn)
-            DistinguishedName = $dn
-            Member            = [bool]$member
-        }
+        $row = New-Record
+        $row['Name'] = $name
+        $row['Found'] = ($null -ne $dn)
+        $row['DistinguishedName'] = $dn
+        $row['Member'] = [bool]$member
+        $row
     })
 
-    [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        Group       = $groupDn
-        Computers   = $results
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Group'] = $groupDn
+    $result['Computers'] = $results
+    $result
 }

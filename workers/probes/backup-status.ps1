@@ -1,4 +1,5 @@
 # probe: backup-status v1
+# deadline: 30 s (read-only: module load and Get-CsBackupServiceStatus per pool)
 # The Backup Service's view of the CMS copy between paired pools (Lync Server
 # 2013 and later; the caller does not run it on 2010), read on a CMS pool
 # Front End: for each pool, its paired backup pool and the state of each
@@ -8,19 +9,21 @@
 # the other pools are still read.
 # Parameters:
 #   pools  [string]  pool FQDNs, e.g. ["pool01.contoso.com", "pool02.contoso.com"]
+# Every cmdlet property is read with Get-Field (_lib.ps1): one a version lacks is
+# null here and named in data.NotReported, never a failed probe.
+#   Get-CsPoolBackupRelationship -PoolFqdn (2013+): BackupPoolFqdn, "the fully
+#     qualified domain name of the backup pool".
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-cspoolbackuprelationship
+#   Get-CsBackupServiceStatus -PoolFqdn -Category CMS (2013+): BackupModules, each
+#     with Identity, ExportStatus, ImportStatus (as Microsoft's CMS failover
+#     troubleshooting reads them; the help page lists no output properties).
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-csbackupservicestatus
 Invoke-Probe -Name 'backup-status' -Version 1 -Body {
     param($Params)
 
-    function Assert-Property {
-        # Fail (into the pool's Error) rather than report a wrong empty value
-        # when a cmdlet's object does not have the property we rely on.
-        param($Object, [string]$Name, [string]$What)
-        if ($null -ne $Object.PSObject.Properties[$Name]) { return }
-        $names = @($Object.PSObject.Properties | ForEach-Object { [string]$_.Name })
-        throw ($What + ' has no ' + $Name + ' property (it has: ' + ($names -join ', ') + ')')
-    }
-
     $pools = Get-ListField $Params 'pools'
+    $relationSource = 'Get-CsPoolBackupRelationship'
+    $statusSource = 'Get-CsBackupServiceStatus'
 
     $results = @(foreach ($pool in $pools) {
         $poolFqdn = [string]$pool
@@ -34,8 +37,7 @@ Invoke-Probe -Name 'backup-status' -Version 1 -Body {
                 if ($relation -is [string]) {
                     $candidate = $relation
                 } else {
-                    Assert-Property $relation 'BackupPoolFqdn' 'Get-CsPoolBackupRelationship output'
-                    $candidate = Get-Field $relation 'BackupPoolFqdn' ''
+                    $candidate = Get-TextField $relation 'BackupPoolFqdn' $relationSource
                 }
                 if ([string]$candidate -ne '') {
                     $backupPoolFqdn = [string]$candidate
@@ -51,16 +53,12 @@ Invoke-Probe -Name 'backup-status' -Version 1 -Body {
             $statuses = @(Get-CsBackupServiceStatus -PoolFqdn $poolFqdn -Category CMS -ErrorAction Stop |
                 Where-Object { $null -ne $_ })
             $modules = @(foreach ($status in $statuses) {
-                Assert-Property $status 'BackupModules' 'Get-CsBackupServiceStatus output'
-                foreach ($module in (Get-ListField $status 'BackupModules')) {
-                    foreach ($name in 'Identity', 'ExportStatus', 'ImportStatus') {
-                        Assert-Property $module $name 'a backup module'
-                    }
-                    [ordered]@{
-                        Identity     = [string](Get-Field $module 'Identity' '')
-                        ExportStatus = [string](Get-Field $module 'ExportStatus' '')
-                        ImportStatus = [string](Get-Field $module 'ImportStatus' '')
-                    }
+                foreach ($module in (Get-ListField $status 'BackupModules' $statusSource)) {
+                    $row = New-Record
+                    $row['Identity'] = Get-TextField $module 'Identity' ($statusSource + ' BackupModules')
+                    $row['ExportStatus'] = Get-TextField $module 'ExportStatus' ($statusSource + ' BackupModules')
+                    $row['ImportStatus'] = Get-TextField $module 'ImportStatus' ($statusSource + ' BackupModules')
+                    $row
                 }
             })
         } catch {
@@ -70,16 +68,16 @@ Invoke-Probe -Name 'backup-status' -Version 1 -Body {
 
         $poolError = $null
         if ($problems.Count -gt 0) { $poolError = [string]($problems -join '; ') }
-        [ordered]@{
-            PoolFqdn       = $poolFqdn
-            BackupPoolFqdn = $backupPoolFqdn
-            Modules        = $modules
-            Error          = $poolError
-        }
+        $row = New-Record
+        $row['PoolFqdn'] = $poolFqdn
+        $row['BackupPoolFqdn'] = $backupPoolFqdn
+        $row['Modules'] = $modules
+        $row['Error'] = $poolError
+        $row
     })
 
-    [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        Pools       = $results
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Pools'] = $results
+    $result
 }

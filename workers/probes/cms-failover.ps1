@@ -1,4 +1,5 @@
 # probe: cms-failover v1
+# deadline: 900 s (module load; a normal failover waits for replication: minutes (Microsoft's RTO is 5 minutes))
 # CHANGES THE DEPLOYMENT: moves the Central Management Store to the pool of
 # the server it runs on, with Invoke-CsManagementServerFailover (Lync Server
 # 2013 and later). Run it on a server of the pool that takes over.
@@ -26,6 +27,8 @@
 # Data: CollectedAt (UTC, when the cmdlet returned), StartedAt, Mode, Command
 # (the command line run, for the audit log), Succeeded, Warnings [string],
 # Errors [string], Output (the rest as text, trimmed, at most 20000 chars).
+# Invoke-CsManagementServerFailover (Lync Server 2013 and later):
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/invoke-csmanagementserverfailover
 Invoke-Probe -Name 'cms-failover' -Version 1 -Body {
     param($Params)
 
@@ -55,11 +58,9 @@ Invoke-Probe -Name 'cms-failover' -Version 1 -Body {
 
     # -- the parameters: checked in full before anything runs --
     $known = @('mode', 'backupSqlServerFqdn', 'backupSqlInstanceName', 'backupMirrorSqlServerFqdn', 'backupMirrorSqlInstanceName')
-    if ($null -ne $Params) {
-        foreach ($property in @($Params.PSObject.Properties)) {
-            if ($known -cnotcontains $property.Name) {
-                throw ('unknown parameter ' + [string]$property.Name + ': expected ' + ($known -join ', '))
-            }
+    foreach ($parameterName in (Get-FieldNames $Params)) {
+        if ($known -cnotcontains $parameterName) {
+            throw ('unknown parameter ' + $parameterName + ': expected ' + ($known -join ', '))
         }
     }
     $mode = Get-Field $Params 'mode' $null

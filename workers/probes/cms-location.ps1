@@ -1,4 +1,5 @@
 # probe: cms-location v1
+# deadline: 30 s (read-only: module load and Get-CsService / Get-CsManagementConnection)
 # Read-only: where the Central Management Store lives now, read on a Front
 # End (recovery step 2 of the failover article). Reports the management
 # connection this server uses (Get-CsManagementConnection: the SQL store that
@@ -18,6 +19,19 @@
 # Services [{PoolFqdn, SiteId, Version, Active}]; ServicesError;
 # Pairs [{PoolFqdn, BackupPoolFqdn|null, Error|null}];
 # Pools [{PoolFqdn, Computers [string], BackendSql (SQL server FQDN)|null, Error|null}].
+# Every cmdlet property is read with Get-Field (_lib.ps1): one a version lacks is
+# null here and named in data.NotReported, never a failed probe.
+#   Get-CsManagementConnection (2010+): Microsoft.Rtc.Management.Xds.ManagementConnection;
+#     StoreProvider, Connection, SqlServer, SqlInstance are what it displays.
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-csmanagementconnection
+#   Get-CsService -CentralManagement (2010+): PoolFqdn, SiteId, Version; Active from 2013 on.
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-csservice
+#   Get-CsPoolBackupRelationship (Lync Server 2013 and later): BackupPoolFqdn
+#     ("returns the fully qualified domain name of the backup pool").
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-cspoolbackuprelationship
+#   Get-CsPool (2010+): Computers ("an array of objects representing each
+#     computer in the pool"), Services.
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-cspool
 Invoke-Probe -Name 'cms-location' -Version 1 -Body {
     param($Params)
 
@@ -28,19 +42,9 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
         return ([string]$Value).Trim()
     }
 
-    function ConvertTo-Flag {
-        # A boolean property as a bool; the text "True"/"False" read as such
-        # ([bool]'False' would be $true).
-        param($Value)
-        if ($null -eq $Value) { return $false }
-        if ($Value -is [bool]) { return $Value }
-        if ($Value -is [string]) { return [string]::Equals($Value.Trim(), 'True', [StringComparison]::OrdinalIgnoreCase) }
-        return [bool]$Value
-    }
-
     function Get-PropertyNames {
         param($Object)
-        return (@($Object.PSObject.Properties | ForEach-Object { [string]$_.Name }) -join ', ')
+        return ((Get-FieldNames $Object) -join ', ')
     }
 
     function Split-SqlDataSource {
@@ -107,7 +111,7 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
             if ($service -notmatch '^UserServer:') { continue }
             $found = @(Get-CsService -Identity $service -ErrorAction Stop | Where-Object { $null -ne $_ })
             foreach ($candidate in $found) {
-                $database = Get-Text (Get-Field $candidate 'UserDatabase' $null)
+                $database = Get-Text (Get-Field $candidate 'UserDatabase' $null 'Get-CsService -Identity UserServer')
                 if ($database -match '^UserDatabase:(.+)\z') { return $Matches[1].Trim() }
                 if ($database -match '^[A-Za-z0-9._-]{1,253}\z') { return $database }
             }
@@ -131,10 +135,11 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
             $connectionError = 'Get-CsManagementConnection returned nothing'
         } else {
             $managementConnection = $found[0]
-            $provider = Get-Text (Get-Field $managementConnection 'StoreProvider' $null)
-            $connectionText = Get-Text (Get-Field $managementConnection 'Connection' $null)
-            $sqlServer = Get-Text (Get-Field $managementConnection 'SqlServer' $null)
-            $sqlInstance = Get-Text (Get-Field $managementConnection 'SqlInstance' $null)
+            $connectionSource = 'Get-CsManagementConnection'
+            $provider = Get-Text (Get-Field $managementConnection 'StoreProvider' $null $connectionSource)
+            $connectionText = Get-Text (Get-Field $managementConnection 'Connection' $null $connectionSource)
+            $sqlServer = Get-Text (Get-Field $managementConnection 'SqlServer' $null $connectionSource)
+            $sqlInstance = Get-Text (Get-Field $managementConnection 'SqlInstance' $null $connectionSource)
             if ($sqlServer.IndexOf('\') -ge 0) {
                 $split = Split-SqlDataSource $sqlServer
                 $sqlServer = $split[0]
@@ -156,12 +161,11 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
                 # ToString() is not overridden: the cmdlet's list view instead.
                 $source = ($managementConnection | Format-List -Property * | Out-String -Width 4096).Trim()
             }
-            $connection = [ordered]@{
-                StoreProvider = $provider
-                SqlServer     = $sqlServer
-                SqlInstance   = $sqlInstance
-                Source        = $source
-            }
+            $connection = New-Record
+            $connection['StoreProvider'] = $provider
+            $connection['SqlServer'] = $sqlServer
+            $connection['SqlInstance'] = $sqlInstance
+            $connection['Source'] = $source
         }
     } catch {
         $connection = $null
@@ -172,13 +176,15 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
     $services = @()
     $servicesError = $null
     try {
+        $serviceSource = 'Get-CsService -CentralManagement'
         $services = @(Get-CsService -CentralManagement -ErrorAction Stop | Where-Object { $null -ne $_ } | ForEach-Object {
-            [ordered]@{
-                PoolFqdn = Get-Text (Get-Field $_ 'PoolFqdn' $null)
-                SiteId   = Get-Text (Get-Field $_ 'SiteId' $null)
-                Version  = Get-Text (Get-Field $_ 'Version' $null)
-                Active   = ConvertTo-Flag (Get-Field $_ 'Active' $null)
-            }
+            $row = New-Record
+            $row['PoolFqdn'] = Get-Text (Get-Field $_ 'PoolFqdn' $null $serviceSource)
+            $row['SiteId'] = Get-Text (Get-Field $_ 'SiteId' $null $serviceSource)
+            $row['Version'] = Get-Text (Get-Field $_ 'Version' $null $serviceSource)
+            # null when this version has no Active (Lync Server 2010): not reported
+            $row['Active'] = Get-FlagField $_ 'Active' $serviceSource
+            $row
         })
     } catch {
         $services = @()
@@ -206,6 +212,9 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
         $backupPoolFqdn = $null
         $pairError = $null
         try {
+            if ($null -eq (Get-Command -Name 'Get-CsPoolBackupRelationship' -ErrorAction SilentlyContinue)) {
+                throw 'the cmdlet is not available on this server (pool pairing came with Lync Server 2013)'
+            }
             $relations = @(Get-CsPoolBackupRelationship -PoolFqdn $pool -ErrorAction Stop | Where-Object { $null -ne $_ })
             foreach ($relation in $relations) {
                 if ($relation -is [string]) {
@@ -213,7 +222,7 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
                 } else {
                     $candidate = Get-Text (Get-Field $relation 'BackupPoolFqdn' $null)
                     if ($candidate -eq '') { $candidate = Get-Text (Get-Field $relation 'BackupPool' $null) }
-                    if ($null -eq $relation.PSObject.Properties['BackupPoolFqdn'] -and $null -eq $relation.PSObject.Properties['BackupPool']) {
+                    if (-not (Test-Field $relation 'BackupPoolFqdn') -and -not (Test-Field $relation 'BackupPool')) {
                         $pairError = 'Get-CsPoolBackupRelationship output has no BackupPoolFqdn property (it has: ' + (Get-PropertyNames $relation) + ')'
                     }
                 }
@@ -223,11 +232,11 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
             $backupPoolFqdn = $null
             $pairError = 'Get-CsPoolBackupRelationship: ' + (Get-ErrorMessage $_)
         }
-        [ordered]@{
-            PoolFqdn       = $pool
-            BackupPoolFqdn = $backupPoolFqdn
-            Error          = $pairError
-        }
+        $pair = New-Record
+        $pair['PoolFqdn'] = $pool
+        $pair['BackupPoolFqdn'] = $backupPoolFqdn
+        $pair['Error'] = $pairError
+        $pair
     })
 
     # -- each pool's computers and back-end SQL server --
@@ -240,10 +249,10 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
             if ($found.Count -eq 0) {
                 $poolError = 'Get-CsPool: no pool ' + $pool + ' in the topology'
             } else {
-                $computers = @(foreach ($computer in @(Get-Field $found[0] 'Computers' $null)) {
+                $computers = @(foreach ($computer in @(Get-Field $found[0] 'Computers' $null 'Get-CsPool')) {
                     if ($null -ne $computer) { Get-ComputerName $computer }
                 })
-                $poolServices = ConvertTo-StringList (Get-Field $found[0] 'Services' $null)
+                $poolServices = ConvertTo-StringList (Get-Field $found[0] 'Services' $null 'Get-CsPool')
                 try {
                     $backendSql = Get-BackendSql $poolServices
                 } catch {
@@ -256,21 +265,21 @@ Invoke-Probe -Name 'cms-location' -Version 1 -Body {
             $backendSql = $null
             $poolError = 'Get-CsPool: ' + (Get-ErrorMessage $_)
         }
-        [ordered]@{
-            PoolFqdn   = $pool
-            Computers  = ConvertTo-StringList $computers
-            BackendSql = $backendSql
-            Error      = $poolError
-        }
+        $poolRecord = New-Record
+        $poolRecord['PoolFqdn'] = $pool
+        $poolRecord['Computers'] = ConvertTo-StringList $computers
+        $poolRecord['BackendSql'] = $backendSql
+        $poolRecord['Error'] = $poolError
+        $poolRecord
     })
 
-    return [ordered]@{
-        CollectedAt     = [DateTime]::UtcNow
-        Connection      = $connection
-        ConnectionError = $connectionError
-        Services        = $services
-        ServicesError   = $servicesError
-        Pairs           = $pairs
-        Pools           = $pools
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Connection'] = $connection
+    $result['ConnectionError'] = $connectionError
+    $result['Services'] = $services
+    $result['ServicesError'] = $servicesError
+    $result['Pairs'] = $pairs
+    $result['Pools'] = $pools
+    return $result
 }

@@ -1,4 +1,5 @@
 # probe: cms-restore v1
+# deadline: 900 s (module load; restoring the store waits for replication like a failover)
 # CHANGES THE DEPLOYMENT: restores the existing Central Management Store
 # database with Invoke-CsManagementServerFailover -Restore (Lync Server 2013
 # and later): step 3 of the recovery when a CMS failover is blocked ("being
@@ -18,6 +19,8 @@
 # ("restore"), Command (the command line run, for the audit log), Succeeded,
 # Warnings [string], Errors [string], Output (the rest as text, trimmed, at
 # most 20000 chars).
+# Invoke-CsManagementServerFailover (Lync Server 2013 and later):
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/invoke-csmanagementserverfailover
 Invoke-Probe -Name 'cms-restore' -Version 1 -Body {
     param($Params)
 

@@ -1,4 +1,5 @@
 # probe: force-replication v1
+# deadline: 60 s (module load and one Invoke-CsManagementStoreReplication per replica)
 # CHANGES THE CMS: run on a Front End of the CMS pool. Forces a full
 # replication with Invoke-CsManagementStoreReplication, which deletes the
 # replicas' replication status in the Central Management Store so the Master
@@ -13,16 +14,25 @@
 #                       parameter fails the probe rather than meaning "all".
 # Data: CollectedAt (UTC, the moment replication was requested), Replicas
 # (what was requested, ["*"] for all), Errors ([{Replica, Message}]).
+# Invoke-CsManagementStoreReplication [-ReplicaFqdn] (Lync Server 2010 and later)
+# returns nothing; it "forces ... by deleting the replication status":
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/invoke-csmanagementstorereplication
 Invoke-Probe -Name 'force-replication' -Version 1 -Body {
     param($Params)
 
+    function New-ReplicationError {
+        param([string]$Replica, [string]$Message)
+        $record = New-Record
+        $record['Replica'] = $Replica
+        $record['Message'] = $Message
+        return $record
+    }
+
     # -- the parameter: present, a list of valid FQDNs --
-    $property = $null
-    if ($null -ne $Params) { $property = $Params.PSObject.Properties['replicas'] }
-    if ($null -eq $property -or $null -eq $property.Value) {
+    if (-not (Test-Field $Params 'replicas' -NotNull)) {
         throw 'parameter replicas is required: a list of replica FQDNs, or an empty list for all replicas'
     }
-    $requested = ConvertTo-FqdnList -Items $property.Value -Name 'replicas' -Noun 'replica'
+    $requested = ConvertTo-FqdnList -Items @(Get-Field $Params 'replicas' $null) -Name 'replicas' -Noun 'replica'
 
     $errors = New-Object -TypeName System.Collections.Generic.List[object]
     # The moment replication was requested: the caller's 2-3 minute grace
@@ -34,7 +44,7 @@ Invoke-Probe -Name 'force-replication' -Version 1 -Body {
         try {
             $null = Invoke-CsManagementStoreReplication -ErrorAction Stop
         } catch {
-            $errors.Add([ordered]@{ Replica = '*'; Message = Get-ErrorMessage $_ })
+            $errors.Add((New-ReplicationError '*' (Get-ErrorMessage $_)))
         }
     } else {
         $replicas = $requested.ToArray()
@@ -42,14 +52,14 @@ Invoke-Probe -Name 'force-replication' -Version 1 -Body {
             try {
                 $null = Invoke-CsManagementStoreReplication -ReplicaFqdn $fqdn -ErrorAction Stop
             } catch {
-                $errors.Add([ordered]@{ Replica = $fqdn; Message = Get-ErrorMessage $_ })
+                $errors.Add((New-ReplicationError $fqdn (Get-ErrorMessage $_)))
             }
         }
     }
 
-    return [ordered]@{
-        CollectedAt = $collectedAt
-        Replicas    = ConvertTo-StringList $replicas
-        Errors      = @($errors.ToArray())
-    }
+    $result = New-Record
+    $result['CollectedAt'] = $collectedAt
+    $result['Replicas'] = ConvertTo-StringList $replicas
+    $result['Errors'] = $errors.ToArray()
+    return $result
 }

@@ -1,4 +1,5 @@
 # probe: import-configuration v1
+# deadline: 300 s (module load; the zip on standard input, then Import-CsConfiguration -LocalStore)
 # CHANGES THE SERVER: run on the replica whose local store is to be re-seeded.
 # Reads a configuration zip made by export-configuration from STANDARD INPUT
 # (base64 text, whitespace ignored, read to the end: the caller closes stdin),
@@ -15,14 +16,30 @@
 #                     ^cmsbot-export-[A-Za-z0-9-]{1,64}\.zip$ (no folder)
 #   sha256    string  the zip's SHA-256 as 64 hex digits (any case)
 # Data: Path, Bytes, Sha256 (uppercase hex of what was received), Imported.
+# Import-CsConfiguration -FileName -LocalStore (Lync Server 2010 and later) returns nothing:
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/import-csconfiguration
 Invoke-Probe -Name 'import-configuration' -Version 1 -NoModule -Body {
     param($Params)
+
+    function Test-InputRedirected {
+        # [Console]::IsInputRedirected came with .NET 4.5; Windows PowerShell
+        # 2.0 runs on .NET 3.5, where [Console]::KeyAvailable throws
+        # InvalidOperationException exactly when standard input is redirected.
+        $property = [Console].GetProperty('IsInputRedirected')
+        if ($null -ne $property) { return [bool]$property.GetValue($null, $null) }
+        try {
+            $null = [Console]::KeyAvailable
+            return $false
+        } catch {
+            return $true
+        }
+    }
 
     # -- standard input, first: the zip as base64 text --
     $received = $null
     $inputError = $null
     try {
-        if (-not [Console]::IsInputRedirected) {
+        if (-not (Test-InputRedirected)) {
             throw 'standard input is a console, not the zip (the caller must send it on stdin)'
         }
         $received = [Console]::In.ReadToEnd()
@@ -91,11 +108,11 @@ Invoke-Probe -Name 'import-configuration' -Version 1 -NoModule -Body {
     # -- import into the local replica store --
     $null = Import-CsConfiguration -FileName $path -LocalStore -ErrorAction Stop
 
-    return [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        Path        = $path
-        Bytes       = [int]$bytes.Length
-        Sha256      = $actual
-        Imported    = $true
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Path'] = $path
+    $result['Bytes'] = [int]$bytes.Length
+    $result['Sha256'] = $actual
+    $result['Imported'] = $true
+    return $result
 }

@@ -1,4 +1,5 @@
 # probe: reachability v1
+# deadline: 30 s (read-only: module load and one bounded TCP/SMB test per replica)
 # From the File Transfer Agent host: can it open a TCP connection to each
 # replica (445 for the xds-replica share, 4443 for an Edge internal
 # interface), and, for share targets that answered, can it write a file to
@@ -50,7 +51,8 @@ Invoke-Probe -Name 'reachability' -Version 1 -NoModule -Body {
             $fqdn = [string](Get-Field $target 'fqdn' '')
             $address = [string](Get-Field $target 'address' '')
             if ($address -eq '') { $address = $fqdn }
-            $check = [pscustomobject]@{
+            # A PSObject with note properties: set as the connection progresses.
+            $check = New-Object -TypeName PSObject -Property @{
                 Fqdn      = $fqdn
                 Address   = $address
                 Port      = [int](Get-Field $target 'port' 0)
@@ -153,22 +155,22 @@ Invoke-Probe -Name 'reachability' -Version 1 -NoModule -Body {
         }
         $connectError = $null
         if ($null -ne $check.Error) { $connectError = [string]$check.Error }
-        [ordered]@{
-            Fqdn          = [string]$check.Fqdn
-            Address       = [string]$check.Address
-            Port          = [int]$check.Port
-            Connected     = [bool]$check.Connected
-            Error         = $connectError
-            ElapsedMs     = [int]$check.ElapsedMs
-            ShareWritable = $shareWritable
-            ShareError    = $shareError
-        }
+        $row = New-Record
+        $row['Fqdn'] = [string]$check.Fqdn
+        $row['Address'] = [string]$check.Address
+        $row['Port'] = [int]$check.Port
+        $row['Connected'] = [bool]$check.Connected
+        $row['Error'] = $connectError
+        $row['ElapsedMs'] = [int]$check.ElapsedMs
+        $row['ShareWritable'] = $shareWritable
+        $row['ShareError'] = $shareError
+        $row
     })
 
-    [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        From        = $from
-        Identity    = $identity
-        Results     = $results
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['From'] = $from
+    $result['Identity'] = $identity
+    $result['Results'] = $results
+    $result
 }

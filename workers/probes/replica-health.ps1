@@ -1,4 +1,5 @@
 # probe: replica-health v2
+# deadline: 30 s (read-only: module load, services, certificates and the share ACL)
 # One replica's side of replication, read on the replica itself: the product
 # it runs, the state of the replication services (REPLICA, MASTER, FTA,
 # LYNCBACKUP; "Missing" when not installed), the xds-replica share and its
@@ -14,6 +15,18 @@
 # still reports its services, share and ACL.
 # Parameters:
 #   role  string  the server's role: "edge", "frontend", "director", ...
+# Cmdlet and WMI objects are read with Get-Field (_lib.ps1): a property one
+# version lacks is null here and named in data.NotReported. .NET objects
+# (the ACL, the certificate and its chain) are read directly.
+#   Get-CsServerVersion, Get-CsCertificate -Type (Thumbprint) (Lync Server 2010 and later):
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-csserverversion
+#     https://learn.microsoft.com/powershell/module/skypeforbusiness/get-cscertificate
+#   Get-Service (Status): https://learn.microsoft.com/powershell/module/microsoft.powershell.management/get-service
+#   Get-SmbShare (Path), Get-SmbShareAccess (AccountName, AccessRight, AccessControlType),
+#     Windows Server 2012 and later: https://learn.microsoft.com/powershell/module/smbshare/get-smbshareaccess
+#   else Win32_Share (Path), Win32_LogicalShareSecuritySetting.GetSecurityDescriptor
+#     (ReturnValue, Descriptor.DACL of Win32_ACE: Trustee, AccessMask, AceType):
+#     https://learn.microsoft.com/previous-versions/windows/desktop/secrcw32prov/getsecuritydescriptor-method-in-class-win32-logicalsharesecuritysetting
 Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
     param($Params)
 
@@ -66,11 +79,11 @@ Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
     }
 
     # -- services --
-    $services = [ordered]@{}
+    $services = New-Record
     foreach ($name in 'REPLICA', 'MASTER', 'FTA', 'LYNCBACKUP') {
-        $svc = Get-Service -Name $name -ErrorAction SilentlyContinue
-        if ($null -ne $svc) {
-            $services[$name] = [string](@($svc)[0].Status)
+        $svc = @(Get-Service -Name $name -ErrorAction SilentlyContinue | Where-Object { $null -ne $_ })
+        if ($svc.Count -gt 0) {
+            $services[$name] = [string](Get-Field $svc[0] 'Status' '' 'Get-Service')
         } else {
             $services[$name] = 'Missing'
         }
@@ -81,84 +94,101 @@ Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
     $shareError = $null
     $sharePath = $null
     try {
-        if ($null -ne (Get-Command -Name 'Get-SmbShare' -ErrorAction SilentlyContinue)) {
-            $smbShares = @(Get-SmbShare -Name $shareName -ErrorAction Stop)
+        $smb = ($null -ne (Get-Command -Name 'Get-SmbShare' -ErrorAction SilentlyContinue)) -and
+            ($null -ne (Get-Command -Name 'Get-SmbShareAccess' -ErrorAction SilentlyContinue))
+        if ($smb) {
+            # Windows Server 2012 and later (SmbShare module).
+            $smbShares = @(Get-SmbShare -Name $shareName -ErrorAction Stop | Where-Object { $null -ne $_ })
             if ($smbShares.Count -eq 0) { throw 'the xds-replica share does not exist' }
-            $sharePath = [string]$smbShares[0].Path
-            $shareAccess = @(Get-SmbShareAccess -Name $shareName -ErrorAction Stop | ForEach-Object {
-                [ordered]@{
-                    Account = [string]$_.AccountName
-                    Right   = ConvertTo-ShareRight $_.AccessRight
-                    Type    = ConvertTo-AceType $_.AccessControlType
-                }
+            $sharePath = Get-TextField $smbShares[0] 'Path' 'Get-SmbShare'
+            $shareAccess = @(Get-SmbShareAccess -Name $shareName -ErrorAction Stop | Where-Object { $null -ne $_ } | ForEach-Object {
+                $row = New-Record
+                $row['Account'] = [string](Get-Field $_ 'AccountName' '' 'Get-SmbShareAccess')
+                $row['Right'] = ConvertTo-ShareRight (Get-Field $_ 'AccessRight' $null 'Get-SmbShareAccess')
+                $row['Type'] = ConvertTo-AceType (Get-Field $_ 'AccessControlType' $null 'Get-SmbShareAccess')
+                $row
             })
         } else {
             # Windows Server 2008 R2 (Lync 2010/2013) has no SMB cmdlets: use WMI.
-            $wmiShare = @(Get-WmiObject -Class Win32_Share -Filter "Name='xds-replica'" -ErrorAction Stop)
+            $wmiShare = @(Get-WmiObject -Class Win32_Share -Filter "Name='xds-replica'" -ErrorAction Stop | Where-Object { $null -ne $_ })
             if ($wmiShare.Count -eq 0) { throw 'the xds-replica share does not exist' }
-            $sharePath = [string]$wmiShare[0].Path
-            $setting = @(Get-WmiObject -Class Win32_LogicalShareSecuritySetting -Filter "Name='xds-replica'" -ErrorAction Stop)
+            $sharePath = Get-TextField $wmiShare[0] 'Path' 'Win32_Share'
+            $setting = @(Get-WmiObject -Class Win32_LogicalShareSecuritySetting -Filter "Name='xds-replica'" -ErrorAction Stop | Where-Object { $null -ne $_ })
             if ($setting.Count -eq 0) { throw 'the security settings of the xds-replica share cannot be read' }
+            $descriptorSource = 'Win32_LogicalShareSecuritySetting.GetSecurityDescriptor'
             $descriptor = $setting[0].GetSecurityDescriptor()
-            if ([int]$descriptor.ReturnValue -ne 0) {
-                throw ('GetSecurityDescriptor on the xds-replica share returned ' + [string]$descriptor.ReturnValue)
+            $returnValue = [int](Get-Field $descriptor 'ReturnValue' 0 $descriptorSource)
+            if ($returnValue -ne 0) {
+                throw ('GetSecurityDescriptor on the xds-replica share returned ' + [string]$returnValue)
             }
-            $shareAccess = @(@($descriptor.Descriptor.DACL) | Where-Object { $null -ne $_ } | ForEach-Object {
-                $trustee = $_.Trustee
-                $account = [string]$trustee.Name
-                if ([string]$trustee.Domain -ne '') { $account = [string]$trustee.Domain + '\' + $account }
-                if ($account -eq '') { $account = [string]$trustee.SIDString }
-                $mask = [long]$_.AccessMask
+            $dacl = Get-Field (Get-Field $descriptor 'Descriptor' $null $descriptorSource) 'DACL' $null 'Win32_SecurityDescriptor'
+            $shareAccess = @(@($dacl) | Where-Object { $null -ne $_ } | ForEach-Object {
+                $trustee = Get-Field $_ 'Trustee' $null 'Win32_ACE'
+                $account = [string](Get-Field $trustee 'Name' '' 'Win32_Trustee')
+                $domain = [string](Get-Field $trustee 'Domain' '' 'Win32_Trustee')
+                if ($domain -ne '') { $account = $domain + '\' + $account }
+                if ($account -eq '') { $account = [string](Get-Field $trustee 'SIDString' '' 'Win32_Trustee') }
+                $mask = [long](Get-Field $_ 'AccessMask' 0 'Win32_ACE')
                 $right = 'Custom'
                 if ($mask -eq 2032127) { $right = 'Full' }
                 elseif ($mask -eq 1245631) { $right = 'Change' }
                 elseif ($mask -eq 1179817) { $right = 'Read' }
-                [ordered]@{
-                    Account = $account
-                    Right   = $right
-                    Type    = ConvertTo-AceType $_.AceType
-                }
+                $row = New-Record
+                $row['Account'] = $account
+                $row['Right'] = $right
+                $row['Type'] = ConvertTo-AceType (Get-Field $_ 'AceType' $null 'Win32_ACE')
+                $row
             })
         }
-        $share = [ordered]@{
-            Name   = $shareName
-            Path   = $sharePath
-            Access = $shareAccess
-        }
+        $share = New-Record
+        $share['Name'] = $shareName
+        $share['Path'] = $sharePath
+        $share['Access'] = $shareAccess
     } catch {
         $share = $null
         $shareError = Get-ErrorMessage $_
     }
 
     # -- the shared folder's owner and NTFS ACL --
+    # System.IO.Directory.GetAccessControl (.NET 2.0 and later), not Get-Acl:
+    # Get-Acl -LiteralPath came with Windows PowerShell 3.0.
     $folder = $null
     $folderError = $null
     if ([string]$sharePath -eq '') {
         $folderError = 'the folder is unknown because the xds-replica share could not be read'
     } else {
         try {
-            $acl = Get-Acl -LiteralPath $sharePath -ErrorAction Stop
+            $sections = [System.Security.AccessControl.AccessControlSections]'Access, Owner'
+            $acl = [System.IO.Directory]::GetAccessControl($sharePath, $sections)
+            $sidType = [System.Security.Principal.SecurityIdentifier]
+            $accountType = [System.Security.Principal.NTAccount]
+            $ownerSid = $acl.GetOwner($sidType)
             $owner = ''
-            try {
-                $owner = [string]$acl.Owner
-            } catch {
-                # An owner SID that does not resolve to a name.
-                $owner = [string]($acl.GetOwner([System.Security.Principal.SecurityIdentifier]).Value)
-            }
-            $rules = @($acl.GetAccessRules($true, $true, [System.Security.Principal.NTAccount]))
-            $folderAccess = @(foreach ($rule in $rules) {
-                [ordered]@{
-                    Identity  = [string]$rule.IdentityReference
-                    Rights    = [string]$rule.FileSystemRights
-                    Type      = [string]$rule.AccessControlType
-                    Inherited = [bool]$rule.IsInherited
+            if ($null -ne $ownerSid) {
+                try {
+                    $owner = [string]$ownerSid.Translate($accountType)
+                } catch {
+                    # An owner SID that does not resolve to a name.
+                    $owner = [string]$ownerSid.Value
                 }
-            })
-            $folder = [ordered]@{
-                Path   = $sharePath
-                Owner  = $owner
-                Access = $folderAccess
             }
+            # By SID, then each translated on its own: one SID that no longer
+            # resolves must not lose the whole ACL.
+            $rules = @($acl.GetAccessRules($true, $true, $sidType))
+            $folderAccess = @(foreach ($rule in $rules) {
+                $identity = [string]$rule.IdentityReference.Value
+                try { $identity = [string]$rule.IdentityReference.Translate($accountType) } catch { $null = $_ }
+                $row = New-Record
+                $row['Identity'] = $identity
+                $row['Rights'] = [string]$rule.FileSystemRights
+                $row['Type'] = [string]$rule.AccessControlType
+                $row['Inherited'] = [bool]$rule.IsInherited
+                $row
+            })
+            $folder = New-Record
+            $folder['Path'] = $sharePath
+            $folder['Owner'] = $owner
+            $folder['Access'] = $folderAccess
         } catch {
             $folder = $null
             $folderError = Get-ErrorMessage $_
@@ -177,7 +207,7 @@ Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
             $assigned = @(Get-CsCertificate -Type $use -ErrorAction Stop | Where-Object { $null -ne $_ })
             $thumbprint = ''
             foreach ($item in $assigned) {
-                $candidate = [string](Get-Field $item 'Thumbprint' '')
+                $candidate = [string](Get-Field $item 'Thumbprint' '' 'Get-CsCertificate')
                 if ($candidate -ne '') {
                     $thumbprint = ($candidate -replace '\s', '').ToUpperInvariant()
                     break
@@ -203,14 +233,15 @@ Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
                 if ($null -eq $cert) {
                     $certificateError = 'the ' + $use + ' certificate ' + $thumbprint + ' is not in Cert:\LocalMachine\My'
                 } else {
-                    # DnsNameList is a PowerShell extension whose type lives in
-                    # Microsoft.PowerShell.Security; make sure it is loaded.
+                    # DnsNameList is a PowerShell extension of certificates from 3.0 on,
+                    # whose type lives in Microsoft.PowerShell.Security; make sure it is loaded.
                     try { Import-Module Microsoft.PowerShell.Security -ErrorAction Stop } catch { $null = $_ }
                     $dnsNames = @()
-                    try {
-                        $dnsNames = @($cert.DnsNameList | ForEach-Object { $_.Unicode })
-                    } catch {
-                        # Without the extension: the first DNS name (SAN, else subject CN) only.
+                    $dnsNameList = Get-Field $cert 'DnsNameList' $null
+                    if ($null -ne $dnsNameList) {
+                        $dnsNames = @(@($dnsNameList) | ForEach-Object { [string](Get-Field $_ 'Unicode' '') })
+                    } else {
+                        # 2.0, or without the extension: the first DNS name (SAN, else subject CN) only.
                         $dnsNames = @($cert.GetNameInfo([System.Security.Cryptography.X509Certificates.X509NameType]::DnsName, $false))
                     }
                     $dnsNames = @($dnsNames | Where-Object { [string]$_ -ne '' })
@@ -222,19 +253,18 @@ Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
                     foreach ($element in $chain.ChainElements) { $top = $element }
                     $root = $null
                     if ($null -ne $top) { $root = [string]$top.Certificate.Subject }
-                    $chainStatus = ConvertTo-StringList @($chain.ChainStatus | ForEach-Object { $_.Status })
+                    $chainStatus = ConvertTo-StringList @(foreach ($status in $chain.ChainStatus) { [string]$status.Status })
 
-                    $certificate = [ordered]@{
-                        Use           = $use
-                        Thumbprint    = [string]$cert.Thumbprint
-                        Subject       = [string]$cert.Subject
-                        DnsNames      = ConvertTo-StringList $dnsNames
-                        HasPrivateKey = [bool]$cert.HasPrivateKey
-                        NotAfter      = $cert.NotAfter.ToUniversalTime()
-                        Issuer        = [string]$cert.Issuer
-                        Root          = $root
-                        ChainStatus   = $chainStatus
-                    }
+                    $certificate = New-Record
+                    $certificate['Use'] = $use
+                    $certificate['Thumbprint'] = [string]$cert.Thumbprint
+                    $certificate['Subject'] = [string]$cert.Subject
+                    $certificate['DnsNames'] = ConvertTo-StringList $dnsNames
+                    $certificate['HasPrivateKey'] = [bool]$cert.HasPrivateKey
+                    $certificate['NotAfter'] = $cert.NotAfter.ToUniversalTime()
+                    $certificate['Issuer'] = [string]$cert.Issuer
+                    $certificate['Root'] = $root
+                    $certificate['ChainStatus'] = $chainStatus
                 }
             }
         } catch {
@@ -243,16 +273,16 @@ Invoke-Probe -Name 'replica-health' -Version 2 -NoModule -Body {
         }
     }
 
-    [ordered]@{
-        CollectedAt         = [DateTime]::UtcNow
-        ProductVersion      = $productVersion
-        ProductVersionError = $productVersionError
-        Services            = $services
-        Share               = $share
-        ShareError          = $shareError
-        Folder              = $folder
-        FolderError         = $folderError
-        Certificate         = $certificate
-        CertificateError    = $certificateError
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['ProductVersion'] = $productVersion
+    $result['ProductVersionError'] = $productVersionError
+    $result['Services'] = $services
+    $result['Share'] = $share
+    $result['ShareError'] = $shareError
+    $result['Folder'] = $folder
+    $result['FolderError'] = $folderError
+    $result['Certificate'] = $certificate
+    $result['CertificateError'] = $certificateError
+    $result
 }

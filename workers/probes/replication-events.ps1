@@ -1,4 +1,5 @@
 # probe: replication-events v1
+# deadline: 30 s (read-only: module load and a bounded Get-WinEvent)
 # The recent events of the replication services in the 'Lync Server' event log,
 # read on the host that runs the File Transfer Agent: sources
 # 'LS File Transfer Agent Service', 'LS Master Replicator Agent Service',
@@ -8,6 +9,13 @@
 # Parameters:
 #   sinceHours  int  how far back to read, in hours (default 24)
 #   maxEvents   int  at most this many events (default 200)
+# Get-WinEvent (Windows PowerShell 2.0 and later; -FilterXPath, -MaxEvents, -ListLog):
+# System.Diagnostics.Eventing.Reader.EventLogRecord, read with Get-Field: Id,
+# ProviderName, TimeCreated, Level (1 Critical .. 5 Verbose; LevelDisplayName is
+# localised, so it is not used), Message (its getter fails when the description
+# cannot be rendered: then the message is "").
+#   https://learn.microsoft.com/powershell/module/microsoft.powershell.diagnostics/get-winevent
+#   https://learn.microsoft.com/dotnet/api/system.diagnostics.eventing.reader.eventlogrecord
 Invoke-Probe -Name 'replication-events' -Version 1 -NoModule -Body {
     param($Params)
 
@@ -69,40 +77,36 @@ Invoke-Probe -Name 'replication-events' -Version 1 -NoModule -Body {
     $failures = @(@($readErrors) | Where-Object { $null -ne $_ -and -not (Test-NoMatchingEvents $_) })
     if ($records.Count -eq 0 -and $failures.Count -gt 0) { throw $failures[0] }
 
+    $eventSource = 'Get-WinEvent'
     $events = @(foreach ($record in $records) {
-        $created = $record.TimeCreated
+        $created = Get-Field $record 'TimeCreated' $null $eventSource
         if ($null -ne $created) { $created = ([DateTime]$created).ToUniversalTime() }
 
-        $level = $null
-        try { $level = [string]$record.LevelDisplayName } catch { $level = $null }
-        if (-not $level) {
-            $levelValue = 4
-            try { $levelValue = [int]$record.Level } catch { $levelValue = 4 }
-            $level = switch ($levelValue) {
-                1 { 'Critical' }
-                2 { 'Error' }
-                3 { 'Warning' }
-                5 { 'Verbose' }
-                default { 'Information' }
-            }
+        # LevelDisplayName is localised and its getter can fail: the level number decides.
+        $levelValue = [int](Get-Field $record 'Level' 4 $eventSource)
+        $level = switch ($levelValue) {
+            1 { 'Critical' }
+            2 { 'Error' }
+            3 { 'Warning' }
+            5 { 'Verbose' }
+            default { 'Information' }
         }
 
-        # Message is null when the description cannot be rendered.
-        $message = $null
-        try { $message = $record.Message } catch { $message = $null }
+        # Message is null when the description cannot be rendered (its getter fails).
+        $message = Get-TextField $record 'Message' $eventSource
 
-        [ordered]@{
-            Id          = [int]$record.Id
-            Source      = [string]$record.ProviderName
-            TimeCreated = $created
-            Level       = [string]$level
-            Message     = [string]$message
-        }
+        $row = New-Record
+        $row['Id'] = [int](Get-Field $record 'Id' 0 $eventSource)
+        $row['Source'] = Get-TextField $record 'ProviderName' $eventSource
+        $row['TimeCreated'] = $created
+        $row['Level'] = $level
+        $row['Message'] = [string]$message
+        $row
     })
 
-    [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        Computer    = $computer
-        Events      = $events
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Computer'] = $computer
+    $result['Events'] = $events
+    $result
 }

@@ -1,4 +1,5 @@
 # probe: reseed-local v1
+# deadline: 600 s (module load; export, copy and Import-CsConfiguration -LocalStore on this server)
 # CHANGES THE SERVER: re-seeds the local replica of the server it runs on
 # (step 4 of the recovery when a CMS failover is blocked; run it on EACH
 # server of the pool that owns the CMS SQL store, after cms-restore).
@@ -16,6 +17,10 @@
 #                     ^cmsbot-config-[A-Za-z0-9-]{1,64}\.zip$ (no folder)
 # Data: CollectedAt, Path (full path of the zip on the server), Bytes, Sha256
 # (uppercase hex, of the file as exported, before the import), Imported (true).
+# Export-CsConfiguration -FileName and Import-CsConfiguration -FileName -LocalStore
+# (Lync Server 2010 and later) write and read the zip and return nothing:
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/export-csconfiguration
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/import-csconfiguration
 Invoke-Probe -Name 'reseed-local' -Version 1 -Body {
     param($Params)
 
@@ -36,11 +41,11 @@ Invoke-Probe -Name 'reseed-local' -Version 1 -Body {
         throw ('Import-CsConfiguration -LocalStore failed (the export ' + $path + ', SHA-256 ' + $sha256 + ', is kept): ' + (Get-ErrorMessage $_))
     }
 
-    return [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        Path        = $path
-        Bytes       = $length
-        Sha256      = $sha256
-        Imported    = $true
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Path'] = $path
+    $result['Bytes'] = $length
+    $result['Sha256'] = $sha256
+    $result['Imported'] = $true
+    return $result
 }

@@ -1,4 +1,5 @@
 # probe: start-service v1
+# deadline: 240 s (module load; Start-CsWindowsService waits up to 120 s for the service, then 60 s more)
 # CHANGES THE SERVER: starts one Lync / Skype for Business replication
 # service on the server it runs on, with Start-CsWindowsService (which waits
 # until the service has started), then reads its state back with
@@ -12,6 +13,11 @@
 # Data: Name, Before and After (service status, e.g. "Stopped", "Running"),
 # Started (true when this probe issued the start and it returned without
 # error; the caller compares After with "Running").
+# Get-CsWindowsService [-Name] [-ExcludeActivityLevel] and Start-CsWindowsService
+# -Name (Lync Server 2010 and later): Microsoft.Rtc.Management.Deployment.Core.NTService,
+# Status as in the help's example (Where-Object {$_.Status -eq "Running"}); read with Get-Field.
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/get-cswindowsservice
+#   https://learn.microsoft.com/powershell/module/skypeforbusiness/start-cswindowsservice
 Invoke-Probe -Name 'start-service' -Version 1 -Body {
     param($Params)
 
@@ -27,7 +33,7 @@ Invoke-Probe -Name 'start-service' -Version 1 -Body {
                 $found = @(Get-CsWindowsService -Name $ServiceName -ExcludeActivityLevel -ErrorAction Stop |
                     Where-Object { $null -ne $_ })
                 if ($found.Count -gt 0) {
-                    $status = Get-Field $found[0] 'Status' $null
+                    $status = Get-Field $found[0] 'Status' $null 'Get-CsWindowsService'
                     if ($null -ne $status -and [string]$status -ne '') { return [string]$status }
                 }
                 $csError = 'Get-CsWindowsService returned no status'
@@ -41,7 +47,7 @@ Invoke-Probe -Name 'start-service' -Version 1 -Body {
             if ($null -ne $csError) { $message = $message + ' (Get-CsWindowsService: ' + $csError + ')' }
             throw $message
         }
-        return [string]$services[0].Status
+        return [string](Get-Field $services[0] 'Status' '' 'Get-Service')
     }
 
     function Wait-ServiceStatus {
@@ -112,11 +118,11 @@ Invoke-Probe -Name 'start-service' -Version 1 -Body {
         $after = Get-ServiceStatus $name
     }
 
-    return [ordered]@{
-        CollectedAt = [DateTime]::UtcNow
-        Name        = $name
-        Before      = $before
-        After       = $after
-        Started     = $started
-    }
+    $result = New-Record
+    $result['CollectedAt'] = [DateTime]::UtcNow
+    $result['Name'] = $name
+    $result['Before'] = $before
+    $result['After'] = $after
+    $result['Started'] = $started
+    return $result
 }

@@ -2,20 +2,24 @@
 
 Standard library only (no pywinrm), so anything that needs the format can import it.
 
-- The shell's environment carries, each as base64 of UTF-8 text, the shared library
-  (`CMSBOT_PROBE_LIB`), and per probe its script (`CMSBOT_SCRIPT_<SLOT>`) and its parameters
-  as JSON (`CMSBOT_PARAMS_<SLOT>`); SLOT is the probe name upper-cased, '-' as '_'.
+- The shell's environment carries, each packed (UTF-8 text, gzip-compressed as RFC 1952, then
+  base64), the shared library (`CMSBOT_PROBE_LIB`), and per probe its script
+  (`CMSBOT_SCRIPT_<SLOT>`) and its parameters as JSON (`CMSBOT_PARAMS_<SLOT>`); SLOT is the probe
+  name upper-cased, '-' as '_'. Packing keeps the WS-Man Create request (and the host's echo of the
+  environment in its response) small: about 38 KB for the CMS Front End of 1,000 servers instead
+  of 219 KB, under the 150 KB MaxEnvelopeSizekb of older hosts. .NET 2.0's GZipStream unpacks it.
 - Windows caps one environment variable at 32,767 characters, so every value travels in
   chunks NAME_0, NAME_1, ... of at most ENV_CHUNK characters; the reader joins them in order
   up to the first missing index. An empty value is one empty chunk NAME_0.
 - The command is `powershell.exe ... -EncodedCommand <bootstrap>` (UTF-16LE, base64): a fixed
-  bootstrap that joins the chunks, dot-sources the decoded library, then the decoded script,
-  with the parameters' base64 (joined, not decoded) in `$CmsbotParams` for the library to read.
+  bootstrap that joins the chunks, dot-sources the unpacked library, then the unpacked script,
+  with the parameters (joined, still packed) in `$CmsbotParams` for the library to unpack.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import re
 
 HEADER = re.compile(r"^# probe: (?P<name>[a-z][a-z0-9-]*) v(?P<version>\d+)\s*$")
@@ -40,8 +44,9 @@ def params_var(name: str) -> str:
     return PARAMS_PREFIX + slot(name)
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+def packed(text: str) -> str:
+    """UTF-8, gzip (mtime 0: the same text always packs the same), base64."""
+    return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")
 
 
 def chunked(env: dict[str, str], name: str, value: str) -> None:
@@ -62,10 +67,10 @@ def joined(env: dict[str, str], name: str) -> str:
 def environment(library: str, probes: dict[str, tuple[str, str]]) -> dict[str, str]:
     """The shell environment for the library and each probe: name -> (script, parameters' JSON)."""
     env: dict[str, str] = {}
-    chunked(env, LIB_VAR, b64(library))
+    chunked(env, LIB_VAR, packed(library))
     for name, (script, params_json) in probes.items():
-        chunked(env, script_var(name), b64(script))
-        chunked(env, params_var(name), b64(params_json))
+        chunked(env, script_var(name), packed(script))
+        chunked(env, params_var(name), packed(params_json))
     return env
 
 
@@ -73,10 +78,14 @@ def bootstrap(name: str) -> str:
     """The fixed PowerShell that runs probe `name` from the shell environment."""
     return (
         "$ErrorActionPreference='Stop';"
-        "[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false;"
+        # The answer is plain ASCII (the probes' JSON writer escapes the rest), so UTF-8 output only
+        # helps stray text; a host without a console refuses the setting, which must not stop the probe.
+        "try{[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false}catch{};"
         "$j={param($n)$p='';$i=0;"
         "while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
-        "$d={param($n)[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String((& $j $n)))};"
+        "$d={param($n)$z=New-Object IO.Compression.GZipStream((New-Object IO.MemoryStream(,"
+        "[Convert]::FromBase64String((& $j $n)))),([IO.Compression.CompressionMode]::Decompress));"
+        "(New-Object IO.StreamReader($z,[Text.Encoding]::UTF8)).ReadToEnd()};"
         f"$CmsbotParams=(& $j '{params_var(name)}');"
         f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
         f". ([ScriptBlock]::Create((& $d '{script_var(name)}')))"

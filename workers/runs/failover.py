@@ -18,7 +18,7 @@ from cms.models import BackupStatus, CmsService, CmsStatus, Location, ReplicaHea
 from cms.preflight import Facts, converged
 from cms.settings import Settings
 from cms.topology import Topology
-from hub.cms_lock import change_state
+from hub.cms_lock import change_state, changes_in_flight, durability, unknown_outcomes
 from hub.contract import utcnow
 from hub.keys import Hub
 from workers.runs.status import cms_candidates
@@ -67,19 +67,15 @@ def gather(topology: Topology, settings: Settings, hub: Hub | None) -> Facts:
             "backup": backup.pools if backup else [],
             "host_errors": errors + readings.errors,
         })
-    if hub is not None:
+    if hub is not None:  # read last: the closest to the card
         _, holder, cooldown = change_state(hub)
-        facts = facts.model_copy(update={"lock_holder": holder, "cooldown": cooldown})
+        facts = facts.model_copy(update={
+            "lock_holder": holder, "cooldown": cooldown, "changes_in_flight": changes_in_flight(hub),
+            "unknown": unknown_outcomes(hub), "redis": durability(hub, settings.allow_volatile_redis)})
     return facts
 
 
-LONG_RUNNING = {"cms-failover", "cms-restore"}  # a normal failover waits for replication: minutes
-
-
 def run_change(topology: Topology, settings: Settings, server: str, probe: str, params: dict[str, Any]) -> HostRun:
-    if probe in LONG_RUNNING:
-        settings = settings.model_copy(
-            update={"host_deadline": max(settings.host_deadline, settings.failover_deadline)})
     with Fleet(topology, settings, lambda h: {probe: params} if h == server else {}) as fleet:
         return fleet.run(server, [probe])
 

@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 
 # How long past a host's deadline we wait for its thread before giving up on it.
 STRAGGLER_MARGIN = 2.0
+# The Create message around the environment (SOAP headers, shell options), generously; and what each
+# variable adds around its name and value: <rsp:Variable Name="...">...</rsp:Variable>
+ENVELOPE_BASE = 4096
+PER_VARIABLE = 48
+
+
+def envelope_size(env: dict[str, str]) -> int:
+    """Bytes of the Create request that carries `env`, and of the host's response, which echoes it."""
+    return ENVELOPE_BASE + sum(len(k) + len(v) + PER_VARIABLE for k, v in env.items())
+
+
+class EnvelopeTooLarge(HostFailure):
+    """One probe's script and parameters alone exceed the envelope limit: it is not sent."""
 
 
 M = TypeVar("M", bound=Model)
@@ -89,7 +102,8 @@ class Fleet:
             connect_timeout=settings.winrm_connect_timeout,
             proxy=settings.winrm_proxy,
         )
-        self._shells: dict[str, HostShell] = {}
+        self._shells: dict[tuple[str, int], HostShell] = {}
+        self._groups: dict[str, list[dict[str, dict[str, Any]]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=settings.fanout, thread_name_prefix="fleet")
 
     def __enter__(self) -> Fleet:
@@ -98,19 +112,58 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _shell(self, server: str) -> HostShell:
-        if server not in self._shells:
-            env = probes.shell_env(self._calls_for(server))
-            self._shells[server] = HostShell(server, endpoint(self._topology, self._settings, server), self._creds,
-                                             env, deadline=0.0)
-        return self._shells[server]
+    def _shell(self, server: str, name: str) -> HostShell:
+        """The shell whose environment carries probe `name`: one per server, unless its probes together
+        would make a Create larger than the envelope limit; then as few as fit."""
+        groups = self._groups.get(server)
+        if groups is None:
+            groups = self._groups[server] = self._packed(self._calls_for(server))
+        index = next((i for i, g in enumerate(groups) if name in g), None)
+        if index is None:  # a probe the job did not plan for this server: a shell of its own, without parameters
+            groups.append({name: {}})
+            index = len(groups) - 1
+        if (server, index) not in self._shells:
+            env = probes.shell_env(groups[index])
+            if envelope_size(env) > self._limit:
+                raise EnvelopeTooLarge(f"{name}: its script and parameters make a {envelope_size(env) // 1024} KB "
+                                       f"WS-Management message, over the {self._limit // 1024} KB limit "
+                                       "(CMSBOT_WINRM_MAX_ENVELOPE_KB and the host's MaxEnvelopeSizekb)")
+            self._shells[(server, index)] = HostShell(server, endpoint(self._topology, self._settings, server),
+                                                      self._creds, env, deadline=0.0)
+        return self._shells[(server, index)]
+
+    @property
+    def _limit(self) -> int:
+        return self._settings.winrm_max_envelope_kb * 1024
+
+    def _packed(self, calls: dict[str, dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+        """The server's probes in groups whose environment fits one Create, measured before it is sent."""
+        if envelope_size(probes.shell_env(calls)) <= self._limit:
+            return [dict(calls)]
+        groups: list[dict[str, dict[str, Any]]] = []
+        for name, params in calls.items():
+            fits = next((g for g in groups if envelope_size(probes.shell_env({**g, name: params})) <= self._limit),
+                        None)
+            if fits is None:
+                groups.append({name: params})
+            else:
+                fits[name] = params
+        return groups
+
+    def deadline(self, name: str) -> float:
+        """Seconds one probe may take here: its declared deadline, scaled by the settings."""
+        return self._settings.probe_deadline(probes.probe(name).deadline)
+
+    def budget(self, names: list[str]) -> float:
+        """Seconds a server's probes may take in a row."""
+        return sum(self.deadline(n) for n in names)
 
     def run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
-        """Run probes on one server in order, within its deadline even if the server
+        """Run probes on one server in order, each within its deadline even if the server
         trickles its answer a byte at a time (socket timeouts alone would not end that)."""
         future = self._pool.submit(self._run, server, names, stdin)
         try:
-            return future.result(timeout=self._settings.host_deadline + STRAGGLER_MARGIN)
+            return future.result(timeout=self.budget(names) + STRAGGLER_MARGIN)
         except FutureTimeout:
             return HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out, probe=names[0],
                                                    reason="no complete answer within the host deadline"))
@@ -118,10 +171,10 @@ class Fleet:
     def _run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
         """Run probes on one server in order; stop at its first failure."""
         run = HostRun(server)
-        shell = self._shell(server)
-        shell.deadline = time.monotonic() + self._settings.host_deadline
         for name in names:
             try:
+                shell = self._shell(server, name)
+                shell.deadline = time.monotonic() + self.deadline(name)  # the first also covers opening the shell
                 cmd, args = probes.command(name)
                 run.read(name, probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name))))
             except HostFailure as f:
@@ -139,7 +192,7 @@ class Fleet:
         """Run every server's probes in parallel; each result reported as it lands."""
         futures: dict[Future[HostRun], str] = {self._pool.submit(self._run, s, names): s for s, names in plan.items()}
         waves = math.ceil(len(plan) / self._settings.fanout) or 1
-        give_up = time.monotonic() + self._settings.host_deadline * waves + STRAGGLER_MARGIN
+        give_up = time.monotonic() + max(map(self.budget, plan.values()), default=0.0) * waves + STRAGGLER_MARGIN
         runs: dict[str, HostRun] = {}
         pending = set(futures)
         while pending and time.monotonic() < give_up:

@@ -146,8 +146,14 @@ class HostShell:
                 self._quietly(lambda p: p.cleanup_command(shell_id, command_id))
                 self.close()
                 raise
-            # A finished command needs no Signal: deleting the shell at the end of the job
-            # releases it (one WS-Management round trip less per probe).
+            # MS-WSMV 3.1.4.14: "a final Signal message MUST also be issued for the command after all the
+            # stream data has been received" (code terminate); pywinrm's Session.run_cmd and Ansible's winrm
+            # connection plugin (cleanup_command after every command) do the same. Best effort within the
+            # host's deadline: the output is complete, and the shell's Delete at the end of the job frees it.
+            try:
+                self._call(lambda p: p.cleanup_command(shell_id, command_id))
+            except HostFailure as exc:
+                log.debug("Signal after the last Receive on %s failed: %s", self.server, exc.reason)
             return Output(b"".join(out), b"".join(err), code)
 
     def close(self) -> None:
@@ -247,7 +253,7 @@ class HostShell:
                 return Unreachable(f"the name {urlsplit(self.endpoint).hostname} does not resolve")
             return Unreachable(f"cannot connect to {where}")
         if isinstance(exc, WSManFaultError):
-            return ProbeFailed(f"WS-Management fault from {self.server}: {exc.reason}")
+            return ProbeFailed(f"WS-Management fault from {self.server}: {exc.reason.strip()}")
         if isinstance(exc, WinRMTransportError):
             if exc.code == 401:
                 return AuthFailed(f"the WinRM credentials were rejected by {self.server} (HTTP 401)")
