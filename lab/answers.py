@@ -89,7 +89,6 @@ def to_probe_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
 
-to_ps51_json = to_probe_json  # the old name (5.1's ConvertTo-Json is no longer what the probes print)
 
 
 def error_answer(state: LabState, probe: str, version: int, message: str, category: str = "InvalidOperation",

@@ -74,6 +74,15 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
+def durable_redis(tmp_path):
+    """A redis-server of the test's own, with AOF on, that the test may stop and start again."""
+    server = RedisServer(tmp_path, durable=True)
+    assert server.owned, "restarting Redis needs a redis-server binary (.ci/run installs it)"
+    yield server
+    assert not server.stop(), "redis-server had to be killed"
+
+
+@pytest.fixture
 def db_url(redis_server) -> str:
     """A Redis database of this test's own."""
     return redis_server.fresh_db()

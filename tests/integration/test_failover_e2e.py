@@ -349,15 +349,9 @@ def test_without_redis_persistence_preflight_blocks_unless_the_risk_is_accepted(
         stop_cleanly(other, worker)
 
 
-@pytest.fixture
-def durable_redis(tmp_path):
-    server = RedisServer(tmp_path, durable=True)
-    assert server.owned, "restarting Redis needs a redis-server binary (.ci/run installs it)"
-    yield server
-    assert not server.stop(), "redis-server had to be killed"
 
 
-def test_redis_down_30_s_during_convergence_the_failover_ends_with_its_real_outcome(durable_redis, fake, edge_lab,
+def test_redis_down_during_convergence_the_failover_ends_with_its_real_outcome(durable_redis, fake, edge_lab,
                                                                                     tmp_path):
     """Redis with AOF, restarted while the failover converges: the job holds its events and writes
     them once Redis is back; the watch reads the servers throughout; one cmdlet, the real outcome."""
@@ -372,7 +366,7 @@ def test_redis_down_30_s_during_convergence_the_failover_ends_with_its_real_outc
         click(other, fake, card, "approval-approve", APPROVER)
         wait_in_thread(fake, card, "waiting for convergence")
         assert not durable_redis.stop()
-        time.sleep(30)  # the outage itself, not a wait for anything
+        time.sleep(15)  # the outage itself (longer than the client's own retries), not a wait for anything
         durable_redis.start()
         wait_in_thread(fake, card, "converged in", timeout=120)
         wait_settled(url, timeout=60)

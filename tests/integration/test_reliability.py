@@ -23,7 +23,6 @@ from tests.harness import (
     HOST_DEADLINE,
     SLACK_WORKER,
     LabProcess,
-    RedisServer,
     WorkerProcess,
     children_of,
     scaled,
@@ -91,12 +90,6 @@ def test_a_worker_killed_mid_check_turns_into_a_failed_message(db_url, lab, tmp_
 # -- Redis restarted in the middle of a flow ---------------------------------------------------
 
 
-@pytest.fixture
-def durable_redis(tmp_path):
-    server = RedisServer(tmp_path, durable=True)
-    assert server.owned, "restarting Redis needs a redis-server binary (.ci/run installs it)"
-    yield server
-    assert not server.stop(), "redis-server had to be killed"
 
 
 def test_redis_restarted_mid_flow_everything_reconnects(durable_redis, lab, tmp_path):
