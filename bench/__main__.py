@@ -19,9 +19,21 @@ from bench.harness import children_of, parts, percentile, rss_kb, summary_ms, wa
 
 
 def bench_ack(total: int = 200, concurrency: int = 50) -> dict:
-    """Signed /cms-status requests against the Bolt HTTP endpoint: time to the ack.
+    """Signed /cms-status requests against the HTTP endpoint: time to the ack.
 
-    Requests are signed before the clock starts (Slack signs before it sends), and each of
+    The figures: every request admitted (each from a channel of its own, fair-use limits off), so
+    each one stores its request and enqueues its job, as every request did before fair use. Then
+    `one_user_flood`: the same requests from one user in one channel on the default limits (most
+    are merged into the check in flight or refused by the limit), with how they were answered."""
+    admitted = _ack_run(total, concurrency, spread=True)
+    flood = _ack_run(total, concurrency, spread=False)
+    return {"bench": "ack", "requests": total, "concurrency": concurrency, **admitted,
+            "one_user_flood": {k: flood[k] for k in ("ok", "p50_ms", "p99_ms", "max_ms", "answers")},
+            "target": "p99 <= 100 ms"}
+
+
+def _ack_run(total: int, concurrency: int, *, spread: bool) -> dict:
+    """Requests are signed before the clock starts (Slack signs before it sends), and each of
     the `concurrency` clients keeps its HTTP/1.1 connection open, as Slack's senders do.
     A first burst of `concurrency` requests against the fresh bot is reported apart (cold):
     it pays for new connections, threads and Redis connection pools once per process."""
@@ -33,50 +45,59 @@ def bench_ack(total: int = 200, concurrency: int = 50) -> dict:
     with parts() as p:
         lab = p.lab()
         fake = p.slack_process()
-        bot = p.bot(lab, fake)
-        bot.command("/cms-help")  # warm up
+        settings = {"slack_channels": "", "limit_user": "0", "limit_channel": "0"} if spread else {}
+        bot = p.bot(lab, fake, **settings)
+
+        def signed(command: str, channel: str, trigger: str) -> tuple[bytes, dict[str, str]]:
+            body = urllib.parse.urlencode({
+                "team_id": "T0001", "team_domain": "contoso", "channel_id": channel, "user_id": "U0OPERATOR",
+                "command": command, "text": "", "trigger_id": trigger, "response_url": ""})
+            ts = str(int(time.time()))
+            return body.encode(), {"Content-Type": "application/x-www-form-urlencoded",
+                                   "X-Slack-Request-Timestamp": ts,
+                                   "X-Slack-Signature": signature(bot.secret, ts, body)}
+        warm = http.client.HTTPConnection("127.0.0.1", bot.port, timeout=10)
+        warm.request("POST", "/slack/events", *signed("/cms-help", "C0OPS", "bench-warm"))
+        warm.getresponse().read()
+        warm.close()
         work: queues.Queue = queues.Queue()
         for i in range(total + concurrency):
-            body = urllib.parse.urlencode({
-                "team_id": "T0001", "channel_id": "C0OPS", "user_id": "U0OPERATOR", "command": "/cms-status",
-                "text": "", "trigger_id": f"bench-ack-{i}", "response_url": ""})
-            ts = str(int(time.time()))
-            work.put((body.encode(), {"Content-Type": "application/x-www-form-urlencoded",
-                                      "X-Slack-Request-Timestamp": ts,
-                                      "X-Slack-Signature": signature(bot.secret, ts, body)}))
+            work.put(signed("/cms-status", f"C0BENCH{i}" if spread else "C0OPS", f"bench-ack-{i}"))
         latencies: list[float] = []
         statuses: list[int] = []
+        answers: list[str] = []
         cold: list[float] = []
-        warm = threading.Barrier(concurrency)
+        barrier = threading.Barrier(concurrency)
 
-        def send(conn, body, headers) -> tuple[float, int]:
+        def send(conn, body, headers) -> tuple[float, int, str]:
             started = time.perf_counter()
             conn.request("POST", "/slack/events", body=body, headers=headers)
             resp = conn.getresponse()
-            resp.read()
-            return time.perf_counter() - started, resp.status
+            text = resp.read().decode(errors="replace")
+            return time.perf_counter() - started, resp.status, text
 
         def client() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", bot.port, timeout=10)
             cold.append(send(conn, *work.get_nowait())[0])  # the first burst, on a fresh bot
-            warm.wait()
+            barrier.wait()
             while True:
                 try:
                     body, headers = work.get_nowait()
                 except queues.Empty:
                     break
-                elapsed, status = send(conn, body, headers)
+                elapsed, status, text = send(conn, body, headers)
                 latencies.append(elapsed)
                 statuses.append(status)
+                answers.append("limited" if "Try again in" in text else
+                               "merged" if "already running" in text else "admitted")
             conn.close()
         threads = [threading.Thread(target=client) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    return {"bench": "ack", "requests": total, "concurrency": concurrency,
-            "ok": statuses.count(200), **summary_ms(latencies),
-            "cold_burst_p99_ms": summary_ms(cold)["p99_ms"], "target": "p99 <= 100 ms"}
+    return {"ok": statuses.count(200), **summary_ms(latencies), "cold_burst_p99_ms": summary_ms(cold)["p99_ms"],
+            "answers": {k: answers.count(k) for k in ("admitted", "merged", "limited")}}
 
 
 def _status_wall_time(servers: int, latency_ms: int) -> tuple[float, dict]:
@@ -135,7 +156,9 @@ def bench_soak(total: int = 500, window_s: float = 10.0, servers: int = 20, work
         lab = p.lab("--servers", str(servers))
         worker_procs = [p.worker(lab, host_deadline="30") for _ in range(workers)]
         fake = p.slack()
-        bot = p.bot(lab, fake)
+        # 500 distinct checks: each from a channel of its own (identical ones in flight in one channel are
+        # merged into one), fair-use limits off
+        bot = p.bot(lab, fake, slack_channels="", limit_user="0", limit_channel="0")
         peak = {w.proc.pid: 0 for w in worker_procs}
         horse_peak = 0
         sampling = threading.Event()
@@ -155,7 +178,8 @@ def bench_soak(total: int = 500, window_s: float = 10.0, servers: int = 20, work
         for i in range(total):
             due = started + i * window_s / total
             time.sleep(max(0.0, due - time.perf_counter()))
-            threading.Thread(target=bot.command, args=("/cms-status",), kwargs={"trigger": f"soak-{i}"}).start()
+            threading.Thread(target=bot.command, args=("/cms-status",),
+                             kwargs={"trigger": f"soak-{i}", "channel": f"C0SOAK{i}"}).start()
             sent[f"soak-{i}"] = time.time()
         submitted_in = time.perf_counter() - started
 

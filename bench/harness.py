@@ -80,8 +80,8 @@ class Parts:
         assert proc.stdout is not None  # stdout=PIPE
         return SimpleNamespace(base_url=proc.stdout.readline().strip())  # type: ignore[return-value]
 
-    def bot(self, lab: LabProcess, fake: SlackFake) -> BotProcess:
-        bot = BotProcess(self.workdir, self.redis.url, lab.topology, fake)
+    def bot(self, lab: LabProcess, fake: SlackFake, **settings: str) -> BotProcess:
+        bot = BotProcess(self.workdir, self.redis.url, lab.topology, fake, **settings)
         self.stack.callback(bot.stop)
         return bot
 

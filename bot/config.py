@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from typing import Annotated, cast
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cms import secret_files
 
 Ids = Annotated[frozenset[str], NoDecode]  # "U123,S456" in the environment, not JSON
 
@@ -18,6 +20,9 @@ def _ids(value: object) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
     return frozenset(str(v).strip() for v in cast(Iterable[object], value))  # a list or set given in code
+
+
+SECRETS = ("bot_token", "signing_secret", "app_token")
 
 
 class SlackSettings(BaseSettings):
@@ -38,6 +43,16 @@ class SlackSettings(BaseSettings):
     operators: Ids = frozenset()
     approvers: Ids = frozenset()
     group_refresh: float = 300.0  # seconds between refreshes of user-group membership
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # CMSBOT_SLACK_BOT_TOKEN_FILE, ..._SIGNING_SECRET_FILE, ..._APP_TOKEN_FILE, or CMSBOT_SECRETS_DIR
+        return secret_files.sources(settings_cls, init_settings, env_settings, {
+            name: (f"CMSBOT_SLACK_{name.upper()}",) for name in SECRETS})
 
     @field_validator("channels", "operators", "approvers", mode="before")
     @classmethod

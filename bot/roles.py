@@ -32,6 +32,10 @@ ROLE_TEXT = {
 class Roles:
     def __init__(self, settings: SlackSettings):
         self.channels = settings.channels
+        if not self.channels:
+            log.warning("CMSBOT_SLACK_CHANNELS is not set: the bot answers in any channel it is invited to, and "
+                        "anyone there can read server names, addresses, certificates and ACLs in its reports. "
+                        "Set it to the allowed channel IDs (comma-separated) to restrict it; /cms-help says so too")
         self._members = {Role.operator: settings.operators, Role.approver: settings.approvers}
         self._groups: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()

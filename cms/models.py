@@ -59,6 +59,7 @@ class CmsStatus(Model):
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     store: StoreStatus
     services: list[CmsService] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # what the parser left out (an invalid name), and why
 
 
 class Location(Model):
@@ -69,6 +70,7 @@ class Location(Model):
     services: list[CmsService] = []
     pairs: dict[str, str | None] = {}
     backend_sql: dict[str, str | None] = {}
+    notes: list[str] = []  # what the parser left out (an invalid name), and why
 
 
 class ServiceState(str, Enum):
@@ -154,6 +156,7 @@ class Reachability(Model):
     identity: str | None = None
     collected_at: datetime
     results: list[PortTest] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # what the parser left out (an invalid name), and why
 
 
 class Membership(Model):
@@ -185,6 +188,7 @@ class BackupStatus(Model):
     """Get-CsBackupServiceStatus for each pool of the CMS pair (backup-status)."""
 
     pools: list[PoolBackup] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # what the parser left out (an invalid name), and why
 
 
 class EventLog(Model):
@@ -308,6 +312,9 @@ class StatusReport(Model):
     backup: list[PoolBackup] = Field(default_factory=list)
     host_errors: list[HostError] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
+    # what the reader should know besides the findings: names a server sent that were left out as
+    # invalid, servers reached over plain HTTP because the topology allows it
+    notes: list[str] = Field(default_factory=list)
 
     @property
     def healthy(self) -> bool:

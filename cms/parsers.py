@@ -1,12 +1,19 @@
 """Probe data (already decoded JSON: the probes' 2.0-compatible writer, or 5.1's ConvertTo-Json) ->
 typed models. Pure functions; cms.ps_json reads both shapes. A field the product version does not
-report (null in the probes' answer, see workers/probes/_lib.ps1) becomes None where the model says so."""
+report (null in the probes' answer, see workers/probes/_lib.ps1) becomes None where the model says so.
+
+What a server says is bounded and checked before it is kept: every string is cut to a length
+(cms.ps_json.MAX_TEXT, event messages MAX_MESSAGE) and says "truncated" when it was; every host name it
+names (ActiveMasterFqdn, the File Transfer Agents, replicas, pools, the addresses the port test
+used, SQL servers) must be one, or it is left out of the model and the model's `notes` say so."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cms.discovery import parse_discover
+from cms.doctor import parse_doctor
 from cms.models import (
     Ace,
     BackupModule,
@@ -34,15 +41,18 @@ from cms.models import (
     StoreStatus,
 )
 from cms.ps_json import (
+    MAX_MESSAGE,
     as_ace_allow,
     as_bool,
     as_datetime,
-    as_fqdn,
+    as_host,
+    as_hosts,
     as_list,
     as_optional_bool,
     as_service_state,
     as_str,
     as_strings,
+    clip,
 )
 
 
@@ -65,10 +75,11 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
 def parse_cms_status(data: Any) -> CmsStatus:
     d = _mapping(data, "cms-status")
     store = _mapping(d.get("Store") or {}, "cms-status Store")
+    notes: list[str] = []
     replicas = []
     for row in as_list(d.get("Replicas")):
         row = _mapping(row, "cms-status replica")
-        fqdn = as_fqdn(row.get("ReplicaFqdn"))
+        fqdn = as_host(row.get("ReplicaFqdn"), "ReplicaFqdn", notes)
         if not fqdn:
             continue
         replicas.append(ReplicaStatus(
@@ -78,7 +89,7 @@ def parse_cms_status(data: Any) -> CmsStatus:
             last_update_creation=as_datetime(row.get("LastUpdateCreation")),
             product_version=as_str(row.get("ProductVersion")),
         ))
-    services = _cms_services(_mapping(x, "cms-status service") for x in as_list(d.get("Services")))
+    services = _cms_services((_mapping(x, "cms-status service") for x in as_list(d.get("Services"))), notes)
     collected = as_datetime(d.get("CollectedAt"))
     if collected is None:
         raise ParseError("cms-status: CollectedAt missing")
@@ -87,28 +98,31 @@ def parse_cms_status(data: Any) -> CmsStatus:
         product_version=as_str(d.get("ProductVersion")),
         replicas=replicas,
         store=StoreStatus(
-            active_master_fqdn=as_fqdn(store.get("ActiveMasterFqdn")),
-            active_file_transfer_agents=[f.lower() for f in as_strings(store.get("ActiveFileTransferAgents"))],
-            active_replicas=[f.lower() for f in as_strings(store.get("ActiveReplicas"))],
+            active_master_fqdn=as_host(store.get("ActiveMasterFqdn"), "ActiveMasterFqdn", notes),
+            active_file_transfer_agents=as_hosts(store.get("ActiveFileTransferAgents"), "ActiveFileTransferAgents",
+                                                 notes),
+            active_replicas=as_hosts(store.get("ActiveReplicas"), "ActiveReplicas", notes),
             deleted_replicas=None if not_reported(d, "DeletedReplicas")
-            else [f.lower() for f in as_strings(store.get("DeletedReplicas"))],
+            else as_hosts(store.get("DeletedReplicas"), "DeletedReplicas", notes),
         ),
         services=services,
+        notes=notes,
     )
 
 
-def _cms_services(rows: Iterable[dict[str, Any]]) -> list[CmsService]:
+def _cms_services(rows: Iterable[dict[str, Any]], notes: list[str]) -> list[CmsService]:
     """Get-CsService -CentralManagement's objects, as cms-status and cms-location both report them."""
-    return [
-        CmsService(
-            pool_fqdn=as_fqdn(s.get("PoolFqdn")) or "",
-            site_id=as_str(s.get("SiteId")),
-            version=as_str(s.get("Version")),
-            active=as_optional_bool(s.get("Active")),  # None: not reported (Lync Server 2010)
-        )
-        for s in rows
-        if as_str(s.get("PoolFqdn"))
-    ]
+    services = []
+    for s in rows:
+        pool = as_host(s.get("PoolFqdn"), "PoolFqdn", notes)
+        if pool:
+            services.append(CmsService(
+                pool_fqdn=pool,
+                site_id=as_str(s.get("SiteId")),
+                version=as_str(s.get("Version")),
+                active=as_optional_bool(s.get("Active")),  # None: not reported (Lync Server 2010)
+            ))
+    return services
 
 
 def parse_location(data: Any) -> Location:
@@ -118,13 +132,17 @@ def parse_location(data: Any) -> Location:
         raise ParseError("cms-location: expected an object")
     raw_conn = data.get("Connection")
     conn = raw_conn if isinstance(raw_conn, dict) else {}
-    services = _cms_services(s for s in as_list(data.get("Services")) if isinstance(s, dict))
-    pairs = {as_fqdn(p.get("PoolFqdn")) or "": as_fqdn(p.get("BackupPoolFqdn"))
+    notes: list[str] = []
+    services = _cms_services((s for s in as_list(data.get("Services")) if isinstance(s, dict)), notes)
+    pairs = {as_host(p.get("PoolFqdn"), "PoolFqdn", notes) or "": as_host(p.get("BackupPoolFqdn"), "BackupPoolFqdn",
+                                                                           notes)
              for p in as_list(data.get("Pairs")) if isinstance(p, dict)}
-    backend = {as_fqdn(p.get("PoolFqdn")) or "": as_fqdn(p.get("BackendSql"))
+    backend = {as_host(p.get("PoolFqdn"), "PoolFqdn", notes) or "": as_host(p.get("BackendSql"), "BackendSql", notes)
                for p in as_list(data.get("Pools")) if isinstance(p, dict)}
-    return Location(store_sql=as_fqdn(conn.get("SqlServer")), store_text=as_str(conn.get("Source")), services=services,
-                    pairs=pairs, backend_sql=backend)
+    pairs.pop("", None)
+    backend.pop("", None)
+    return Location(store_sql=as_host(conn.get("SqlServer"), "SqlServer", notes), store_text=as_str(conn.get("Source")),
+                    services=services, pairs=pairs, backend_sql=backend, notes=notes)
 
 
 def _collected(d: dict[str, Any], what: str):
@@ -196,29 +214,32 @@ def parse_replication_events(data: Any) -> tuple[str | None, list[ReplicationEve
         if time is None or not isinstance(event_id, (int, str)) or not str(event_id).isdigit():
             continue
         events.append(ReplicationEvent(id=int(event_id), source=as_str(e.get("Source")) or "", time=time,
-                                       level=as_str(e.get("Level")), message=str(e.get("Message") or ""),
+                                       level=as_str(e.get("Level")), message=clip(str(e.get("Message") or ""),
+                                                                                  MAX_MESSAGE),
                                        computer=computer))
     return computer, sorted(events, key=lambda ev: ev.time, reverse=True)
 
 
 def parse_reachability(server: str, data: Any) -> Reachability:
     d = _mapping(data, "reachability")
+    notes: list[str] = []
     results = []
     for r in as_list(d.get("Results")):
         r = _mapping(r, "reachability result")
-        fqdn = as_fqdn(r.get("Fqdn"))
+        fqdn = as_host(r.get("Fqdn"), "Fqdn", notes)
         if not fqdn:
             continue
         share = r.get("ShareWritable")
         results.append(PortTest(
-            fqdn=fqdn, address=as_str(r.get("Address")) or fqdn, port=int(r.get("Port") or 0),
+            fqdn=fqdn, address=as_host(r.get("Address"), f"Address of {fqdn}", notes, address=True) or fqdn,
+            port=int(r.get("Port") or 0),
             connected=as_bool(r.get("Connected")), error=as_str(r.get("Error")),
             elapsed_ms=int(r["ElapsedMs"]) if isinstance(r.get("ElapsedMs"), (int, float)) else None,
             share_writable=None if share is None or share == "" else as_bool(share),
             share_error=as_str(r.get("ShareError")),
         ))
-    return Reachability(source=as_str(d.get("From")) or server, identity=as_str(d.get("Identity")),
-                        collected_at=_collected(d, "reachability"), results=results)
+    return Reachability(source=as_host(d.get("From"), "From", notes) or server, identity=as_str(d.get("Identity")),
+                        collected_at=_collected(d, "reachability"), results=results, notes=notes)
 
 
 def parse_ad_membership(data: Any) -> GroupMembership:
@@ -233,20 +254,27 @@ def parse_ad_membership(data: Any) -> GroupMembership:
     return GroupMembership(group=as_str(d.get("Group")), computers=computers)
 
 
-def parse_backup_status(data: Any) -> list[PoolBackup]:
+def parse_backup_status(data: Any, notes: list[str] | None = None) -> list[PoolBackup]:
+    """`notes`, when given, gets what was left out (an invalid pool name) and why."""
     d = _mapping(data, "backup-status")
+    notes = [] if notes is None else notes
     pools = []
     for p in as_list(d.get("Pools")):
         p = _mapping(p, "backup-status pool")
-        pool = as_fqdn(p.get("PoolFqdn"))
+        pool = as_host(p.get("PoolFqdn"), "PoolFqdn", notes)
         if not pool:
             continue
         modules = [BackupModule(identity=as_str(m.get("Identity")) or "?", export_status=as_str(m.get("ExportStatus")),
                                 import_status=as_str(m.get("ImportStatus")))
                    for m in (_mapping(x, "backup module") for x in as_list(p.get("Modules")))]
-        pools.append(PoolBackup(pool=pool, backup_pool=as_fqdn(p.get("BackupPoolFqdn")), modules=modules,
-                                error=as_str(p.get("Error"))))
+        pools.append(PoolBackup(pool=pool, backup_pool=as_host(p.get("BackupPoolFqdn"), "BackupPoolFqdn", notes),
+                                modules=modules, error=as_str(p.get("Error"))))
     return pools
+
+
+def parse_backup(data: Any) -> BackupStatus:
+    notes: list[str] = []
+    return BackupStatus(pools=parse_backup_status(data, notes), notes=notes)
 
 
 # -- the change probes ----------------------------------------------------------------------------
@@ -261,8 +289,10 @@ def parse_configuration_file(data: Any) -> ConfigurationFile:
     """export-configuration, import-configuration and reseed-local all describe one zip."""
     d = _mapping(data, "configuration file")
     size = d.get("Bytes")
+    # the zip's base64 is kept whole: the transport bounds the answer (CMSBOT_WINRM_MAX_ANSWER_MB), and the
+    # SHA-256 checks it end to end
     return ConfigurationFile(path=as_str(d.get("Path")), bytes=int(size) if isinstance(size, (int, float)) else None,
-                             sha256=as_str(d.get("Sha256")) or "", content=as_str(d.get("Content")) or "")
+                             sha256=as_str(d.get("Sha256")) or "", content=as_str(d.get("Content"), None) or "")
 
 
 def parse_replication_request(data: Any) -> ReplicationRequest:
@@ -287,7 +317,7 @@ _ANSWERS: dict[str, Callable[[str, Any], Model]] = {
     "cms-status": lambda server, d: parse_cms_status(d),
     "cms-location": lambda server, d: parse_location(d),
     "replica-health": parse_replica_health,
-    "backup-status": lambda server, d: BackupStatus(pools=parse_backup_status(d)),
+    "backup-status": lambda server, d: parse_backup(d),
     "replication-events": lambda server, d: EventLog(computer=(log := parse_replication_events(d))[0], events=log[1]),
     "reachability": parse_reachability,
     "ad-membership": lambda server, d: parse_ad_membership(d),
@@ -298,6 +328,8 @@ _ANSWERS: dict[str, Callable[[str, Any], Model]] = {
     "force-replication": lambda server, d: parse_replication_request(d),
     "cms-failover": lambda server, d: parse_cmdlet_run(d),
     "cms-restore": lambda server, d: parse_cmdlet_run(d),
+    "discover": lambda server, d: parse_discover(d),  # cmsbot discover (cms/discovery.py)
+    "doctor": parse_doctor,  # cmsbot doctor (cms/doctor.py)
 }
 PARSED_PROBES = frozenset(_ANSWERS)
 

@@ -11,6 +11,7 @@ missing. These helpers make each shape read as what it means.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,15 @@ from typing import Any
 from cms.models import ServiceState
 
 _MS_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+
+# What a server may make us keep: a string longer than this is cut, and says so (`clip`). Event
+# messages (the diagnosis reads replica names and paths out of them) and error texts get more room.
+MAX_TEXT = 2000
+MAX_MESSAGE = 16_000
+# RFC 1123 host names: labels of letters, digits and hyphens, 1-63 characters, not starting or ending
+# with a hyphen; at most 253 characters. Underscores are accepted (Windows DNS allows them in names).
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+MAX_FQDN = 253
 
 
 def as_list(value: Any) -> list[Any]:
@@ -28,11 +38,20 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def as_str(value: Any) -> str | None:
+def clip(text: str, limit: int | None = MAX_TEXT) -> str:
+    """`text`, or its first `limit` characters followed by a note that says it was truncated."""
+    if limit is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… (truncated: {len(text):,} characters)"
+
+
+def as_str(value: Any, limit: int | None = MAX_TEXT) -> str | None:
+    """A string a server sent, stripped; None when empty; cut to `limit` characters (None: kept whole,
+    for data that must stay intact, such as an exported zip's base64)."""
     if value is None:
         return None
     text = str(value).strip()
-    return text or None
+    return clip(text, limit) if text else None
 
 
 def as_fqdn(value: Any) -> str | None:
@@ -41,8 +60,47 @@ def as_fqdn(value: Any) -> str | None:
     return text.rstrip(".").lower() if text else None
 
 
-def as_strings(value: Any) -> list[str]:
-    return [s for s in (as_str(v) for v in as_list(value)) if s]
+def is_fqdn(name: str) -> bool:
+    """A host name (RFC 1123 labels, at most 253 characters), without a trailing dot."""
+    return 0 < len(name) <= MAX_FQDN and all(_LABEL.match(label) for label in name.split("."))
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value that failed validation, safe to show anywhere: printable, without the characters that
+    are markup in Slack or Markdown (<, >, &, backticks), and short."""
+    text = "".join(c for c in str(value) if c.isprintable() and c not in "<>&`")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def as_host(value: Any, what: str, notes: list[str], *, address: bool = False) -> str | None:
+    """A host name a server reported (ActiveMasterFqdn, a File Transfer Agent, a replica, a pool, an
+    address), lower case and without a trailing dot, when it is one: anything else is kept out (None)
+    and a note says so, naming `what` it was. `address`: an IP address is accepted too."""
+    text = as_str(value, None)
+    if not text:
+        return None
+    name = text.rstrip(".").lower()
+    if is_fqdn(name) or (address and is_address(text)):
+        return name if is_fqdn(name) else text
+    notes.append(f'{what}: invalid name left out ("{shown(text)}", {len(text):,} characters): not a host name')
+    return None
+
+
+def as_hosts(value: Any, what: str, notes: list[str]) -> list[str]:
+    """Each host name of a list, validated as `as_host` does."""
+    return [h for h in (as_host(v, what, notes) for v in as_list(value)) if h]
+
+
+def as_strings(value: Any, limit: int | None = MAX_TEXT) -> list[str]:
+    return [s for s in (as_str(v, limit) for v in as_list(value)) if s]
 
 
 def as_optional_bool(value: Any) -> bool | None:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cms import secret_files
 
 # What the probes declare in their headers (workers/probes/*.ps1, `# deadline: N s`), for the jobs'
 # hard time limits; tests/unit/test_probe_scripts.py keeps these in step with the headers.
@@ -50,6 +52,10 @@ class Settings(BaseSettings):
                                 "MaxEnvelopeSizekb (150 on Windows Server 2008 R2, 500 on current Windows) and "
                                 "pywinrm's 150 KB for the response that echoes the environment; above it the "
                                 "probes of a server are spread over several shells")
+    winrm_max_answer_mb: int = Field(
+        8, ge=1, le=1024, description="the most output one probe's answer may have, in MB: past it the worker stops "
+                                      "reading, ends the command and reports the probe as failed (an export of a "
+                                      "very large CMS may need more)")
 
     # Deadlines and fan-out
     host_deadline: float = Field(30.0, gt=0, description="seconds a read-only probe may take on one server, module "
@@ -81,10 +87,45 @@ class Settings(BaseSettings):
     events_keep: float = Field(86400.0, ge=0, description="seconds delivered events stay in the events stream; "
                                                           "undelivered ones stay until every consumer group has them")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the secrets may come from files: REDIS_URL_FILE, CMSBOT_WINRM_PASSWORD_FILE, CMSBOT_SECRETS_DIR
+        return secret_files.sources(settings_cls, init_settings, env_settings, {
+            "redis_url": ("REDIS_URL", "CMSBOT_REDIS_URL"), "winrm_password": ("CMSBOT_WINRM_PASSWORD",)})
+
+    # The HTTP endpoint (`cmsbot bot` in HTTP mode: gunicorn, bot/serve/http.py)
+    http_threads: int = Field(32, ge=2, le=1024, description="threads of one serving process: requests it reads "
+                                                             "and answers at once")
+    http_connections: int = Field(1000, ge=4, le=100_000, description="connections one serving process holds "
+                                                                      "open at once (a silent or half-sent one costs "
+                                                                      "a socket, not a thread); more wait in the "
+                                                                      "listen backlog")
+    http_max_body: int = Field(1024 * 1024, ge=1024, description="bytes a request body may have; more: 413, "
+                                                                 "answered before the body is read")
+    http_header_timeout: float = Field(5.0, gt=0, description="seconds from a request's first byte to the end of "
+                                                              "its headers; then the connection is closed")
+    http_body_timeout: float = Field(10.0, gt=0, description="seconds to receive a request's body; then 408")
+    http_keepalive: int = Field(5, ge=1, le=300, description="seconds an idle connection stays open (kept alive "
+                                                             "after a request, or opened and silent)")
+
+    # Fair use: requests that reach the servers (/cms-status, /cms-replicate, remediations), per
+    # sliding window, in Redis so that every serving process counts the same; 0 turns a limit off
+    limit_window: float = Field(60.0, gt=0, description="seconds the limits below count over")
+    limit_user: int = Field(10, ge=0, description="requests one user may start per window")
+    limit_channel: int = Field(30, ge=0, description="requests one channel may start per window")
+
     @model_validator(mode="after")
     def _password_from_file(self) -> Settings:
+        # winrm_password_file given in code (the environment's CMSBOT_WINRM_PASSWORD_FILE is read above)
         if self.winrm_password_file and not self.winrm_password.get_secret_value():
-            secret = self.winrm_password_file.read_text(encoding="utf-8").strip()
+            try:
+                secret = secret_files.read_secret(self.winrm_password_file, "winrm_password_file")
+            except ValueError as e:  # SettingsError: a ValidationError from here
+                raise ValueError(str(e)) from None
             object.__setattr__(self, "winrm_password", SecretStr(secret))
         return self
 

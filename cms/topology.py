@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -78,8 +78,11 @@ class Pool(_Strict):
 
 
 class WinrmDefaults(_Strict):
-    scheme: str | None = None
+    scheme: Literal["https", "http"] | None = None
     port: int | None = None
+    # plain HTTP to a server (`scheme: http`, or an `endpoint` with http://) while CMSBOT_WINRM_SCHEME is
+    # https is refused unless this says so; then it is logged and each /cms-status says which servers
+    allow_http: bool = False
 
 
 class Deployment(_Strict):

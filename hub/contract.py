@@ -11,9 +11,10 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 from pydantic import BaseModel, Field
@@ -31,8 +32,12 @@ REQUEST_TTL = 21 * 24 * 3600
 EVENTS_CAP = 1_000_000
 STATUS = "status"  # read-only diagnostics; may be retried
 CHANGE = "change"  # remediations, failover, recovery; never retried
+# the read-only preflight of a failover or recovery: a queue of its own, taken before any status check
+# (never behind a flood of them) and apart from the changes (it reads the change queue to grade a plan)
+PREFLIGHT = "preflight"
 
 TERMINAL_KINDS = frozenset({"result", "failed"})
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -58,6 +63,13 @@ class Request(BaseModel):
     thread: str | None = None
     origin: Literal["slack", "console"] = "console"
     created_at: datetime = Field(default_factory=utcnow)
+    # Slack's response_url of the command or click (valid RESPONSE_URL_TTL, at most RESPONSE_URL_USES
+    # uses): how the user still gets an answer when the bot cannot post in the channel
+    response_url: str | None = Field(default=None, repr=False)
+
+
+RESPONSE_URL_TTL = 30 * 60  # seconds Slack accepts posts to a response_url
+RESPONSE_URL_USES = 5
 
 
 @dataclass(frozen=True)
@@ -86,23 +98,37 @@ def _s(v: bytes | str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client that rides out a Redis restart: retries on connection errors."""
+    """A client that rides out a Redis restart: retries on connection errors, but not on a refused
+    password or user (WRONGPASS, NOAUTH: redis-py's AuthenticationError is a ConnectionError) or a
+    TLS certificate that does not verify, which no retry mends: those are reported at once."""
+    import ssl
+
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
+
+    class _Retry(Retry):
+        def call_with_retry(self, do: Callable[[], T], fail: Any,
+                            is_retryable: Callable[[Exception], bool] | None = None,
+                            with_failure_count: bool = False) -> T:
+            def retryable(e: Exception) -> bool:
+                if isinstance(e, redis.AuthenticationError) or isinstance(e.__context__, ssl.SSLCertVerificationError):
+                    return False
+                return is_retryable is None or is_retryable(e)
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
 
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=5,
         socket_timeout=30,
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
+        retry=_Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
 
 def queues(hub: Hub) -> list[Queue]:
-    """A worker's queues, most urgent first."""
-    return [queue(hub, kind) for kind in (CHANGE, STATUS)]
+    """A worker's queues, most urgent first: RQ takes the next job from the first queue that has one."""
+    return [queue(hub, kind) for kind in (CHANGE, PREFLIGHT, STATUS)]
 
 
 def queue(hub: Hub, kind: str) -> Queue:

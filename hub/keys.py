@@ -99,6 +99,19 @@ class Keys:
     def remediating(self, kind: str, target: str) -> str:
         return self._key("remediating", kind, target)
 
+    # fair use (hub/fair_use.py): one sliding window per limit, shared by every serving process
+    def limit_user(self, user: str) -> str:
+        """The requests one user started lately (a sorted set: request id -> ms)."""
+        return self._key("limit", "user", user)
+
+    def limit_channel(self, channel: str) -> str:
+        """The requests started in one channel lately (a sorted set: request id -> ms)."""
+        return self._key("limit", "channel", channel)
+
+    def status_running(self, channel: str, scope: str) -> str:
+        """The status check of this scope last started in this channel (a hash: request, at)."""
+        return self._key("inflight", "status", channel, scope)
+
     # delivery bookkeeping of the adapters
     def delivered(self, group: str, request_id: str) -> str:
         return self._key("delivered", group, request_id)

@@ -20,9 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cms.topology import ServerRole, Version
+from lab import powershell
 from lab.deployment import (
     DOMAIN,
     EVENT_EVERY,
+    HOSTILE_NAME,
+    HUGE_ANSWER,
+    HUGE_ERROR,
     REPLICATOR_GROUP,
     REPORT_EVERY,
     RUNNING,
@@ -61,6 +65,7 @@ SOURCES: dict[str, dict[str, str]] = {
         **dict.fromkeys(("StoreProvider", "SqlServer", "SqlInstance"), "Get-CsManagementConnection"),
         **dict.fromkeys(("SiteId", "Version", "Active"), "Get-CsService -CentralManagement"),
     },
+    "discover": {"Active": "Get-CsService -CentralManagement"},
     "backup-status": {
         "BackupPoolFqdn": "Get-CsPoolBackupRelationship",
         **dict.fromkeys(("Identity", "ExportStatus", "ImportStatus"), "Get-CsBackupServiceStatus BackupModules"),
@@ -71,7 +76,7 @@ SOURCES: dict[str, dict[str, str]] = {
 # Properties a product version's cmdlets do not have at all: Get-CsService -CentralManagement has Active
 # from Lync Server 2013 on (CMS failover and pool pairing came with 2013).
 VERSION_LACKS: dict[Version, dict[str, set[str]]] = {
-    Version.lync2010: {"cms-status": {"Active"}, "cms-location": {"Active"}},
+    Version.lync2010: {"cms-status": {"Active"}, "cms-location": {"Active"}, "discover": {"Active"}},
 }
 
 
@@ -91,10 +96,20 @@ def to_probe_json(doc: dict[str, Any]) -> str:
 
 
 
+def powershell_of(state: LabState, server: LabServer | None) -> str:
+    """The Windows PowerShell a server runs: its version's, unless a scenario says otherwise (powershell-2)."""
+    return (server.powershell if server is not None else None) or POWERSHELL[state.version]
+
+
+# Import-CsModule's error (workers/probes/_lib.ps1) on a server without the module (module-missing)
+MODULE_MISSING = "Neither the SkypeForBusiness nor the Lync PowerShell module is installed on this server"
+MODULE_CAUGHT = {"replica-health", "doctor"}  # they load the module inside a try and report its error as data
+
+
 def error_answer(state: LabState, probe: str, version: int, message: str, category: str = "InvalidOperation",
-                 command: str = "") -> str:
+                 command: str = "", server: LabServer | None = None) -> str:
     """Invoke-Probe's error document."""
-    return to_probe_json({"probe": probe, "version": version, "ps": POWERSHELL[state.version],
+    return to_probe_json({"probe": probe, "version": version, "ps": powershell_of(state, server),
                           "error": {"message": message, "category": category, "command": command}})
 
 
@@ -155,11 +170,15 @@ def run(state: LabState, server: LabServer, probe: str, version: int, params: di
     if probe not in ANSWERS:
         raise UnknownProbe(probe)
     state.tick()
+    if server.oversize == "error":  # the oversize-error scenario
+        return error_answer(state, probe, version, "E" * HUGE_ERROR, server=server)
     try:
         data = ANSWERS[probe](state, server, {**params, "_stdin": stdin} if probe in READS_STDIN else params)
     except ProbeError as e:
-        return error_answer(state, probe, version, str(e))
-    return to_probe_json({"probe": probe, "version": version, "ps": POWERSHELL[state.version],
+        return error_answer(state, probe, version, str(e), server=server)
+    if server.oversize == "answer":  # the oversize-answer scenario: the same answer, grown to HUGE_ANSWER
+        data = {**data, "Padding": "x" * HUGE_ANSWER} if isinstance(data, dict) else data
+    return to_probe_json({"probe": probe, "version": version, "ps": powershell_of(state, server),
                           "data": not_reported(state, probe, data)})
 
 
@@ -193,8 +212,8 @@ def _cms_status(state: LabState, server: LabServer, params: dict[str, Any]) -> d
         "ProductVersion": server_version_text(state),
         "Replicas": replicas,
         "Store": {
-            "ActiveMasterFqdn": state.active_master or "",
-            "ActiveFileTransferAgents": list(state.ftas),
+            "ActiveMasterFqdn": HOSTILE_NAME if state.hostile_names else state.active_master or "",
+            "ActiveFileTransferAgents": list(state.ftas) + ([HOSTILE_NAME] if state.hostile_names else []),
             "ActiveReplicas": [s.fqdn for s in state.servers.values()] if state.active_master else [],
             "DeletedReplicas": [],
         },
@@ -213,11 +232,12 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
     if server.share_acl_ok:
         share.append({"Account": group, "Right": "Change", "Type": "Allow"})
         folder.append({"Identity": group, "Rights": "Modify, Synchronize", "Type": "Allow", "Inherited": False})
-    cert = server.cert
+    cert = server.cert if server.module else None
+    no_module = None if server.module else f"the management module could not be loaded: {MODULE_MISSING}"
     return {
         "CollectedAt": json_date(now()),
-        "ProductVersion": server_version_text(state),
-        "ProductVersionError": None,
+        "ProductVersion": server_version_text(state) if server.module else None,
+        "ProductVersionError": no_module,
         "Services": services,
         "Share": {"Name": "xds-replica", "Path": path, "Access": share},
         "ShareError": None,
@@ -228,7 +248,7 @@ def _replica_health(state: LabState, server: LabServer, params: dict[str, Any]) 
             "HasPrivateKey": cert.has_private_key, "NotAfter": json_date(cert.not_after), "Issuer": cert.issuer,
             "Root": cert.root, "ChainStatus": [] if cert.root.startswith("CN=Contoso") else ["PartialChain"],
         },
-        "CertificateError": None if cert else (
+        "CertificateError": None if cert else no_module or (
             f"no certificate is assigned for {'Internal' if server.role is ServerRole.edge else 'Default'}"),
     }
 
@@ -334,7 +354,7 @@ def _reachability(state: LabState, server: LabServer, params: dict[str, Any]) ->
         s = state.servers.get(fqdn.lower())
         row: dict[str, Any] = {"Fqdn": fqdn, "Address": target.get("address", fqdn), "Port": port, "Connected": True,
                                "Error": None, "ElapsedMs": 1, "ShareWritable": None, "ShareError": None}
-        if s is None:
+        if s is None or (not s.resolves and row["Address"] == fqdn):
             row.update(Connected=False, Error="HostNotFound", ElapsedMs=3)
         elif s.fault == "unreachable" or (port == 4443 and s.port_4443_blocked):
             row.update(Connected=False, Error="TimedOut", ElapsedMs=timeout)
@@ -552,3 +572,103 @@ def _reseed_local(state: LabState, server: LabServer, params: dict[str, Any]) ->
     server.failing_since, server.stuck = None, False
     return {"CollectedAt": json_date(t), "Path": f"{EXPORT_DIR}\\{params.get('fileName')}", "Bytes": len(blob),
             "Sha256": hashlib.sha256(blob).hexdigest().upper(), "Imported": True}
+
+
+# -- onboarding: what `cmsbot discover` and `cmsbot doctor` read --------------------------------------
+
+
+@answers("discover")
+def _discover(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    """The deployment as Get-CsPool, Get-CsComputer, Get-CsService and Get-CsPoolBackupRelationship describe it
+    (workers/probes/discover.ps1): sites as "Site:<name>", service identities as "<Role>:<pool>", the back-end SQL
+    servers as pools of their own that run no Lync service (so Get-CsComputer does not list them)."""
+    _, build = state.product
+    major = build.split(".")[0]
+    by_switch: dict[str, list[dict[str, Any]]] = {k: [] for k in (
+        "Registrar", "Director", "EdgeServer", "MediationServer", "PersistentChatServer", "UserServer", "UserDatabase")}
+
+    def service(switch: str, pool: str, site: str, kind: str | None = None, **extra: Any) -> None:
+        by_switch[switch].append({"Switch": switch, "Identity": f"{kind or switch}:{pool}", "PoolFqdn": pool,
+                                  "SiteId": f"Site:{site}", "Version": major, **extra})
+
+    kinds = {ServerRole.frontend: ["UserServer", "Registrar", "WebServer", "ConferencingServer", "ApplicationServer"],
+             ServerRole.director: ["Registrar", "WebServer"], ServerRole.edge: ["EdgeServer"],
+             ServerRole.mediation: ["MediationServer"], ServerRole.persistentchat: ["PersistentChatServer"]}
+    pools: list[dict[str, Any]] = []
+    sql_sites: dict[str, str] = {}
+    for pool, members in state.pools.items():
+        role, site = state.roles[pool], state.sites[pool]
+        pools.append({"Identity": pool, "Fqdn": pool, "Site": f"Site:{site}", "Computers": list(members),
+                      "Services": [f"{k}:{pool}" for k in kinds.get(role, [])]})
+        if role is ServerRole.frontend:
+            service("Registrar", pool, site)
+            if pool in state.sql:
+                service("UserServer", pool, site, UserDatabase=f"UserDatabase:{state.sql[pool]}")
+                sql_sites.setdefault(state.sql[pool], site)
+        elif role is ServerRole.director:
+            service("Registrar", pool, site)
+            service("Director", pool, site, kind="Registrar")
+        elif role is ServerRole.edge:
+            service("EdgeServer", pool, site)
+        elif role is ServerRole.mediation:
+            service("MediationServer", pool, site)
+    for sql, site in sql_sites.items():
+        pools.append({"Identity": sql, "Fqdn": sql, "Site": f"Site:{site}", "Computers": [sql],
+                      "Services": [f"UserDatabase:{sql}"]})
+        service("UserDatabase", sql, site, SqlInstanceName="rtc")
+    errors = []
+    if state.version is Version.lync2010:  # -PersistentChatServer came with Lync Server 2013
+        by_switch.pop("PersistentChatServer")
+        errors.append({"Switch": "PersistentChatServer",
+                       "Error": "Get-CsService has no -PersistentChatServer parameter on this version"})
+    registrars = [p["Fqdn"] for p in pools if any(s.startswith("Registrar:") for s in p["Services"])]
+    pair_pools = [state.cms_pool] + ([state.pairs[state.cms_pool]] if state.cms_pool in state.pairs else [])
+    edges = [s for s in state.servers.values() if s.role is ServerRole.edge]
+    return {
+        "CollectedAt": json_date(now()),
+        "From": server.fqdn,
+        "ProductVersion": server_version_text(state),
+        "ProductVersionError": None,
+        "Pools": pools,
+        "PoolsError": None,
+        "Computers": [{"Identity": s.fqdn, "Fqdn": s.fqdn, "Pool": s.pool} for s in state.servers.values()],
+        "ComputersError": None,
+        "Services": [row for rows in by_switch.values() for row in rows],
+        "ServiceErrors": errors,
+        "CentralManagement": [{"PoolFqdn": p, "SiteId": f"Site:{state.sites[p]}", "Version": major,
+                               "Active": p in state.active_pools} for p in pair_pools],
+        "CentralManagementError": None,
+        "Pairs": [] if state.version is Version.lync2010 else [
+            {"PoolFqdn": p, "BackupPoolFqdn": state.pairs.get(p), "Error": None} for p in registrars],
+        "PairsError": "Get-CsPoolBackupRelationship is not available on this server (pool pairing came with Lync "
+                      "Server 2013)" if state.version is Version.lync2010 else None,
+        "Addresses": [{"Fqdn": s.fqdn, "Addresses": [s.internal_address] if s.resolves and s.internal_address else [],
+                       "Error": None if s.resolves else "No such host is known"} for s in edges],
+    }
+
+
+@answers("doctor")
+def _doctor(state: LabState, server: LabServer, params: dict[str, Any]) -> dict[str, Any]:
+    """What workers/probes/doctor.ps1 reads: the host's PowerShell and CLR, the module and the cmdlets it lacks,
+    the WinRM account's RTC groups and the WinRM limits."""
+    ps = powershell_of(state, server)
+    lacks = powershell.LYNC2013_CMDLETS if state.version is Version.lync2010 else frozenset()
+    module = ("Lync" if state.version in (Version.lync2010, Version.lync2013) else "SkypeForBusiness")
+    winrm = dict(state.winrm_config)
+    if server.max_envelope_kb:
+        winrm["MaxEnvelopeSizekb"] = server.max_envelope_kb
+    return {
+        "CollectedAt": json_date(now()),
+        "Computer": server.fqdn,
+        "PSVersion": ps,
+        "CLRVersion": "2.0.50727.5485" if ps.startswith("2.") else "4.0.30319.42000",
+        "Module": module if server.module else None,
+        "ModuleError": None if server.module else MODULE_MISSING,
+        "MissingCmdlets": [str(c) for c in params.get("cmdlets", []) if not server.module or c in lacks],
+        "Identity": "CONTOSO\\cmsbot",
+        "Groups": list(server.groups),
+        "IsAdministrator": True,
+        "GroupsError": None,
+        "WinRM": winrm,
+        "WinRMError": None,
+    }

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
-from cms.topology import Deployment, Pool, Server, ServerRole, Topology, Version
+from cms.topology import Deployment, Pool, Server, ServerRole, Topology, Version, WinrmDefaults
 
 DOMAIN = "contoso.com"
 ROOT_CA = "CN=Contoso Root CA, DC=contoso, DC=com"
 ISSUING_CA = "CN=Contoso Issuing CA, DC=contoso, DC=com"
 OTHER_ROOT = "CN=Fabrikam Root CA, O=Fabrikam"
 REPLICATOR_GROUP = "RTC Local Config Replicator"
+ADMIN_GROUP = "CONTOSO\\RTCUniversalServerAdmins"  # the lab's WinRM account is a member
 
 PRODUCT = {
     Version.lync2010: ("Microsoft Lync Server 2010", "4.0.7577.0"),
@@ -69,6 +71,13 @@ class LabServer:
     reported_at: datetime | None = None  # last status report the master received
     failing_since: datetime | None = None
     fault: str | None = None  # None | "unreachable" | "hang" | one of FAULTS
+    oversize: str | None = None  # "answer": its probes answer HUGE_ANSWER bytes; "error": a HUGE_ERROR message
+    # what `cmsbot doctor` checks (scenarios no-dns, powershell-2, module-missing, account-no-rights, envelope-150)
+    resolves: bool = True  # its name resolves in DNS
+    powershell: str | None = None  # its Windows PowerShell, when not the product version's usual one
+    module: bool = True  # the Lync / SkypeForBusiness module is installed
+    groups: list[str] = field(default_factory=lambda: [ADMIN_GROUP])  # the WinRM account's RTC groups here
+    max_envelope_kb: int | None = None  # its MaxEnvelopeSizekb, when not the lab's (--max-envelope-kb)
 
     @property
     def netbios(self) -> str:
@@ -97,6 +106,10 @@ class LabState:
     down: set[str] = field(default_factory=set)  # pools that are down
     convergence: timedelta = timedelta(seconds=2)
     dropped: set[tuple[str, str]] = field(default_factory=set)  # (probe, property) the cmdlet does not emit
+    hostile_names: bool = False  # cms-status reports HOSTILE_NAME as ActiveMasterFqdn and among the FTAs
+    # the WinRM service configuration every server runs with (lab/wsman.py's HostConfig sets it)
+    winrm_config: dict[str, int] = field(default_factory=lambda: {
+        "MaxEnvelopeSizekb": 500, "MaxShellsPerUser": 30, "MaxMemoryPerShellMB": 1024})
 
     @property
     def product(self) -> tuple[str, str]:
@@ -172,13 +185,19 @@ class LabState:
             servers = []
             for fqdn in members:
                 s = self.servers[fqdn]
-                servers.append(Server(fqdn=fqdn, endpoint=endpoint(fqdn) if s.winrm else None,
+                url = endpoint(fqdn) if s.winrm else None
+                if url and not s.resolves:  # a name that does not resolve (RFC 6761: .invalid never does)
+                    parts = urlsplit(url)
+                    url = parts._replace(netloc=f"{s.netbios.lower()}.nodns.invalid:{parts.port}").geturl()
+                servers.append(Server(fqdn=fqdn, endpoint=url,
                                       winrm=s.winrm, internal_address=s.internal_address))
             pools.append(Pool(fqdn=pool_fqdn, role=self.roles[pool_fqdn], site=self.sites[pool_fqdn],
                               backup_pool=self.pairs.get(pool_fqdn), backend_sql=self.sql.get(pool_fqdn),
                               backend_sql_instance="rtc" if pool_fqdn in self.sql else None, servers=servers))
+        # the lab speaks plain HTTP: its topology says so, so a worker left at CMSBOT_WINRM_SCHEME=https
+        # reaches it (and notes it in every report) instead of refusing the downgrade
         return Topology(deployment=Deployment(name="contoso lab", version=self.version, domain=DOMAIN),
-                        cms_pool=self.cms_pool, pools=pools)
+                        cms_pool=self.cms_pool, winrm=WinrmDefaults(allow_http=True), pools=pools)
 
 
 def cert_problems(cert: LabCert, s: LabServer, state: LabState) -> list[str]:
@@ -300,6 +319,52 @@ def apply(state: LabState, spec: str) -> None:
     elif target:
         raise ScenarioError(f"scenario {name} takes no target")
     fn(state, server)
+
+
+# -- what `cmsbot doctor` checks, one failure each ------------------------------------------------
+
+
+@scenario("no-dns", "any")
+def _no_dns(state: LabState, s: LabServer | None) -> None:
+    """The server's name does not resolve: the topology the lab writes at start names it by a name that never
+    resolves (<host>.nodns.invalid, RFC 6761), and the CMS Front End's port tests do not find it either."""
+    assert s
+    s.resolves = False
+
+
+@scenario("powershell-2", "any")
+def _powershell_2(state: LabState, s: LabServer | None) -> None:
+    """The server runs Windows PowerShell 2.0 although the product is Lync Server 2013 or later (which needs 3.0);
+    the lab reads every script it runs as a 2.0 host would. Its other probes still answer (the lab does not model
+    the module failing to load under 2.0)."""
+    assert s
+    if state.version is Version.lync2010:
+        raise ScenarioError("powershell-2 is for Lync Server 2013 and later: Lync Server 2010 runs on 2.0")
+    s.powershell = "2.0"
+
+
+@scenario("module-missing", "any")
+def _module_missing(state: LabState, s: LabServer | None) -> None:
+    """Neither the SkypeForBusiness nor the Lync PowerShell module is installed on the server: every probe that
+    loads it answers Import-CsModule's error."""
+    assert s
+    s.module = False
+
+
+@scenario("account-no-rights", "any")
+def _account_no_rights(state: LabState, s: LabServer | None) -> None:
+    """On this server the WinRM account is in neither RTCUniversalServerAdmins nor RTCUniversalReadOnlyAdmins (as
+    `cmsbot doctor` reads its token); the other probes' answers do not model the cmdlets refusing it."""
+    assert s
+    s.groups = []
+
+
+@scenario("envelope-150", "any")
+def _envelope_150(state: LabState, s: LabServer | None) -> None:
+    """The server's WinRM accepts messages of at most 150 KB (MaxEnvelopeSizekb 150, Windows Server 2008 R2's
+    default): larger requests get HTTP 413, as from --max-envelope-kb for the whole lab."""
+    assert s
+    s.max_envelope_kb = 150
 
 
 @scenario("drop-property", "property")
@@ -465,6 +530,33 @@ def _not_in_group(state: LabState, s: LabServer | None) -> None:
         for r in state.servers.values():
             if r.role is not ServerRole.edge and r.fqdn != s.fqdn:
                 _start_failing(r, state)
+
+
+# What a compromised or broken server could answer, to prove the bot keeps it inert and bounded
+HOSTILE_NAME = "<!channel> <https://evil.example/login|Click to re-auth>"
+HUGE_ANSWER = 30 * 1024 * 1024  # bytes of one answer under the oversize-answer scenario
+HUGE_ERROR = 1024 * 1024  # characters of the error message under oversize-error
+
+
+@scenario("hostile-names", None)
+def _hostile_names(state: LabState, s: LabServer | None) -> None:
+    """A compromised CMS: cms-status names a Slack mention and a disguised link as ActiveMasterFqdn and
+    among the File Transfer Agents (the bot must leave them out as invalid names, and never post them)."""
+    state.hostile_names = True
+
+
+@scenario("oversize-answer", "any")
+def _oversize_answer(state: LabState, s: LabServer | None) -> None:
+    """Every probe on the server answers 30 MB (a runaway script, or a hostile host)."""
+    assert s
+    s.oversize = "answer"
+
+
+@scenario("oversize-error", "any")
+def _oversize_error(state: LabState, s: LabServer | None) -> None:
+    """Every probe on the server fails with a 1 MB error message."""
+    assert s
+    s.oversize = "error"
 
 
 @scenario("transient", "any")

@@ -213,17 +213,22 @@ class Managed:
 
 class RedisServer:
     """A `redis-server` of our own on a free loopback port, its files in `workdir`
-    (FileNotFoundError without the binary). `start()` again after `stop()` keeps port and files."""
+    (FileNotFoundError without the binary). `start()` again after `stop()` keeps port and files.
+    `requirepass`: it asks for that password; `args`: more of its options (e.g. `--aclfile`);
+    `auth`: the "user:password" its `url` carries (default: the requirepass)."""
 
     factor = 1.0
 
-    def __init__(self, workdir: Path, *, durable: bool = False, databases: int = 16):
+    def __init__(self, workdir: Path, *, durable: bool = False, databases: int = 16, requirepass: str | None = None,
+                 args: tuple[str, ...] = (), auth: str | None = None):
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise FileNotFoundError("redis-server")
         self.workdir, self.durable, self.databases = workdir, durable, databases
+        self.args = (*(("--requirepass", requirepass) if requirepass else ()), *args)
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = auth if auth is not None else (f":{requirepass}" if requirepass else "")
+        self.url = f"redis://{auth + '@' if auth else ''}127.0.0.1:{self.port}/0"
         self.proc: Managed | None = None
         self.start()
 
@@ -231,7 +236,7 @@ class RedisServer:
         assert self.binary is not None
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         self.proc = Managed([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                             "--databases", str(self.databases), *durability, "--dir", str(self.workdir)],
+                             "--databases", str(self.databases), *durability, "--dir", str(self.workdir), *self.args],
                             dict(os.environ), self.workdir / "redis.log", factor=self.factor)
         self.proc.wait_for(lambda: redis_answers(self.url), 10, "redis-server")
 

@@ -10,8 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from cms import topology as topo
+from cms.secret_files import read_secret
 from cms.topology import Version
 from lab.deployment import LabState, ScenarioError, apply, build
+from lab.replay import Replay, ReplayError
 from lab.wsman import HostConfig, Lab
 
 DEFAULT_USER = "cmsbot"
@@ -28,21 +30,31 @@ def make_state_factory(version: Version, servers: int, edge_winrm: bool = False,
     return make
 
 
+def replay_state_factory(replay: Replay):
+    def make(scenarios: list[str]) -> LabState:
+        if scenarios:
+            raise ScenarioError("a replay serves what was captured: it takes no scenarios")
+        return replay.state()
+    return make
+
+
 async def serve(*, host: str, port: int, advertise: str, version: Version, servers: int, edge_winrm: bool,
                 convergence_s: float, latency_ms: int, scenarios: list[str], topology_out: Path, username: str,
-                password: str, config: HostConfig | None = None) -> None:
-    lab = Lab(make_state_factory(version, servers, edge_winrm, convergence_s), scenarios, username, password,
-              latency_ms, config)
+                password: str, config: HostConfig | None = None, replay: Replay | None = None) -> None:
+    make = replay_state_factory(replay) if replay else make_state_factory(version, servers, edge_winrm, convergence_s)
+    lab = Lab(make, scenarios, username, password, latency_ms, config, replay)
     server = await asyncio.start_server(lab.handle, host, port, backlog=1024, limit=8 * 1024 * 1024)
     bound = server.sockets[0].getsockname()[1]
-    topology = lab.state.topology(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
+    source = replay.topology if replay else lab.state.topology
+    topology = source(lambda fqdn: f"http://{advertise}:{bound}/wsman/{fqdn}")
     topology_out.parent.mkdir(parents=True, exist_ok=True)
     topology_out.write_text(
         f"# written by `cmsbot lab` on port {bound}; control API: http://{advertise}:{bound}/_lab/\n"
         + topo.dump(topology),
         encoding="utf-8",
     )
-    print(f"lab ready: {len(lab.state.servers)} servers, topology {topology_out}", flush=True)
+    replaying = f" replaying {replay.folder}" if replay else ""
+    print(f"lab ready: {len(lab.state.servers)} servers{replaying}, topology {topology_out}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -52,11 +64,23 @@ async def serve(*, host: str, port: int, advertise: str, version: Version, serve
 
 
 def main(args) -> int:
-    password = os.environ.get("CMSBOT_WINRM_PASSWORD") or DEFAULT_PASSWORD
+    password = os.environ.get("CMSBOT_WINRM_PASSWORD")
+    if not password and os.environ.get("CMSBOT_WINRM_PASSWORD_FILE"):
+        try:
+            password = read_secret(os.environ["CMSBOT_WINRM_PASSWORD_FILE"], "CMSBOT_WINRM_PASSWORD_FILE")
+        except ValueError as e:
+            print(f"cmsbot lab: {e}", file=sys.stderr)
+            return 2
+    password = password or DEFAULT_PASSWORD
     username = os.environ.get("CMSBOT_WINRM_USERNAME") or DEFAULT_USER
+    replay = None
     try:
-        make_state_factory(Version(args.version), args.servers, args.edge_winrm)(args.scenario)
-    except ScenarioError as e:
+        if getattr(args, "replay", None):
+            replay = Replay.load(args.replay)
+            replay_state_factory(replay)(args.scenario)
+        else:
+            make_state_factory(Version(args.product), args.servers, args.edge_winrm)(args.scenario)
+    except (ScenarioError, ReplayError) as e:
         print(f"cmsbot lab: {e}", file=sys.stderr)
         return 2
     config = HostConfig(max_envelope_kb=args.max_envelope_kb, max_shells_per_user=args.max_shells_per_user,
@@ -68,11 +92,11 @@ def main(args) -> int:
         return 2
     advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     try:
-        asyncio.run(serve(host=args.host, port=args.port, advertise=advertise, version=Version(args.version),
+        asyncio.run(serve(host=args.host, port=args.port, advertise=advertise, version=Version(args.product),
                           servers=args.servers, edge_winrm=args.edge_winrm,
                           convergence_s=args.convergence_s, latency_ms=args.latency_ms, scenarios=args.scenario,
                           topology_out=Path(args.topology_out), username=username, password=password,
-                          config=config))
+                          config=config, replay=replay))
     except OSError as e:
         print(f"cmsbot lab: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 2

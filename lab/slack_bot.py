@@ -37,6 +37,7 @@ class BotProcess(Managed):
     def __init__(self, workdir: Path, redis_url: str, topology: Path, fake: SlackFake, token: str = TOKEN,
                  secret: str = SECRET, **settings: str):
         self.secret = secret
+        self.fake = fake
         self.port = free_port()
         env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
                    CMSBOT_SLACK_BOT_TOKEN=token, CMSBOT_SLACK_SIGNING_SECRET=secret,
@@ -79,7 +80,7 @@ class BotProcess(Managed):
         body = urllib.parse.urlencode({
             "token": "legacy", "team_id": "T0001", "team_domain": "contoso", "channel_id": channel,
             "channel_name": "ops", "user_id": user, "user_name": user.lower(), "command": name, "text": text,
-            "api_app_id": "A0001", "response_url": "",
+            "api_app_id": "A0001", "response_url": self.fake.response_url(channel, user),
             "trigger_id": trigger or f"trig-{time.monotonic_ns()}"})
         return self.post(body, **kw)
 
@@ -89,7 +90,7 @@ class BotProcess(Managed):
             "type": "block_actions", "team": {"id": "T0001"}, "user": {"id": user}, "api_app_id": "A0001",
             "trigger_id": f"trig-{time.monotonic_ns()}", "channel": {"id": channel},
             "container": {"type": "message", "message_ts": thread, "channel_id": channel, "thread_ts": thread},
-            "response_url": f"{fake.root}/api/response_url",
+            "response_url": fake.response_url(channel, user),
             "actions": [{"action_id": action_id, "block_id": "b1", "type": "button", "value": value,
                          "action_ts": str(time.time())}],
         }

@@ -17,6 +17,22 @@ the channel state after `chat.update` edits; `uploads()` shows files_upload_v2 s
 The file bytes POSTed to an upload URL are recorded as a call of method "upload"
 (fault it with `fail("upload", status=500)`).
 
+Channels and membership, as Slack answers a bot: every channel is public with the bot in it
+unless `channel()` says otherwise. In a private channel the bot is not in, everything it tries
+(chat.postMessage, chat.postEphemeral, chat.update, conversations.info, sharing a file) answers
+`channel_not_found`, as if the channel did not exist. In a public channel it is not in,
+chat.postMessage and chat.postEphemeral answer `not_in_channel` unless the app has the
+`chat:write.public` scope (`SlackFake(scopes=...)`), and sharing a file answers `not_in_channel`
+whatever the scopes; conversations.info answers with is_member false.
+
+response_url, as Slack hands one out with each slash command and interaction: `response_url(channel,
+user)` mints one (what the test puts in the payload). A POST of a message to it is recorded as a
+call of method "response_url"; it is shown to the user alone (`ephemeral()`, with "via":
+"response_url") unless its response_type is "in_channel", which posts it into the channel whether
+or not the bot is a member. Slack takes at most 5 posts to one URL within 30 minutes: past those
+it answers HTTP 404 with `used_url` or `expired_url` (`response_url_ttl` shortens the 30 minutes).
+`/api/response_url` is kept for older callers: it accepts every post and records it the same way.
+
 Socket Mode, minimally: `apps.connections.open` hands out a ws:// URL of this server, which
 upgrades to a WebSocket, says Slack's `hello`, answers pings and records what the app sends
 (`socket_messages()`, the envelopes' acks); `socket_send()` pushes an envelope to the apps
@@ -30,6 +46,7 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import secrets
 import socket
 import struct
 import threading
@@ -41,6 +58,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 TEAM = {"team": "Contoso", "user": "cmsbot", "team_id": "T0001", "user_id": "U0BOT", "bot_id": "B0001"}
+# The bot scopes of slack-manifest.yml; without chat:write.public, a public channel the bot is not in refuses its posts
+DEFAULT_SCOPES = frozenset({"commands", "chat:write", "files:write", "usergroups:read"})
+RESPONSE_URL_TTL = 30 * 60  # seconds: "up to 5 times within 30 minutes" of the user's action
+RESPONSE_URL_USES = 5
+# A bot's calls that act in one channel, and the parameter naming it
+CHANNEL_METHODS = {"chat.postMessage": "channel", "chat.postEphemeral": "channel", "chat.update": "channel",
+                   "conversations.info": "channel", "files.completeUploadExternal": "channel_id"}
 # Form fields slack_sdk sends as JSON strings; recorded decoded.
 JSON_FIELDS = {"blocks", "attachments", "files", "metadata", "user_auth_blocks", "view", "outputs", "unfurls"}
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
@@ -66,6 +90,20 @@ class _Fault:
 
 
 @dataclass
+class _Channel:
+    private: bool = False
+    member: bool = True
+
+
+@dataclass
+class _ResponseUrl:
+    channel: str
+    user: str
+    created: float  # time.monotonic()
+    uses: int = 0
+
+
+@dataclass
 class _Message:
     channel: str
     ts: str
@@ -82,8 +120,11 @@ class _Message:
 
 
 class SlackFake:
-    def __init__(self, usergroups: dict[str, list[str]] | None = None):
+    def __init__(self, usergroups: dict[str, list[str]] | None = None, scopes: frozenset[str] = DEFAULT_SCOPES,
+                 response_url_ttl: float = RESPONSE_URL_TTL):
         self.usergroups: dict[str, list[str]] = dict(usergroups or {})
+        self.scopes = frozenset(scopes)
+        self.response_url_ttl = response_url_ttl
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -151,6 +192,8 @@ class SlackFake:
             self._messages: dict[str, _Message] = {}
             self._ephemeral: list[dict] = []
             self._files: dict[str, dict] = {}
+            self._channels: dict[str, _Channel] = {}
+            self._response_urls: dict[str, _ResponseUrl] = {}
             self._seq = 0
             self._down_until = 0.0
             self._sockets: list[tuple[socket.socket, threading.Lock]] = getattr(self, "_sockets", [])
@@ -180,6 +223,18 @@ class SlackFake:
         with self._lock:
             self.usergroups[usergroup] = list(users)
 
+    def channel(self, channel: str, *, private: bool = False, member: bool = True) -> None:
+        """How `channel` is to the bot: public or private, the bot a member or not (until reset())."""
+        with self._lock:
+            self._channels[channel] = _Channel(private, member)
+
+    def response_url(self, channel: str, user: str) -> str:
+        """A response_url for an action of `user` in `channel`, as Slack puts one in the payload."""
+        with self._lock:
+            self._seq += 1
+            key = f"{self._seq}/{secrets.token_hex(12)}"
+            self._response_urls[key] = _ResponseUrl(channel, user, time.monotonic())
+        return f"{self.root}/commands/{TEAM['team_id']}/{key}"
     # -- inspection ------------------------------------------------------------------------
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
@@ -234,6 +289,10 @@ class SlackFake:
         headers = dict(req.headers.items())
         if url.path.startswith("/upload/"):  # the URL files.getUploadURLExternal handed out
             method, params = "upload", {"file_id": url.path.rsplit("/", 1)[-1], "length": len(body)}
+        elif url.path.startswith("/commands/"):  # a response_url handed out with a command or an interaction
+            method = "response_url"
+            params = {**_parse_body(headers.get("Content-Type", ""), body),
+                      "url_key": url.path.split("/", 3)[-1]}
         elif url.path.startswith("/api/"):
             method = url.path[len("/api/"):]
             params = dict(parse_qsl(url.query, keep_blank_values=True))
@@ -308,7 +367,49 @@ class SlackFake:
         micros = 1_700_000_000_000_000 + self._seq * 100
         return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
+    def _refusal(self, method: str, p: dict) -> str | None:
+        """Slack's error for a call in a channel the bot may not act in, or None."""
+        name = CHANNEL_METHODS.get(method)
+        ch = self._channels.get(str(p.get(name) or "")) if name else None
+        if ch is None or ch.member:
+            return None
+        if ch.private:
+            return "channel_not_found"  # a private channel the bot is not in does not exist for it
+        if method in ("chat.postMessage", "chat.postEphemeral") and "chat:write.public" not in self.scopes:
+            return "not_in_channel"
+        if method == "files.completeUploadExternal":
+            return "not_in_channel"
+        return None
+
+    def _respond(self, p: dict) -> tuple[int, Any]:
+        key = p.pop("url_key", "")
+        url = self._response_urls.get(key)
+        if url is None:
+            return 404, {"ok": False, "error": "invalid_url"}  # not one this Slack handed out
+        if time.monotonic() - url.created > self.response_url_ttl:
+            return 404, {"ok": False, "error": "expired_url"}
+        if url.uses >= RESPONSE_URL_USES:
+            return 404, {"ok": False, "error": "used_url"}
+        url.uses += 1
+        return self._deliver_response(p, url.channel, url.user)
+
+    def _deliver_response(self, p: dict, channel: str, user: str | None) -> tuple[int, Any]:
+        if p.get("response_type") == "in_channel":  # posted as the app, member of the channel or not
+            m = _Message(channel, self._next_ts(), p.get("text"), p.get("thread_ts"), p.get("blocks"),
+                         p.get("attachments"))
+            self._messages[m.ts] = m
+        else:
+            self._ephemeral.append({**p, "channel": channel, "user": user, "via": "response_url",
+                                    "message_ts": self._next_ts()})
+        return 200, {"ok": True}
+
     def _answer(self, method: str, p: dict, body: bytes) -> tuple[int, Any]:  # called with the lock held
+        if refused := self._refusal(method, p):
+            return 200, {"ok": False, "error": refused}
+        if method == "response_url":
+            if "url_key" in p:
+                return self._respond(p)
+            return self._deliver_response(p, str(p.get("channel") or ""), None)  # the old /api/response_url
         if method == "upload":
             f = self._files.get(p["file_id"])
             if f is None:
@@ -348,7 +449,9 @@ class SlackFake:
             return 200, {"ok": True, "users": list(self.usergroups.get(p.get("usergroup", ""), []))}
         if method == "conversations.info":
             ch = p.get("channel", "")
-            return 200, {"ok": True, "channel": {"id": ch, "name": ch.lower(), "is_channel": True, "is_member": True}}
+            known = self._channels.get(ch, _Channel())
+            return 200, {"ok": True, "channel": {"id": ch, "name": ch.lower(), "is_channel": not known.private,
+                                                 "is_private": known.private, "is_member": known.member}}
         if method == "files.getUploadURLExternal":
             file_id = f"F{len(self._files) + 1:08d}"
             self._files[file_id] = {"file_id": file_id, "filename": p.get("filename"), "length": p.get("length"),

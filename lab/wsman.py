@@ -26,6 +26,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -37,6 +38,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lab import answers, host, powershell
 from lab.deployment import LabServer, LabState, ScenarioError
+from lab.replay import Replay
 
 log = logging.getLogger("lab")
 
@@ -174,7 +176,9 @@ class Lab:
     """The lab's protocol handling over a mutable LabState."""
 
     def __init__(self, make_state: Callable[[list[str]], LabState], scenarios: list[str],
-                 username: str, password: str, latency_ms: int = 0, config: HostConfig | None = None):
+                 username: str, password: str, latency_ms: int = 0, config: HostConfig | None = None,
+                 replay: Replay | None = None):
+        self.replay = replay  # `cmsbot lab --replay`: probes answer what a captured host answered (lab/replay.py)
         self._make_state = make_state
         self.scenarios = list(scenarios)
         self.state = make_state(self.scenarios)
@@ -182,6 +186,7 @@ class Lab:
         self._auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
         self.latency = latency_ms / 1000.0
         self.config = config or HostConfig()
+        self._configure(self.state)
         self.shells: dict[str, Shell] = {}
         self.stats = Stats()
 
@@ -189,12 +194,25 @@ class Lab:
     def max_request(self) -> int:
         return self.config.max_envelope_kb * 1024
 
+    def _configure(self, state: LabState) -> LabState:
+        """The WinRM configuration the state's servers report (the doctor probe reads it)."""
+        state.winrm_config.update(MaxEnvelopeSizekb=self.config.max_envelope_kb,
+                                  MaxShellsPerUser=self.config.max_shells_per_user)
+        return state
+
+    def _request_limit(self, path: str) -> int:
+        """MaxEnvelopeSizekb of the server a request is for, in bytes (the envelope-150 scenario lowers one)."""
+        server = self._server_of(path)
+        if server is not None and server.max_envelope_kb:
+            return server.max_envelope_kb * 1024
+        return self.max_request
+
     # -- HTTP ---------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
             while True:
-                request = await _read_request(reader, self.max_request)
+                request = await _read_request(reader, self._request_limit)
                 if request is None:
                     break
                 request.headers["x-lab-peer"] = str(peer[0]) if peer else "127.0.0.1"
@@ -288,7 +306,7 @@ class Lab:
         action = _text(root, "s:Header/a:Action")
         shell_id = _text(root, "s:Header/w:SelectorSet/w:Selector[@Name='ShellId']")
         timeout = self._operation_timeout(_text(root, "s:Header/w:OperationTimeout"))
-        envelope = self._max_envelope(_text(root, "s:Header/w:MaxEnvelopeSize"))
+        envelope = self._max_envelope(_text(root, "s:Header/w:MaxEnvelopeSize"), server)
         body_el = root.find("s:Body", NS)
         now = time.monotonic()
         self._expire(now)
@@ -337,18 +355,19 @@ class Lab:
                         detail=FAULT_DETAIL + "OperationTimeout")
         return min(seconds, most)
 
-    def _max_envelope(self, text: str) -> int:
+    def _max_envelope(self, text: str, server: LabServer | None = None) -> int:
         """MS-WSMV 3.1.4.1.7: the response limit is the client's MaxEnvelopeSize, but never above MaxEnvelopeSizekb;
         a MaxEnvelopeSize below 8192 octets is an EncodingLimit fault."""
+        most = server.max_envelope_kb * 1024 if server is not None and server.max_envelope_kb else self.max_request
         try:
-            asked = int(text) if text else self.max_request
+            asked = int(text) if text else most
         except ValueError:
-            asked = self.max_request
+            asked = most
         if asked < MIN_ENVELOPE:
             raise Fault("The WS-Management service cannot process the request because the envelope size in the "
                         "request is too small. ", MIN_ENVELOPE_CODE, "w:EncodingLimit", sender=True,
                         detail=FAULT_DETAIL + "MinimumEnvelopeLimit")
-        return min(asked, self.max_request)
+        return min(asked, most)
 
     def _expire(self, now: float) -> None:
         """MS-WSMV 3.1.4.1.31.5: a shell that received no request for IdleTimeout is deleted."""
@@ -425,6 +444,10 @@ class Lab:
                         "CommandLine that is missing. ", SCHEMA_CODE, "w:SchemaValidationError", sender=True)
         args = (line.findtext("rsp:Arguments", "", NS) or "").split()
         invocation, failure = self._invocation(shell, args)
+        if not server.module and invocation.imports_module and invocation.params_error is None \
+                and invocation.probe not in answers.MODULE_CAUGHT:
+            # Import-CsModule throws (module-missing), in Invoke-Probe or in the body: the probe answers that error
+            invocation.params_error, invocation.params_error_category = answers.MODULE_MISSING, "OperationStopped"
         probe, params = invocation.probe, invocation.params
         self.stats.commands.append({"server": server.fqdn, "probe": probe, "params": params})
         command_id = str(uuid.uuid4()).upper()
@@ -436,6 +459,8 @@ class Lab:
         loads = probe is not None and invocation.imports_module and not (probe in answers.READS_STDIN and console_stdin)
         work = self.config.module_load_ms / 1000.0 if loads else 0.0
         ready = time.monotonic() + self.latency + work
+        if self.replay is not None and self.replay.hangs(server.fqdn, probe):
+            ready = math.inf  # it timed out when captured: it never completes here either
         shell.commands[command_id] = Command(probe=probe, version=invocation.version, params=params, ready_at=ready,
                                              params_error=invocation.params_error,
                                              params_error_command=invocation.params_error_command,
@@ -451,14 +476,19 @@ class Lab:
         (lab/host.py, with the host's PowerShell: lab/powershell.py), or the terminating error the host's
         powershell.exe would end with."""
         try:
-            invocation = host.run(args, shell.env, powershell.host_for(self.state.version))
+            server = self.state.servers.get(shell.server)
+            ps_host = powershell.host_for(self.state.version)
+            if server is not None and server.powershell == "2.0" and not ps_host.legacy:  # powershell-2
+                ps_host = powershell.Host("2.0", powershell.NEWER_CMDLETS)
+            invocation = host.run(args, shell.env, ps_host)
         except host.NotABootstrap as e:
             raise Fault(f"The lab runs only cms-chatops probes ({e}).") from None
         except host.UnknownScript as e:
             raise Fault(f"The lab does not know the probe {str(e) or '(empty)'!r}.") from None
         except host.TerminatingError as e:
             return host.Invocation(probe=None), e
-        if invocation.probe is not None and invocation.probe not in answers.ANSWERS:
+        # a replay answers every probe: what was captured, or an error document saying it was not
+        if invocation.probe is not None and self.replay is None and invocation.probe not in answers.ANSWERS:
             raise Fault(f"The lab does not know the probe {invocation.header[:80]!r}.")
         return invocation, None
 
@@ -471,9 +501,15 @@ class Lab:
             return [("stderr", cmd.failure.clixml())]
         if cmd.probe is None:
             return []
+        if self.replay is not None:  # what the captured host answered, byte for byte
+            captured = self.replay.answer(server.fqdn, cmd.probe, cmd.params)
+            if captured.fault is not None:
+                raise Fault(captured.fault)
+            cmd.exit_code = captured.exit_code
+            return [("stdout", captured.stdout), ("stderr", captured.stderr)]
         if cmd.params_error is not None:
             text = answers.error_answer(self.state, cmd.probe, cmd.version, cmd.params_error,
-                                        cmd.params_error_category, cmd.params_error_command)
+                                        cmd.params_error_category, cmd.params_error_command, server=server)
         else:
             text = answers.run(self.state, server, cmd.probe, cmd.version, cmd.params,
                                None if cmd.console_stdin else bytes(cmd.stdin))
@@ -565,7 +601,7 @@ class Lab:
         if path == "/_lab/scenarios" and method == "POST":
             try:
                 wanted = json.loads(body or b"{}").get("scenarios", [])
-                self.state = self._make_state(wanted)
+                self.state = self._configure(self._make_state(wanted))
             except (ScenarioError, ValueError, AttributeError) as e:
                 return _json(400, {"error": str(e)})
             self.scenarios, self.shells, self.stats = list(wanted), {}, Stats()
@@ -615,7 +651,8 @@ def duration_seconds(text: str) -> float | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-async def _read_request(reader: asyncio.StreamReader, max_body: int) -> Request | None:
+async def _read_request(reader: asyncio.StreamReader, max_body: Callable[[str], int]) -> Request | None:
+    """One HTTP request; a body longer than `max_body(path)` is dropped unread (too_large)."""
     line = await reader.readline()
     if not line:
         return None
@@ -631,7 +668,7 @@ async def _read_request(reader: asyncio.StreamReader, max_body: int) -> Request 
         name, _, value = h.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", "0") or 0)
-    if length > max_body:
+    if length > max_body(path):
         if length > MAX_DRAIN:
             return None
         while length > 0:  # read and drop the body, so the client gets the 413 and not a reset

@@ -15,7 +15,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -98,14 +98,15 @@ class RedisServer:
 
     DATABASES = 4096
 
-    def __init__(self, workdir: Path, durable: bool = False):
+    def __init__(self, workdir: Path, durable: bool = False, **options: Any):
+        """`options`: processes.RedisServer's (requirepass, args, auth), for a server of our own only."""
         self.workdir = workdir
         self.durable = durable
         self.owned = shutil.which("redis-server") is not None
         self.server: processes.RedisServer | None = None
         self._next_db = 0
         if self.owned:
-            self.server = _OwnRedis(workdir, durable=durable, databases=self.DATABASES)
+            self.server = _OwnRedis(workdir, durable=durable, databases=self.DATABASES, **options)
             self.url = self.server.url
         else:
             self.url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

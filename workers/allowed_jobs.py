@@ -3,7 +3,10 @@
 RQ stores a job's function and callbacks as dotted paths and imports them when the job runs, even
 with the JSON serializer. Anyone who can write to Redis could otherwise make a worker, which holds
 an RTCUniversalServerAdmins credential, run any importable function (`os.system`). The worker's
-job class refuses every function and callback that is not one of ours, before importing it.
+job class refuses every function and callback that is not one of ours, before importing it, and
+sends none of a job's webhooks (RQ 3 would POST the job's result or error to any URL a job names,
+from inside the servers' network; ours name none). Each refusal is an ERROR line of the
+`cmsbot.security` logger starting with "security:".
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class OurJob(Job):
     @property
     def stopped_callback(self) -> Any:
         return self._ours("stopped", self._stopped_callback_name, lambda: super(OurJob, self).stopped_callback)
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        """None: cms-chatops jobs carry no webhooks, so any a job carries were written by someone else."""
+        if self.webhooks:
+            log.error("security: ignored the webhooks of job %s (%s): cms-chatops jobs carry none", self.id,
+                      ", ".join(sorted({w.url for w in self.webhooks})))
 
     def _ours(self, kind: str, name: str | None, callback: Any) -> Any:
         """The callback when it is ours (or none is set); else no callback, and a security log line."""

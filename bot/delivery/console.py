@@ -82,17 +82,38 @@ class Outcome:
     request_id: str | None = None
 
 
+CONSOLE_USAGE = "The console runs `/cms-status [pool|server]`."
+
+
+def refusal(text: str) -> str | None:
+    """Why `text` does not run from the console, or None when it may (`/cms-status`): every Slack
+    command gets a clear answer, before Redis or the topology is looked at."""
+    words = text.split()
+    if not words:
+        return f"Type a command, e.g. `/cms-status`. {CONSOLE_USAGE}"
+    name = words[0].lower()
+    if name == "/cms-status":
+        return None
+    if name == "/cms-replicate":
+        return ("`/cms-replicate` changes the deployment and runs only from Slack, where roles and the audit apply. "
+                + CONSOLE_USAGE)
+    if name in commands.ELSEWHERE:
+        return f"`{name}` {commands.ELSEWHERE[name]}. {CONSOLE_USAGE}"
+    shown = "".join(c for c in name[:40] if c.isprintable() and c != "`")
+    return (f"Unknown command `{shown}`. {CONSOLE_USAGE} The Slack commands are "
+            + ", ".join(f"`{c}`" for c in commands.HELP) + ".")
+
+
 def run_chat(hub: Hub, settings: Settings, topology: Topology, text: str, user: str,
              out: TextIO = sys.stdout) -> Outcome:
     """Run one command through the queue, printing its thread as it arrives."""
+    if (why := refusal(text)) is not None:
+        print(why, file=out)
+        return Outcome(EXIT_CANNOT_RUN)
     try:
         command = commands.parse(text, topology)
     except commands.CommandError as e:
         print(str(e), file=out)
-        return Outcome(EXIT_CANNOT_RUN)
-    if command.name != "/cms-status":
-        print(f"`{command.name}` changes the deployment and runs only from Slack, where roles and the audit "
-              "apply. The console runs `/cms-status [pool|server]`.", file=out)
         return Outcome(EXIT_CANNOT_RUN)
     if not workers_listening(hub):
         print(f"No worker is listening on the `{hub.keys.queue(STATUS)}` queue of "

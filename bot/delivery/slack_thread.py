@@ -5,6 +5,12 @@ The parent message is posted when the request's `accepted` event arrives
 the result goes into the thread and the verdict back into the parent. Each
 Slack call is recorded under (request, seq, step) before the event is
 acknowledged, so a restart or a redelivery never posts twice.
+
+When Slack refuses the parent (a private channel the bot is not in answers
+channel_not_found, a public one not_in_channel), the user still gets an
+answer: through the command's response_url (stored with the request at ack
+time; Slack takes up to 5 posts to it within 30 minutes), what happened and how
+to invite the bot, then the verdict once the job ends.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from typing import Any, cast
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
 
 from bot.render import blocks
 from bot.render import text as render
 from cms.messages import Accepted, ApprovalChanged, Failed, PreflightReady, Progress, Result, Unreadable
 from hub import approvals
-from hub.contract import REQUEST_TTL, Event, Request, load_request
+from hub.contract import REQUEST_TTL, RESPONSE_URL_TTL, Event, Request, load_request, utcnow
 from hub.keys import Hub
 
 CHANGE_COMMANDS = {"/cms-failover", "/cms-recover"}
@@ -32,12 +39,17 @@ READ_ONLY_COMMANDS = {"/cms-status", "/cms-failover", "/cms-recover"}  # a check
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+NOT_A_MEMBER = {"channel_not_found", "not_in_channel"}  # Slack's answers in a channel the bot is not in
 
 
 def _transient(e: SlackApiError) -> bool:
     status = e.response.status_code if e.response is not None else 0
     error = (e.response.get("error") if e.response is not None else "") or ""
     return status == 429 or status >= 500 or error in TRANSIENT_ERRORS
+
+
+def _error(e: SlackApiError) -> str:
+    return str((e.response.get("error") if e.response is not None else "") or "unknown")
 
 
 def _duration(seconds: float) -> str:
@@ -53,6 +65,7 @@ class SlackThreads:
     def __init__(self, hub: Hub, client: WebClient, workers_listening: Callable[[str], int]):
         self.hub, self.conn, self.client = hub, hub.redis, client
         self._workers_listening = workers_listening
+        self._bot_name: str | None = None
         self._requests: OrderedDict[str, Request | None] = OrderedDict()
         # each thread's state as this process last knew it: Redis may lose it (a restart without
         # persistence, FLUSHDB) while the request's job runs on and its events still come
@@ -92,7 +105,7 @@ class SlackThreads:
                       "persistence, flushed or evicted): its outcome is unknown here. Run /cms-status and check "
                       "the servers before running anything again.")
         event = Event(request_id, 0, "failed", Failed(reason=reason))  # seq 0: a step no worker event has
-        return self._attempt(req, event, lambda: self._on_failed(req, event, reason))
+        return self._attempt(req, event, lambda: self._dispatch(req, event))
 
     def deliver(self, event: Event) -> bool:
         """True: done with this event (delivered, or permanently undeliverable)."""
@@ -115,6 +128,8 @@ class SlackThreads:
             return False
 
     def _dispatch(self, req: Request, event: Event) -> None:
+        if not req.thread and not isinstance(event.message, Accepted) and "unreachable" in self._state(req):
+            return self._elsewhere(req, event)  # the channel refused the parent: the user hears through response_url
         match event.message:
             case Accepted() as accepted:
                 self._on_accepted(req, event, accepted)
@@ -217,12 +232,13 @@ class SlackThreads:
                 req, blocks.note(text, ":hammer_and_wrench:", mention=req.user), req.thread))
         elif "parent" not in state:
             target = req.args.get("target")
-            ts = self._once(req, event, "parent",
-                            lambda: self._post(req, blocks.parent(req.command, req.user, target), None))
+            refusal: dict[str, str] = {}
+            ts = self._once(req, event, "parent", lambda: self._noting_refusal(
+                refusal, lambda: self._post(req, blocks.parent(req.command, req.user, target), None)))
             if not ts:
-                self._once(req, event, "cannot-post", lambda: self._tell_user(
-                    req, "I cannot post in this channel, so the result has nowhere to go. Invite me with "
-                         "`/invite @cmsbot` (or use a channel I am in) and run the command again."))
+                error = refusal.get("error", "")
+                self._save(req, unreachable=error or "refused")
+                self._once(req, event, "cannot-post", lambda: self._answer(req, self._cannot_post(req, error)))
                 return
             self._save(req, parent=ts, owner=req.id)
             self.conn.set(self.hub.keys.slack_parent(req.channel or "", ts), req.id, ex=REQUEST_TTL)
@@ -307,6 +323,90 @@ class SlackThreads:
 
     def _tell_user(self, req: Request, text: str) -> str:
         return self.client.chat_postEphemeral(channel=_channel(req), user=req.user, text=text).get("message_ts", "")
+
+    # -- a channel that refuses the bot: answers through the command's response_url ---------------------
+    @staticmethod
+    def _noting_refusal(refusal: dict[str, str], call: Callable[[], str]) -> str:
+        """`call`, noting Slack's error code in `refusal` when Slack refuses it for good."""
+        try:
+            return call()
+        except SlackApiError as e:
+            if not _transient(e):
+                refusal["error"] = _error(e)
+            raise
+
+    def _name(self) -> str:
+        """The bot's user name, for `/invite @name`."""
+        if self._bot_name is None:
+            try:
+                self._bot_name = str(self.client.auth_test().get("user") or "cmsbot")
+            except (SlackApiError, OSError):
+                return "cmsbot"
+        return self._bot_name
+
+    def _cannot_post(self, req: Request, error: str) -> str:
+        """What the user is told when Slack refused the parent message (mrkdwn, escaped)."""
+        command = f"`{blocks.esc(req.command)}`"
+        later = (f" {command} is still running: I will tell you here how it ended, but its full report needs "
+                 "a channel I can post in.")
+        if (req.channel or "").startswith("D"):
+            return (f"I cannot post in this direct message, so {command} has nowhere to put its report. Run it "
+                    f"in a channel I am a member of.{later}")
+        if error in NOT_A_MEMBER:
+            return (f"I cannot post in this channel (Slack answered `{blocks.esc(error)}`: it is private and I "
+                    f"am not a member, or I was removed), so {command} has nowhere to put its report. Invite me "
+                    f"with `/invite @{blocks.esc(self._name())}` (or use a channel I am in) and run it again."
+                    + later)
+        if error == "is_archived":
+            return f"This channel is archived, so I cannot post {command}'s report in it. Run it in another channel." \
+                + later
+        return (f"Slack refused my message in this channel (`{blocks.esc(error or 'unknown error')}`), so "
+                f"{command} has nowhere to put its report. Run it in a channel I am a member of." + later)
+
+    def _elsewhere(self, req: Request, event: Event) -> None:
+        """An event of a request whose channel refused the bot: the end (or the approval card that cannot
+        be shown) goes to the user through response_url; progress goes nowhere."""
+        command = f"`{blocks.esc(req.command)}`"
+        match event.message:
+            case Result(report=report, action=action):
+                outcome = (render.verdict(report) if report is not None
+                           else action.text if action is not None else "finished")
+                text = f"{command} finished: *{blocks.esc(outcome)}*"
+            case Failed(reason=reason):
+                text = f"{command} failed: {blocks.esc(reason)}"
+            case Unreadable() as unreadable if event.terminal:
+                text = f"{command} failed: {blocks.esc(unreadable.reason)}"
+            case PreflightReady():
+                text = (f"The preflight of {command} finished, but I cannot post its approval card in this channel, "
+                        f"so nobody can approve it. Invite me with `/invite @{blocks.esc(self._name())}` and request "
+                        "it again.")
+            case _:
+                return
+        if not isinstance(event.message, PreflightReady):
+            text += (f" The full report needs a channel I can post in: invite me with "
+                     f"`/invite @{blocks.esc(self._name())}`, or use a channel I am in.")
+        self._once(req, event, "elsewhere", lambda: self._answer(req, text))
+
+    def _answer(self, req: Request, text: str) -> str:
+        """Tell the user `text` (mrkdwn, escaped) where only they see it: through the request's response_url
+        while Slack still takes it, else as an ephemeral message (which a channel that refused the bot
+        refuses too)."""
+        url = req.response_url
+        if not url:
+            return self._tell_user(req, text)
+        age = (utcnow() - req.created_at).total_seconds()
+        if age >= RESPONSE_URL_TTL:
+            log.warning("request %s: its response_url expired %.0f s ago; the user cannot be told: %s", req.id,
+                        age - RESPONSE_URL_TTL, text)
+            return ""
+        response = WebhookClient(url, timeout=10).send(text=text, response_type="ephemeral", replace_original=False)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise ConnectionError(f"response_url answered HTTP {response.status_code}")  # retried, as Slack down is
+        if response.status_code != 200:
+            log.error("request %s: Slack refused the answer through response_url (HTTP %s: %s)", req.id,
+                      response.status_code, (response.body or "")[:200])
+            return ""
+        return "response_url"
 
     def _update_parent(self, req: Request, parent: str, verdict: str, ok: bool) -> str:
         owner = self._owner(req)

@@ -19,6 +19,7 @@ from rq import Callback
 
 from bot import commands
 from bot.config import SlackSettings
+from bot.render.blocks import esc
 from bot.roles import Role, Roles
 from cms.messages import Accepted
 from cms.settings import Settings
@@ -46,9 +47,10 @@ class Deps:
         return self.settings.change_timeout(servers) if change else self.settings.job_timeout(servers)
 
     def enqueue(self, req: Request, job: str, *, change: bool, note: str | None = None,
-                audit: dict[str, Any] | None = None, timeout: int | None = None) -> None:
-        """`note`: what the thread says when the request starts inside an existing thread."""
-        kind = CHANGE if change else STATUS
+                audit: dict[str, Any] | None = None, timeout: int | None = None, queue: str | None = None) -> None:
+        """`note`: what the thread says when the request starts inside an existing thread; `queue`: another
+        queue than the change or status queue `change` chooses (a preflight's own)."""
+        kind = queue or (CHANGE if change else STATUS)
         submit(self.hub, req, job, kind=kind, timeout=timeout or self._timeout(change),
                on_failure=Callback(FAILURE_CALLBACK), accepted=Accepted(queue=kind, text=note), audit=audit)
 
@@ -63,8 +65,10 @@ def slack_request(payload: dict[str, Any], command: str, args: dict[str, str], *
     team = str(payload.get("team_id") or (payload.get("team") or {}).get("id") or "")
     trigger = str(payload.get("trigger_id") or "")
     rid = id_for_delivery(team, trigger) if trigger else None
+    # kept with the request: when the bot cannot post in the channel, the reporter answers through it
+    response_url = str(payload.get("response_url") or "") or None
     return Request(**({"id": rid} if rid else {}), command=command, args=args, user=user, channel=channel,
-                   thread=thread, origin="slack")
+                   thread=thread, origin="slack", response_url=response_url)
 
 
 def just_ack(ack) -> None:
@@ -88,7 +92,7 @@ def scoped_request(ack, command: dict[str, Any], deps: Deps, name: str) -> Reque
     try:
         parsed = commands.parse(f"{name} {command_text(command)}", deps.topology)
     except commands.CommandError as e:
-        ack(text=str(e))
+        ack(text=esc(str(e)))  # it may quote what the user typed, and the usage's <placeholders>
         return None
     return slack_request(command, name, parsed.args, user=command["user_id"], channel=command["channel_id"])
 

@@ -4,8 +4,11 @@ preflight job grades the plan, and an approval card goes to the channel."""
 from __future__ import annotations
 
 from bot.listeners import Deps, command_text, guarded, permitted, slack_request
+from bot.render.blocks import esc
+from bot.render.text import started
 from bot.roles import Role
 from cms.topology import ServerRole, UnknownTarget
+from hub.contract import PREFLIGHT
 from hub.jobs import PREFLIGHT_JOB
 
 USAGE = "Usage: `/cms-failover [target-pool] [disaster]`, e.g. `/cms-failover pool02.contoso.com`"
@@ -35,10 +38,10 @@ def register(app, deps: Deps) -> None:
     def request(ack, command, name: str, args: dict[str, str]) -> None:
         user, channel = command["user_id"], command["channel_id"]
         req = slack_request(command, name, args, user=user, channel=channel)
-        deps.enqueue(req, PREFLIGHT_JOB, change=False,
+        deps.enqueue(req, PREFLIGHT_JOB, change=False, queue=PREFLIGHT,  # never behind a flood of status checks
                      audit={"what": name.lstrip("/"), "target": args.get("target", "(default)"), "result": "requested",
                             "detail": args.get("mode", "")})
-        ack()
+        ack(text=esc(started(name, args.get("target"))))
 
     @app.command("/cms-failover")
     @guarded
@@ -48,7 +51,7 @@ def register(app, deps: Deps) -> None:
         try:
             args = parse_failover(command_text(command), deps)
         except ValueError as e:
-            return ack(text=str(e))
+            return ack(text=esc(str(e)))
         request(ack, command, "/cms-failover", args)
 
     @app.command("/cms-recover")

@@ -11,4 +11,5 @@ def register(app, deps: Deps) -> None:
     @app.command("/cms-help")
     @guarded
     def cms_help(ack, command):
-        ack(**blocks.help_message(list(HELP.values())).payload())
+        # no channel list: the help says how to restrict the bot (the bot logged a warning at start)
+        ack(**blocks.help_message(list(HELP.values()), open_channels=not deps.roles.channels).payload())

@@ -7,7 +7,8 @@ import re
 from typing import cast
 
 from bot.listeners import Deps, guarded, just_ack, slack_request
-from bot.render.blocks import ACTION_PREFIX
+from bot.listeners.fair_use import admit, limited_text
+from bot.render.blocks import ACTION_PREFIX, esc
 from bot.roles import Role
 from cms.remediation import RemediationKind, describe
 from cms.topology import UnknownTarget
@@ -53,16 +54,22 @@ def register(app, deps: Deps) -> None:
             return respond(text=deps.roles.refusal(Role.viewer, "run remediations here"),
                            response_type="ephemeral", replace_original=False)
         if blocked := cms_change_blocking(deps.hub):
-            return respond(text=f"Not now: {blocked}. Remediations wait until the CMS change has converged.",
+            return respond(text=esc(f"Not now: {blocked}. Remediations wait until the CMS change has converged."),
                            response_type="ephemeral", replace_original=False)
         # one run of an action on a server at a time: a double click or two operators
-        if not deps.hub.redis.set(deps.hub.keys.remediating(kind, server.name), user, nx=True, ex=REMEDIATION_GUARD):
+        guard = deps.hub.keys.remediating(kind, server.name)
+        if not deps.hub.redis.set(guard, user, nx=True, ex=REMEDIATION_GUARD):
             return respond(text=f"{kind} on {server.name} is already running; its result will appear in the thread.",
                            response_type="ephemeral", replace_original=False)
         action = describe(kind, server.name)
         args = {"action": kind, "target": server.name, "scope": thread_scope(deps, channel, thread)}
         req = slack_request(body, REMEDIATE_COMMAND, args, user=user, channel=channel, thread=thread)
-        deps.enqueue(req, REMEDIATE_JOB, change=True, note=f"started: {action}",
-                     audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})
+        admission = admit(deps, req)
+        if admission.outcome == "limited":
+            deps.hub.redis.delete(guard)  # nothing was started: the next click may run
+            return respond(text=limited_text(admission, deps), response_type="ephemeral", replace_original=False)
+        if admission.go:  # not a second delivery of the same click
+            deps.enqueue(req, REMEDIATE_JOB, change=True, note=f"started: {action}",
+                         audit={"what": kind, "target": server.name, "detail": action, "result": "requested"})
 
     app.action(re.compile(f"^{ACTION_PREFIX}"))(ack=just_ack, lazy=[on_remediate])

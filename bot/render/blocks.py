@@ -2,13 +2,21 @@
 
 Every message stays within Slack's limits however large the deployment: at
 most 50 blocks a message and 3000 characters a section. A long report is
-split across messages, the findings past the first few are summarised, and the
-full text goes into a file in the thread whenever anything was cut.
+split across messages, the findings, host errors and notes past the first few
+are summarised with a count, and a report never takes more than MAX_MESSAGES
+messages: the full text goes into a file in the thread whenever anything was cut.
+
+Every text is made safe for the field it goes in: mrkdwn (sections, context, the
+notification `text` of chat.postMessage / chat.update) is escaped with `esc` and
+marked verbatim, so that neither a server's nor a user's text can mention, link or
+be auto-linked; plain_text fields (headers, buttons, dialog titles) go through
+`plain_text`, which keeps them printable and within their length limits.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from slack_sdk.models.blocks import (
@@ -36,7 +44,15 @@ MAX_BLOCKS = 50
 MAX_SECTION = 3000
 MAX_FINDINGS_SHOWN = 15
 MAX_TABLE_ROWS = 25
+MAX_MESSAGES = 3  # a report's messages in the thread; anything past them is in the attached report
+MAX_ERRORS_SHOWN = 20  # host errors listed; the rest are counted
+MAX_NOTES_SHOWN = 10
+MAX_NAMES_SHOWN = 10  # File Transfer Agents, CMS pools listed in the summary
+MAX_EVIDENCE_SHOWN = 10  # evidence lines of one finding
+MAX_FINDING_TEXT = 2500  # characters of one finding's text (its evidence, fix...) in the thread
+MAX_NOTIFICATION = 3000  # characters of a message's notification text
 ACTION_PREFIX = "remediate-"
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 ICON = {Severity.critical: ":rotating_light:", Severity.error: ":red_circle:", Severity.warning: ":warning:",
         Severity.pending: ":hourglass_flowing_sand:", Severity.info: ":information_source:"}
@@ -54,6 +70,29 @@ def esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters of `text`, saying so when it was cut (before escaping it)."""
+    return text if len(text) <= limit else text[:limit] + "… (truncated)"
+
+
+def plain_text(text: str, limit: int) -> PlainTextObject:
+    """A plain_text object (Slack shows it as it is, with no markup to escape): printable
+    characters only, at most `limit` of them."""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return PlainTextObject(text=text if len(text) <= limit else text[:limit - 1] + "…")
+
+
+def md(text: str) -> MarkdownTextObject:
+    """A mrkdwn text object whose text is already escaped where it must be: verbatim, so Slack does not
+    turn bare URLs, channel names or words like @channel in it into links or mentions."""
+    return MarkdownTextObject(text=text, verbatim=True)
+
+
+def user_mention(user: str | None) -> str:
+    """A mention of a Slack user id (<@U...>); "someone" for anything that is not one."""
+    return f"<@{user}>" if user and _USER_ID.match(user) else "someone"
+
+
 @dataclass
 class Message:
     text: str  # the notification / fallback text
@@ -62,7 +101,8 @@ class Message:
     def payload(self) -> dict:
         # Slack reads `text` as mrkdwn too (notifications, fallbacks): escaped like every block,
         # so a server-supplied "<!channel>" or "<https://...|...>" stays inert text
-        return {"text": esc(self.text), "blocks": [b.to_dict() for b in self.blocks]}
+        text = self.text if len(self.text) <= MAX_NOTIFICATION else self.text[:MAX_NOTIFICATION - 1] + "…"
+        return {"text": esc(text), "blocks": [b.to_dict() for b in self.blocks]}
 
 
 @dataclass
@@ -87,7 +127,7 @@ def sections(text: str) -> list[Block]:
         chunk += line
     if chunk.strip():
         out.append(chunk)
-    return [SectionBlock(text=MarkdownTextObject(text=c)) for c in out]
+    return [SectionBlock(text=md(c)) for c in out]
 
 
 def paginate(blocks: list[Block], text: str) -> list[Message]:
@@ -96,44 +136,63 @@ def paginate(blocks: list[Block], text: str) -> list[Message]:
             for i, page in enumerate(pages)]
 
 
+def bounded(blocks: list[Block], text: str, max_messages: int = MAX_MESSAGES) -> tuple[list[Message], bool]:
+    """`paginate`, in at most `max_messages` messages: past them the blocks are cut, the last says how
+    many and points to the attached report. True when something was cut."""
+    room = MAX_BLOCKS * max_messages
+    if len(blocks) <= room:
+        return paginate(blocks, text), False
+    kept = blocks[:room - 1]
+    kept.append(SectionBlock(text=md(f"…{len(blocks) - len(kept)} more parts of this report did not fit in "
+                                     f"{max_messages} messages: the whole report is in the attached file.")))
+    return paginate(kept, text), True
+
+
+def _capped(lines: list[str], limit: int, what: str) -> tuple[list[str], bool]:
+    """The first `limit` lines, and one that counts the rest; True when some were left out."""
+    if len(lines) <= limit:
+        return lines, False
+    return lines[:limit] + [f"…and {len(lines) - limit} more {what}: all of them are in the attached report."], True
+
+
 # -- the thread ---------------------------------------------------------------------
 
 
 def parent(command: str, user: str, target: str | None) -> Message:
-    what = f"`{command}{' ' + esc(target) if target else ''}`"
-    text = f":mag: {what} requested by <@{user}>: checking..."
-    return Message(text=f"{command} requested: checking", blocks=[SectionBlock(text=MarkdownTextObject(text=text))])
+    what = f"`{esc(command)}{' ' + esc(target) if target else ''}`"
+    text = f":mag: {what} requested by {user_mention(user)}: checking..."
+    return Message(text=f"{command} requested: checking", blocks=[SectionBlock(text=md(text))])
 
 
 def parent_verdict(command: str, user: str, target: str | None, verdict: str, ok: bool) -> Message:
     icon = ":white_check_mark:" if ok else ":x:"
-    what = f"`{command}{' ' + esc(target) if target else ''}`"
+    what = f"`{esc(command)}{' ' + esc(target) if target else ''}`"
     return Message(text=verdict, blocks=[
-        SectionBlock(text=MarkdownTextObject(text=f"{icon} *{esc(verdict)}*")),
-        ContextBlock(elements=[MarkdownTextObject(text=f"{what} requested by <@{user}> · details in the thread")]),
+        SectionBlock(text=md(f"{icon} *{esc(clip(verdict, MAX_SECTION - 100))}*")),
+        ContextBlock(elements=[md(f"{what} requested by {user_mention(user)} · details in the thread")]),
     ])
 
 
 def progress(text: str, done: bool = False) -> Message:
     icon = ":heavy_check_mark:" if done else ":hourglass_flowing_sand:"
-    return Message(text=text, blocks=[ContextBlock(elements=[MarkdownTextObject(text=f"{icon} {esc(text)}")])])
+    return Message(text=text, blocks=[ContextBlock(elements=[md(f"{icon} {esc(clip(text, 2900))}")])])
 
 
 def note(text: str, icon: str = ":information_source:", mention: str | None = None) -> Message:
-    who = f"<@{mention}> " if mention and mention.isalnum() else ""
-    return Message(text=text, blocks=sections(f"{icon} {who}{esc(text)}"))
+    who = f"{user_mention(mention)} " if mention else ""
+    return Message(text=text, blocks=sections(f"{icon} {who}{esc(clip(text, 2 * MAX_SECTION))}"))
 
 
 def plain(text: str) -> Message:
     """A fallback when Slack rejects blocks: the text in code blocks."""
     chunks = [text[i:i + MAX_SECTION - 10] for i in range(0, len(text), MAX_SECTION - 10)] or [""]
-    return Message(text=text[:300], blocks=[SectionBlock(text=MarkdownTextObject(text=f"```{esc(c)}```"))
+    return Message(text=text[:300], blocks=[SectionBlock(text=md(f"```{esc(c)}```"))
                                             for c in chunks[:MAX_BLOCKS]])
 
 
 def failed(reason: str, unknown: str | None = None) -> Message:
     """A failure; one that left an unknown outcome carries the button that clears it."""
-    body: list[Block] = list(sections(f":warning: *The command failed.* {esc(reason)}"))
+    body: list[Block] = list(sections(f":warning: *The command failed.* {esc(clip(reason, 2 * MAX_SECTION))}"))
     if unknown:
         body.append(ActionsBlock(elements=[clear_button(unknown)]))
     return Message(text=f"Failed: {reason}", blocks=body)
@@ -144,9 +203,12 @@ def failed(reason: str, unknown: str | None = None) -> Message:
 
 def report(r: StatusReport, *, operator_buttons: bool = True, heading: str | None = None) -> Rendered:
     verdict = render.verdict(r)
-    blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text=(heading or "CMS status")[:150]))]
+    blocks: list[Block] = [HeaderBlock(text=plain_text(heading or "CMS status", 150))]
     blocks += sections(f"*{esc(verdict)}*")
     cut = False
+    if r.notes:
+        lines, cut = _capped([f"• {esc(clip(n, 500))}" for n in r.notes], MAX_NOTES_SHOWN, "notes")
+        blocks += sections("\n".join([f":warning: *Notes* ({len(r.notes)})", *lines]))
     if r.cms is not None:
         blocks += sections(cms_summary(r))
         table, table_cut = replica_table(r)
@@ -160,7 +222,9 @@ def report(r: StatusReport, *, operator_buttons: bool = True, heading: str | Non
         blocks.append(DividerBlock())
         blocks += sections(f"{ICON[sev]} *{sev.value.upper()}* ({sum(f.severity == sev for f in r.findings)})")
         for f in group:
-            blocks += finding_blocks(f, operator_buttons)
+            found, finding_cut = _finding_blocks(f, operator_buttons)
+            blocks += found
+            cut |= finding_cut
     if len(shown) > MAX_FINDINGS_SHOWN:
         cut = True
         rest = shown[MAX_FINDINGS_SHOWN:]
@@ -172,26 +236,32 @@ def report(r: StatusReport, *, operator_buttons: bool = True, heading: str | Non
                            + ". All of them are in the attached report.")
     if r.host_errors:
         blocks.append(DividerBlock())
-        lines = [f"*Could not check* ({len(r.host_errors)})"]
-        lines += [f"• `{esc(e.server)}`: {render.HOST_ERROR_TEXT[e.kind.value]}"
-                  f"{f' [{e.probe}]' if e.probe else ''}: {esc(e.reason)}" for e in r.host_errors]
-        blocks += sections("\n".join(lines))
-    messages = paginate(blocks, verdict)
-    return Rendered(messages=messages, attachment=render.report_text(r) if cut else None)
+        lines, errors_cut = _capped([f"• `{esc(e.server)}`: {render.HOST_ERROR_TEXT[e.kind.value]}"
+                                     f"{f' [{esc(e.probe)}]' if e.probe else ''}: {esc(clip(e.reason, 500))}"
+                                     for e in r.host_errors], MAX_ERRORS_SHOWN, "servers that could not be checked")
+        cut |= errors_cut or any(len(e.reason) > 500 for e in r.host_errors)
+        blocks += sections("\n".join([f"*Could not check* ({len(r.host_errors)})", *lines]))
+    messages, pages_cut = bounded(blocks, verdict)
+    return Rendered(messages=messages, attachment=render.report_text(r) if cut or pages_cut else None)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(f"`{esc(n)}`" for n in names[:MAX_NAMES_SHOWN])
+    return shown + (f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else "")
 
 
 def cms_summary(r: StatusReport) -> str:
     cms = r.cms
     assert cms is not None
-    active = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active) or "none"
-    standby = ", ".join(f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active is False) or "none"
-    unknown = [f"`{esc(s.pool_fqdn)}`" for s in cms.services if s.active is None]  # Lync Server 2010 has no Active
+    active = _names([s.pool_fqdn for s in cms.services if s.active]) or "none"
+    standby = _names([s.pool_fqdn for s in cms.services if s.active is False]) or "none"
+    unknown = _names([s.pool_fqdn for s in cms.services if s.active is None])  # Lync Server 2010 has no Active
     known = any(s.active is not None for s in cms.services)
-    pools = (f"*CMS pool* {', '.join(unknown)} (active: not reported by this version)" if unknown and not known
+    pools = (f"*CMS pool* {unknown} (active: not reported by this version)" if unknown and not known
              else f"*Active pool* {active} · *backup* {standby}"
-             + (f" · *active not reported* {', '.join(unknown)}" if unknown else ""))
+             + (f" · *active not reported* {unknown}" if unknown else ""))
     return (f"*CMS master* `{esc(cms.store.active_master_fqdn or '(none)')}` · *file transfer agents* "
-            f"{', '.join(f'`{esc(f)}`' for f in cms.store.active_file_transfer_agents) or '(none)'}\n"
+            f"{_names(cms.store.active_file_transfer_agents) or '(none)'}\n"
             f"{pools} · read on `{esc(r.cms_source or '?')}` at {render.when(cms.collected_at)}")
 
 
@@ -215,30 +285,44 @@ def replica_table(r: StatusReport) -> tuple[str, bool]:
 
 
 def finding_blocks(f: Finding, operator_buttons: bool) -> list[Block]:
-    lines = [f"{ICON[f.severity]} *{esc(f.subject)}*: {esc(f.summary)}  `{f.code.value}`"]
+    return _finding_blocks(f, operator_buttons)[0]
+
+
+def _finding_blocks(f: Finding, operator_buttons: bool) -> tuple[list[Block], bool]:
+    """A finding's blocks, its text within MAX_FINDING_TEXT; True when some of it was cut."""
+    lines = [f"{ICON[f.severity]} *{esc(clip(f.subject, 300))}*: {esc(clip(f.summary, 1000))}  `{f.code.value}`"]
+    evidence = []
     for ev in f.evidence:
-        where = f" _({esc(ev.source)}{', ' + render.when(ev.at) if ev.at else ''})_" if ev.source else ""
-        lines.append(f"• {esc(ev.text)}{where}")
-    for u in f.unchecked:
-        lines.append(f"• _not checked:_ {esc(u)}")
+        where = f" _({esc(clip(ev.source, 200))}{', ' + render.when(ev.at) if ev.at else ''})_" if ev.source else ""
+        evidence.append(f"• {esc(clip(ev.text, 1000))}{where}")
+    shown, cut = _capped(evidence, MAX_EVIDENCE_SHOWN, "pieces of evidence")
+    lines += shown
+    for u in f.unchecked[:MAX_EVIDENCE_SHOWN]:
+        lines.append(f"• _not checked:_ {esc(clip(u, 500))}")
     if f.fix:
         lines.append("*Fix*")
-        lines += [f"{i}. {esc(step)}" for i, step in enumerate(f.fix, 1)]
-    blocks: list[Block] = list(sections("\n".join(lines)))
+        lines += [f"{i}. {esc(clip(step, 1000))}" for i, step in enumerate(f.fix, 1)]
+    text = "\n".join(lines)
+    cut |= len(f.unchecked) > MAX_EVIDENCE_SHOWN or "… (truncated)" in text
+    if len(text) > MAX_FINDING_TEXT:  # cut at a line end where there is one
+        end = text.rfind("\n", 0, MAX_FINDING_TEXT)
+        text = text[:end if end > 0 else MAX_FINDING_TEXT] + "\n…(truncated: the rest is in the attached report)"
+        cut = True
+    blocks: list[Block] = list(sections(text))
     if operator_buttons and f.actions:
         blocks.append(ActionsBlock(elements=[action_button(a.kind, a.target, a.label) for a in f.actions[:5]]))
-    return blocks
+    return blocks, cut
 
 
 def action_button(kind: str, target: str, label: str) -> ButtonElement:
     return ButtonElement(
-        text=PlainTextObject(text=label[:75]),
+        text=plain_text(label, 75),
         action_id=f"{ACTION_PREFIX}{kind}",
         value=json.dumps({"a": kind, "t": target}),
         style="primary",
         confirm=ConfirmObject(
             title=PlainTextObject(text="Run this remediation?"),
-            text=MarkdownTextObject(text=_short(f"`{esc(describe(kind, target))}`. It runs as a job, reports in this "
+            text=md(_short(f"`{esc(describe(kind, target))}`. It runs as a job, reports in this "
                                                 "thread and is written to the audit log.")),
             confirm=PlainTextObject(text="Run it"),
             deny=PlainTextObject(text="Cancel"),
@@ -247,17 +331,22 @@ def action_button(kind: str, target: str, label: str) -> ButtonElement:
 
 
 def action_result(action: ActionOutcome, r: StatusReport | None, findings: list[Finding] | None = None) -> Rendered:
-    head = (f"{':white_check_mark:' if action.ok else ':x:'} *{esc(action.kind)}* on "
-            f"`{esc(action.target)}`: {esc(action.text)}")
-    if action.changes:
-        head += "\n*Changes:*\n" + "\n".join(f"• {esc(c)}" for c in action.changes)
+    head = (f"{':white_check_mark:' if action.ok else ':x:'} *{esc(clip(action.kind, 100))}* on "
+            f"`{esc(clip(action.target, 300))}`: {esc(clip(action.text, 2000))}")
+    changes, cut = _capped([f"• {esc(clip(c, 300))}" for c in action.changes], MAX_ERRORS_SHOWN, "changes")
+    if changes:
+        head += "\n*Changes:*\n" + "\n".join(changes)
+    cut |= len(action.text) > 2000
     if r is None:
-        return Rendered(messages=paginate(list(sections(head)) + finding_list(findings or []), action.text))
+        messages, pages_cut = bounded(list(sections(head)) + finding_list(findings or []), action.text)
+        full = "\n".join([action.text, *action.changes, *(line for f in findings or [] for line in
+                                                           render.finding_text(f))])
+        return Rendered(messages=messages, attachment=full if cut or pages_cut else None)
     rendered = report(r, heading="Re-check after the action")
-    first = rendered.messages[0]
-    first.blocks = list(sections(head)) + first.blocks
-    rendered.messages = paginate([b for m in rendered.messages for b in m.blocks], first.text)
-    return rendered
+    blocks = list(sections(head)) + [b for m in rendered.messages for b in m.blocks]
+    messages, pages_cut = bounded(blocks, rendered.messages[0].text)
+    full = "\n".join([action.text, *action.changes, "", render.report_text(r)])
+    return Rendered(messages=messages, attachment=full if cut or pages_cut or rendered.attachment else None)
 
 
 # -- explain and help -------------------------------------------------------------------
@@ -267,9 +356,17 @@ def explanation(e: Explanation) -> Message:
     return Message(text=e.summary, blocks=sections(esc(render.explanation_text(e))))
 
 
-def help_message(lines: list[tuple[str, str, str]]) -> Message:
+OPEN_CHANNELS = ("This bot answers in any channel it is invited to: anyone there can read server names, addresses, "
+                 "certificates and ACLs in its reports. To restrict it, the team running cms-chatops sets "
+                 "`CMSBOT_SLACK_CHANNELS` to the allowed channel IDs (comma-separated, e.g. `C0123ABCD,C0456EFGH`).")
+
+
+def help_message(lines: list[tuple[str, str, str]], open_channels: bool = False) -> Message:
+    """`open_channels`: no channel list is configured; the help says how to restrict the bot."""
     text = "*cms-chatops* checks and repairs Central Management Store replication.\n"
     text += "\n".join(f"• `{esc(u)}`: {esc(d)}. Example: `{esc(ex)}`" for u, d, ex in lines)
+    if open_channels:
+        text += f"\n:warning: {OPEN_CHANNELS}"
     return Message(text="cms-chatops commands", blocks=sections(text))
 
 
@@ -288,7 +385,7 @@ def clear_button(marker_id: str) -> ButtonElement:
         value=marker_id, style="danger",
         confirm=ConfirmObject(
             title=PlainTextObject(text="Clear the unknown outcome?"),
-            text=MarkdownTextObject(text=_short(
+            text=md(_short(
                 "Only once someone has checked the CMS (/cms-status, ActiveMasterFqdn, which pool is Active). "
                 "Clearing it lets CMS changes and remediations start again; it is written to the audit log.")),
             confirm=PlainTextObject(text="Checked: clear it"), deny=PlainTextObject(text="Cancel")),
@@ -302,7 +399,7 @@ def card(a, status_line: str | None = None) -> Message:
     plan = a.plan
     title = "CMS failover" if a.kind == "failover" else "CMS recovery runbook"
     expires = datetime.fromtimestamp(a.expires, tz=UTC).strftime("%H:%M UTC")
-    lines = [f":arrows_counterclockwise: *{title}* requested by <@{a.requester}> · card expires {expires}"]
+    lines = [f":arrows_counterclockwise: *{title}* requested by {user_mention(a.requester)} · card expires {expires}"]
     if a.kind == "failover":
         lines.append(f"*Plan:* {esc(str(plan.get('mode')))} failover from `{esc(str(plan.get('source')))}` to "
                      f"`{esc(str(plan.get('target')))}`, run on `{esc(str(plan.get('run_on')))}`:\n"
@@ -326,8 +423,8 @@ def card(a, status_line: str | None = None) -> Message:
         body.append(ActionsBlock(elements=[
             ButtonElement(text=PlainTextObject(text="Approve"), action_id=APPROVE_ACTION, value=a.id, style="primary",
                           confirm=ConfirmObject(
-                              title=PlainTextObject(text=f"Approve this {a.kind}?"),
-                              text=MarkdownTextObject(text=_short(f"This starts: {esc(describe_change(plan))}")),
+                              title=plain_text(f"Approve this {a.kind}?", 24),
+                              text=md(_short(f"This starts: {esc(describe_change(plan))}")),
                               confirm=PlainTextObject(text="Approve"), deny=PlainTextObject(text="Cancel"))),
             ButtonElement(text=PlainTextObject(text="Deny"), action_id=DENY_ACTION, value=a.id, style="danger"),
         ]))
@@ -338,14 +435,15 @@ def approval_status(a) -> str:
     if a.status is ApprovalStatus.blocked:
         return ":no_entry: preflight says BLOCK: approval is disabled. Fix the blocking checks and request again."
     if a.status is ApprovalStatus.pending:
-        have = (f" ({len(a.approvers)} of {a.needed}: {', '.join(f'<@{u}>' for u in a.approvers)})"
+        have = (f" ({len(a.approvers)} of {a.needed}: {', '.join(user_mention(u) for u in a.approvers)})"
                 if a.approvers else "")
         return (f"waiting for {a.needed} approval{'s' if a.needed > 1 else ''} "
                 f"from an approver other than the requester{have}")
     if a.status in (ApprovalStatus.approved, ApprovalStatus.consumed):
-        return f":white_check_mark: approved by {', '.join(f'<@{u}>' for u in a.approvers)}: executing (see the thread)"
+        return (f":white_check_mark: approved by {', '.join(user_mention(u) for u in a.approvers)}: executing "
+                "(see the thread)")
     if a.status is ApprovalStatus.denied:
-        return f":x: denied by <@{a.decided_by}>; nothing was changed"
+        return f":x: denied by {user_mention(a.decided_by)}; nothing was changed"
     if a.status is ApprovalStatus.expired:
         return ":hourglass: expired without enough approvals; nothing was changed"
     return esc(a.status.value)

@@ -15,6 +15,23 @@ HOST_ERROR_TEXT = {
 }
 
 
+STARTED = {
+    "/cms-status": "Checking {scope} now: the report appears in this channel, in a thread under my message.",
+    "/cms-replicate": "Forcing replication for {scope}: after the replication wait and a re-check, the result "
+                      "appears in this channel, in a thread under my message.",
+    "/cms-failover": "Running the read-only preflight of the CMS failover: the plan and its approval card appear in "
+                     "this channel.",
+    "/cms-recover": "Running the read-only preflight of the CMS recovery: the plan and its approval card appear in "
+                    "this channel.",
+}
+
+
+def started(command: str, target: str | None = None) -> str:
+    """What the ack of an accepted command tells its user is happening (plain text: escape it for Slack)."""
+    return STARTED.get(command, f"{command} started: its result appears in this channel.").format(
+        scope=target or "the whole deployment")
+
+
 def when(moment: datetime | None, now: datetime | None = None) -> str:
     if moment is None:
         return "never"
@@ -73,6 +90,8 @@ def _severity_counts(findings: list[Finding]) -> dict[str, int]:
 
 def report_text(report: StatusReport) -> str:
     lines: list[str] = []
+    if report.notes:
+        lines += ["Notes"] + [f"  ! {n}" for n in report.notes] + [""]
     cms = report.cms
     if cms is not None:
         active = [s.pool_fqdn for s in cms.services if s.active]

@@ -51,10 +51,11 @@ def _register_fallbacks(app: App) -> None:
     """Anything no listener claimed (an old button, a command renamed in the manifest) gets a
     plain answer, not Bolt's 404."""
     from bot.commands import usage
+    from bot.render.blocks import esc
 
     @app.command(re.compile(".*"))
     def unknown_command(ack):
-        ack(text=f"I do not know that command. {usage()}")
+        ack(text=esc(f"I do not know that command. {usage()}"))  # the usage shows <placeholders>
 
     def stale_button(respond):
         respond(text="This button is no longer valid; run /cms-status again for fresh ones.",

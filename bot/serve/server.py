@@ -1,8 +1,9 @@
-"""`cmsbot bot`: the Slack app plus its reporter, in one process.
+"""`cmsbot bot`: the Slack app, and its reporter in a child process it supervises.
 
 Socket Mode when an app-level token is configured (no inbound port), else the
 HTTP endpoint /slack/events (Bolt verifies every request's signature) and
-/healthz for a load balancer.
+/healthz for a load balancer, served by gunicorn (bot/serve/http.py): its master
+runs in this process and keeps both the serving processes and the reporter running.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -34,7 +36,7 @@ from bot.delivery.slack_thread import SlackThreads
 from bot.listeners import Deps
 from bot.roles import Roles
 from bot.serve.app import build_app, web_client
-from bot.serve.http import make_server
+from bot.serve.http import Limits, endpoint, serve
 from cms.messages import ApprovalChanged
 from cms.settings import Settings
 from cms.topology import Topology
@@ -66,8 +68,9 @@ def missing_settings(slack: SlackSettings) -> list[str]:
 
 def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: Topology) -> int:
     """Serve Slack (HTTP or Socket Mode) here; deliver in a supervised child process, so
-    acks never wait behind the reporter's work. Over HTTP, `http_processes` pre-forked
-    processes share the listening socket, so acks use every core."""
+    acks never wait behind the reporter's work. Over HTTP, gunicorn's master runs in this
+    process: `http_processes` serving processes forked from it share the listening socket, so
+    acks use every core, and it keeps the reporter running next to them."""
     stop = threading.Event()
     # until the serving loop installs its own: a SIGTERM while starting (Slack down) unwinds cleanly
     signal.signal(signal.SIGTERM, _exit_now)
@@ -77,35 +80,24 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
     if slack.app_token.get_secret_value():
         return _socket_mode(settings, slack, topology, stop)
 
-    listener = socket.create_server((slack.http_host, slack.http_port), backlog=512)
-    # Non-blocking: the processes sharing it all wake for one connection, and the ones that lose
-    # the accept race must go back to their loop (and see a shutdown), not sit in accept().
-    listener.setblocking(False)
-    children = []
-    for _ in range(max(1, slack.http_processes) - 1):
-        pid = os.fork()
-        if pid == 0:  # a serving child: its own app, clients and threads, built after the fork
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _exit_with_parent(os.getppid())
-            _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=threading.Event())
-            os._exit(0)
-        children.append(pid)
-    supervisor = threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True)
-    supervisor.start()
-    port = listener.getsockname()[1]
-    print(f"cmsbot bot: listening on http://{slack.http_host}:{port}/slack/events "
-          f"({len(children) + 1} processes)", flush=True)
+    reporter = ReporterChild()
+    reporter.keep()  # delivery starts now, even if Slack keeps the app waiting below
     try:
-        _serve(listener, settings, slack, topology, conn_url=settings.redis_url, stop=stop)
+        app, roles, client = _build(settings, slack, topology, waiting=reporter.keep)
+        health = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+
+        def ready(address: str) -> None:
+            print(f"cmsbot bot: listening on {address}/slack/events ({slack.http_processes} processes)", flush=True)
+
+        def worker_started() -> None:  # in each serving process: its own refresh of the user groups
+            threading.Thread(target=_refresh_groups, args=(roles, client, slack, threading.Event()), name="groups",
+                             daemon=True).start()
+
+        wsgi = endpoint(app, lambda: _redis_ok(health), Limits.of(settings))
+        serve(wsgi, settings, host=slack.http_host, port=slack.http_port, processes=slack.http_processes,
+              sidecar=reporter, ready=ready, worker_started=worker_started)
     finally:
-        stop.set()
-        supervisor.join(15)  # it stops the reporter process: never leave it orphaned
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+        reporter.stop()
     return 0
 
 
@@ -157,7 +149,7 @@ def _connect(handler, stop: threading.Event) -> None:
         return
 
 
-def _build(settings: Settings, slack: SlackSettings, topology: Topology):
+def _build(settings: Settings, slack: SlackSettings, topology: Topology, waiting: Callable[[], None] | None = None):
     client = web_client(slack)
     roles = Roles(slack)
     # the listeners' own client: short timeouts, no retries, so a struggling Redis costs at
@@ -172,6 +164,8 @@ def _build(settings: Settings, slack: SlackSettings, topology: Topology):
             if not _slack_down(e):
                 raise  # a wrong or revoked token: say so and stop
             log.warning("Slack did not answer auth.test (%s); retrying in %.0f s", e.__context__ or e, delay)
+            if waiting is not None:
+                waiting()
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -187,37 +181,50 @@ def _slack_down(e: Exception) -> bool:
     return status == 429 or status >= 500 or cause.response.get("error") in SLACK_DOWN
 
 
-def _serve(listener: socket.socket, settings: Settings, slack: SlackSettings, topology: Topology, conn_url: str,
-           stop: threading.Event) -> None:
-    app, roles, client = _build(settings, slack, topology)
-    threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
-    health = redis.Redis.from_url(conn_url, socket_connect_timeout=1, socket_timeout=1)
-    server = make_server(listener, app, lambda: _redis_ok(health))
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    try:
-        server.serve_forever(poll_interval=0.5)
-    finally:
-        stop.set()
+class ReporterChild:
+    """One `cmsbot reporter` child of this process: started again whenever it exits, stopped with
+    the bot. Over HTTP, gunicorn's master calls it from its loop (bot/serve/http.py)."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+
+    def keep(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            return
+        if self.child is not None:
+            log.warning("the reporter exited with %s; restarting it", self.child.returncode)
+        self.child = subprocess.Popen([sys.executable, "-m", "bot.cli", "reporter"], stdin=subprocess.DEVNULL,
+                                      env=dict(os.environ, **{PARENT_ENV: str(os.getpid())}))
+
+    def reap(self) -> None:
+        if self.child is not None:
+            self.child.poll()
+
+    def terminate(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+
+    def stop(self) -> None:
+        child, self.child = self.child, None
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(REPORTER_STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _supervise_reporter(stop: threading.Event) -> None:
     """Keep one `cmsbot reporter` child running while the bot runs; stop it with the bot."""
-    child: subprocess.Popen | None = None
+    reporter = ReporterChild()
     try:
         while not stop.is_set():
-            if child is None or child.poll() is not None:
-                if child is not None:
-                    log.warning("the reporter exited with %s; restarting it", child.returncode)
-                child = subprocess.Popen([sys.executable, "-m", "bot.cli", "reporter"], stdin=subprocess.DEVNULL,
-                                         env=dict(os.environ, **{PARENT_ENV: str(os.getpid())}))
+            reporter.keep()
             stop.wait(1.0)
     finally:
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(REPORTER_STOP_WAIT)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        reporter.stop()
 
 
 def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) -> int:

@@ -75,7 +75,7 @@ class Run:
         try:
             self.fake.start()
             started = time.monotonic()
-            lab = LabProcess(self.workdir, "--version", self.version, "--module-load-ms", str(MODULE_LOAD_MS))
+            lab = LabProcess(self.workdir, "--product", self.version, "--module-load-ms", str(MODULE_LOAD_MS))
             self.processes.append(lab)
             worker = WorkerProcess.spawned(self.workdir, self.db, lab.topology, WORKER)  # imports while the bot starts
             self.processes.append(worker)

@@ -130,7 +130,7 @@ def test_lab_rejects_an_unknown_scenario_with_the_known_ones(tmp_path):
 
 
 def test_lab_prints_ready_line_with_server_count(tmp_path):
-    lab = LabProcess(tmp_path, "--servers", "3", "--version", "lync2013")
+    lab = LabProcess(tmp_path, "--servers", "3", "--product", "lync2013")
     try:
         assert lab.text().strip() == f"lab ready: 3 servers, topology {lab.topology}"
         topology = topo.load(lab.topology)
@@ -305,7 +305,7 @@ PS2_LIBRARY = ("# probe-lib: written for this test, in the 2.0 subset\nSet-Stric
 
 @pytest.fixture(scope="module")
 def lync2010_lab(tmp_path_factory):
-    lab = LabProcess(tmp_path_factory.mktemp("lync2010lab"), "--servers", "4", "--version", "lync2010")
+    lab = LabProcess(tmp_path_factory.mktemp("lync2010lab"), "--servers", "4", "--product", "lync2010")
     yield lab
     stop_cleanly(lab)
 
@@ -367,3 +367,49 @@ def test_every_probe_runs_on_a_powershell_2_host(lync2010_lab):
                     r"cmsbot lab \(Windows PowerShell 2\.0 host\)|cannot be retrieved because", e.reason)):
                 refused.append(e.reason)
     assert not refused, "\n".join(refused)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_single_response_past_the_answer_limit_is_not_read(chunked):
+    """A host that ignores our MaxEnvelopeSize and sends 20 MB in one response: reading stops at the
+    limit (by its Content-Length, or as a chunked body arrives) and the probe fails saying why."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    size, sent = 20 * 1024 * 1024, []
+
+    class Huge(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/soap+xml;charset=UTF-8")
+            self.send_header(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(size))))
+            self.end_headers()
+            block = b"x" * 65536
+            try:
+                for _ in range(size // len(block)):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+                    sent.append(len(block))
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+            except OSError:  # the client stopped reading and closed the connection
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        creds = Credentials(username=LAB_USER, password=LAB_PASSWORD, transport="basic")
+        shell = HostShell("fe01.contoso.com", f"http://127.0.0.1:{server.server_address[1]}/wsman", creds, {},
+                          deadline=time.monotonic() + scaled(10), max_answer=1024 * 1024)
+        with pytest.raises(ProbeFailed, match=r"answer larger than 1 MB: fe01\.contoso\.com sent a single .* 1\.4 MB"):
+            shell.run(*probes.command("cms-status"))
+        shell.close()
+        assert sum(sent) < size  # the server could not push it all: nobody was reading
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -156,3 +156,52 @@ def test_plain_get_with_query_string(fake):
         assert json.load(resp)["channel"]["id"] == "C9"
     (call,) = fake.calls()
     assert call.params == {"channel": "C9"} and call.token == "xoxb-q"
+
+
+def test_a_private_channel_the_bot_is_not_in_does_not_exist_for_it(fake, client):
+    fake.channel("C0PRIV", private=True, member=False)
+    for call in (lambda: client.chat_postMessage(channel="C0PRIV", text="hi"),
+                 lambda: client.chat_postEphemeral(channel="C0PRIV", user="U1", text="hi"),
+                 lambda: client.conversations_info(channel="C0PRIV")):
+        with pytest.raises(SlackApiError) as e:
+            call()
+        assert e.value.response["error"] == "channel_not_found"
+    assert fake.messages("C0PRIV") == [] and fake.ephemeral() == []
+
+
+def test_a_public_channel_the_bot_is_not_in_needs_chat_write_public(fake, client):
+    fake.channel("C0PUB", member=False)
+    with pytest.raises(SlackApiError) as e:
+        client.chat_postMessage(channel="C0PUB", text="hi")
+    assert e.value.response["error"] == "not_in_channel"
+    assert client.conversations_info(channel="C0PUB")["channel"]["is_member"] is False
+    with SlackFake(scopes=slack_fake.DEFAULT_SCOPES | {"chat:write.public"}) as public:
+        public.channel("C0PUB", member=False)
+        web = WebClient(token="xoxb-test", base_url=public.base_url)
+        assert web.chat_postMessage(channel="C0PUB", text="hi")["ok"]
+        with pytest.raises(SlackApiError) as e:  # files still need the bot in the channel
+            web.files_upload_v2(channel="C0PUB", content="report", filename="r.txt")
+        assert e.value.response["error"] == "not_in_channel"
+
+
+def test_a_response_url_answers_the_user_five_times_within_its_lifetime(fake):
+    from slack_sdk.webhook import WebhookClient
+
+    fake.channel("C0PRIV", private=True, member=False)
+    url = fake.response_url("C0PRIV", "U42")
+    hook = WebhookClient(url)
+    for i in range(5):
+        assert hook.send(text=f"answer {i}").status_code == 200
+    refused = hook.send(text="one too many")
+    assert refused.status_code == 404 and json.loads(refused.body)["error"] == "used_url"
+    shown = fake.ephemeral()
+    assert [(e["channel"], e["user"], e["via"], e["text"]) for e in shown][0] == (
+        "C0PRIV", "U42", "response_url", "answer 0")
+    assert len(shown) == 5 and fake.messages("C0PRIV") == []
+    assert WebhookClient(url + "x").send(text="?").status_code == 404  # not one Slack handed out
+    in_channel = WebhookClient(fake.response_url("C0PRIV", "U42"))
+    assert in_channel.send(text="for everyone", response_type="in_channel").status_code == 200
+    assert [m["text"] for m in fake.messages("C0PRIV")] == ["for everyone"]  # in_channel needs no membership
+    with SlackFake(response_url_ttl=0) as short:
+        expired = WebhookClient(short.response_url("C1", "U1")).send(text="late")
+        assert expired.status_code == 404 and json.loads(expired.body)["error"] == "expired_url"

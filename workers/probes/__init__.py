@@ -19,6 +19,7 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from cms.ps_json import clip
 from workers.probes import wire
 from workers.probes.wire import ENV_CHUNK, HEADER, LIB_VAR, POWERSHELL, joined
 
@@ -29,6 +30,7 @@ __all__ = ["ENV_CHUNK", "HEADER", "LIB_VAR", "POWERSHELL", "Probe", "clixml_erro
            "library", "names", "probe", "shell_env"]
 
 LIB_NAME = "_lib"
+MAX_ERROR = 1000  # characters of a probe's own error message kept (the rest is cut, and says so)
 
 
 # Invoke-Probe's -PowerShell: the oldest Windows PowerShell the probe runs on (default 2.0, the
@@ -116,7 +118,7 @@ def decode(name: str, out: Output) -> Any:
     if "error" in doc and doc["error"]:
         err = doc["error"]
         message = err.get("message") if isinstance(err, dict) else str(err)
-        raise ProbeFailed(f"{name}: {message}")
+        raise ProbeFailed(f"{name}: {clip(str(message), MAX_ERROR)}")
     # "ps" (the host's Windows PowerShell) and data.NotReported (cmdlet properties this product
     # version lacks, their fields null) are part of every answer of the 2.0-compatible writer
     # (_lib.ps1); the parsers read NotReported from the data.

@@ -31,7 +31,7 @@ from cms.models import (
 from cms.settings import Settings
 from cms.topology import ServerRole, Target, Topology
 from hub.contract import utcnow
-from workers.transport.fleet import Fleet, HostRun
+from workers.transport.fleet import Fleet, HostRun, downgraded
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,12 @@ def run_status(topology: Topology, settings: Settings, target: Target, emit: Emi
             runs2 = fleet.run_all(stage2)
             report = add_second_stage(report, runs2)
     progress.finish()
+    plain = sorted({s for s in [*reachable, *candidates] if downgraded(topology, settings, s)})
+    if plain and topology.winrm.allow_http:  # without allow_http each of them is a host error instead
+        report = report.model_copy(update={"notes": report.notes + [
+            f"WinRM over plain HTTP to {', '.join(plain)}: the topology sets winrm.allow_http: true although "
+            "CMSBOT_WINRM_SCHEME=https (credentials and answers cross the network unprotected unless the "
+            "transport encrypts them)"]})
     return report.model_copy(update={"findings": diagnose(report)})
 
 
@@ -150,17 +156,20 @@ def build_report(topology: Topology, target: Target, runs: dict[str, HostRun],
     errors = _Errors()
     health: list[ReplicaHealth] = []
     backup: list[PoolBackup] = []
+    notes: list[str] = []
     for server, run in runs.items():
         errors.add(*run.errors)
         if (h := run.answer("replica-health", ReplicaHealth)) and server in target.servers:
             health.append(h)
         if b := run.answer("backup-status", BackupStatus):
             backup += b.pools
+            notes += [f"{server} (backup-status): {n}" for n in b.notes]
     cms, cms_source = None, None
     for attempt in cms_attempts:
         errors.add(*attempt.errors)
         if cms is None and (cms := attempt.answer("cms-status", CmsStatus)):
             cms_source = attempt.server
+            notes += [f"{attempt.server} (cms-status): {n}" for n in cms.notes]
     paired = topology.paired_pool(topology.cms_pool)
     return StatusReport(
         scope=target.name if target.kind != "deployment" else "all",
@@ -169,7 +178,7 @@ def build_report(topology: Topology, target: Target, runs: dict[str, HostRun],
         pools={s.fqdn: topology.pool_of(s.fqdn).fqdn for s in topology.servers},
         cms_pool=topology.cms_pool, cms_backup_pool=paired.fqdn if paired else None,
         cms=cms, cms_source=cms_source, health=sorted(health, key=lambda h: h.fqdn), backup=backup,
-        host_errors=errors.sorted(),
+        host_errors=errors.sorted(), notes=notes,
     )
 
 
@@ -183,6 +192,7 @@ def add_second_stage(report: StatusReport, runs: dict[str, HostRun]) -> StatusRe
             update["events"] = log.events
         if reach := run.answer("reachability", Reachability):
             update["reachability"] = reach
+            update["notes"] = report.notes + [f"{server} (reachability): {n}" for n in reach.notes]
         if membership := run.answer("ad-membership", GroupMembership):
             update["membership"] = membership
     update["host_errors"] = errors.sorted()

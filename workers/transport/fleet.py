@@ -16,9 +16,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from cms.models import HostError, HostErrorKind, Model
 from cms.parsers import ParseError, parse_answer
+from cms.ps_json import clip
 from cms.settings import Settings
 from cms.topology import Topology
 from workers import probes
@@ -32,6 +34,7 @@ STRAGGLER_MARGIN = 2.0
 # variable adds around its name and value: <rsp:Variable Name="...">...</rsp:Variable>
 ENVELOPE_BASE = 4096
 PER_VARIABLE = 48
+MAX_REASON = 1000  # characters of a server's own error text kept in a host error
 
 
 def envelope_size(env: dict[str, str]) -> int:
@@ -80,13 +83,43 @@ class HostRun:
                                              reason=f"unreadable answer ({e})"[:300]))
 
 
-def endpoint(topology: Topology, settings: Settings, server: str) -> str:
+class PlainHttpRefused(HostFailure):
+    """The topology asks for plain HTTP to a server while the settings say HTTPS, and does not allow it."""
+
+
+_downgrades_logged: set[str] = set()
+
+
+def _configured(topology: Topology, settings: Settings, server: str) -> str:
     s = topology.server(server)
     if s.endpoint:
         return s.endpoint
     scheme = topology.winrm.scheme or settings.winrm_scheme
     port = topology.winrm.port or (5986 if scheme == "https" else 5985)
     return f"{scheme}://{server}:{port}/wsman"
+
+
+def downgraded(topology: Topology, settings: Settings, server: str) -> bool:
+    """Whether the topology takes this server to plain HTTP although CMSBOT_WINRM_SCHEME is https."""
+    return settings.winrm_scheme == "https" and urlsplit(_configured(topology, settings, server)).scheme != "https"
+
+
+def endpoint(topology: Topology, settings: Settings, server: str) -> str:
+    """The server's WS-Management URL. The topology may not silently take a server to plain HTTP when
+    CMSBOT_WINRM_SCHEME is https: that is refused (PlainHttpRefused) unless its `winrm.allow_http` is
+    true, and then logged (once per server and process) and noted in every /cms-status."""
+    url = _configured(topology, settings, server)
+    if downgraded(topology, settings, server):
+        where = "its endpoint" if topology.server(server).endpoint else "winrm.scheme"
+        if not topology.winrm.allow_http:
+            raise PlainHttpRefused(f"refused to use plain HTTP ({where} in the topology says {url}) while "
+                                   "CMSBOT_WINRM_SCHEME=https; use HTTPS, or set winrm.allow_http: true in the "
+                                   "topology to accept it")
+        if server not in _downgrades_logged:
+            _downgrades_logged.add(server)
+            log.warning("%s: WinRM over plain HTTP (%s in the topology: %s) although CMSBOT_WINRM_SCHEME=https, "
+                        "because the topology sets winrm.allow_http: true", server, where, url)
+    return url
 
 
 class Fleet:
@@ -129,7 +162,8 @@ class Fleet:
                                        f"WS-Management message, over the {self._limit // 1024} KB limit "
                                        "(CMSBOT_WINRM_MAX_ENVELOPE_KB and the host's MaxEnvelopeSizekb)")
             self._shells[(server, index)] = HostShell(server, endpoint(self._topology, self._settings, server),
-                                                      self._creds, env, deadline=0.0)
+                                                      self._creds, env, deadline=0.0,
+                                                      max_answer=self._settings.winrm_max_answer_mb * 1024 * 1024)
         return self._shells[(server, index)]
 
     @property
@@ -178,7 +212,7 @@ class Fleet:
                 cmd, args = probes.command(name)
                 run.read(name, probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name))))
             except HostFailure as f:
-                run.error = HostError(server=server, kind=f.kind, reason=f.reason, probe=name)
+                run.error = HostError(server=server, kind=f.kind, reason=clip(f.reason, MAX_REASON), probe=name)
                 break
             except Exception:  # noqa: BLE001 - a bug reading one host's answer is that host's error
                 log.exception("probe %s on %s failed unexpectedly", name, server)

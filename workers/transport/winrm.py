@@ -39,6 +39,10 @@ T = TypeVar("T")
 MAX_OPERATION_TIMEOUT = 10
 CLEANUP_TIMEOUT = 3.0
 STDIN_CHUNK = 96 * 1024  # base64 text per Send, well inside WinRM's default MaxEnvelopeSize
+DEFAULT_MAX_ANSWER = 8 * 1024 * 1024  # bytes of output one command may send (CMSBOT_WINRM_MAX_ANSWER_MB)
+# One HTTP response may carry at most this much more than the output it encodes (base64 is 4/3 of the
+# bytes, plus the SOAP envelope); a compliant host keeps each under our MaxEnvelopeSize (150 KB) anyway.
+RESPONSE_OVERHEAD = 64 * 1024
 
 
 class HostFailure(Exception):
@@ -67,6 +71,10 @@ class ProbeFailed(HostFailure):
     kind = HostErrorKind.probe_failed
 
 
+class AnswerTooLarge(ProbeFailed):
+    """More output than CMSBOT_WINRM_MAX_ANSWER_MB: reading stopped."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -87,6 +95,38 @@ class Output:
     exit_code: int
 
 
+def _megabytes(n: int) -> str:
+    mb = n / (1024 * 1024)
+    return f"{mb:.0f} MB" if mb == int(mb) else f"{mb:.1f} MB"
+
+
+def bounded_responses(max_answer: int, server: str) -> Callable[..., requests.Response]:
+    """A requests response hook (it runs before requests reads the body) that reads at most what a
+    response carrying `max_answer` bytes of output can take: a larger one (by its Content-Length, or as
+    it arrives) fails the probe instead of being read into memory."""
+    limit = max_answer * 4 // 3 + RESPONSE_OVERHEAD  # base64 of the output, and the envelope around it
+
+    def hook(response: requests.Response, *args: object, **kwargs: object) -> requests.Response:
+        declared = response.headers.get("Content-Length", "")
+        too_large = AnswerTooLarge(f"answer larger than {_megabytes(max_answer)}: {server} sent a single "
+                                   f"WS-Management response of more than {_megabytes(limit)}; stopped reading it "
+                                   "(CMSBOT_WINRM_MAX_ANSWER_MB)")
+        if declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise too_large
+        if declared.isdigit() or response.raw is None:
+            return response  # within the limit: requests reads it as usual
+        body = response.raw.read(limit + 1, decode_content=True)  # no length given (chunked): read a bounded amount
+        if len(body) > limit:
+            response.close()
+            raise too_large
+        response._content = body  # what requests' own reading would have set
+        response._content_consumed = True  # type: ignore[attr-defined]  # requests keeps it private
+        return response
+
+    return hook
+
+
 def is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -100,10 +140,12 @@ def is_loopback(url: str) -> bool:
 class HostShell:
     """One shell on one server, opened on first use, reused for the job's probes."""
 
-    def __init__(self, server: str, endpoint: str, creds: Credentials, env: dict[str, str], deadline: float):
+    def __init__(self, server: str, endpoint: str, creds: Credentials, env: dict[str, str], deadline: float,
+                 max_answer: int = DEFAULT_MAX_ANSWER):
         self.server = server
         self.endpoint = endpoint
         self.deadline = deadline
+        self.max_answer = max_answer  # bytes of output (stdout and stderr) one command may send
         self._creds = creds
         self._env = env
         self._protocol: winrm.Protocol | None = None
@@ -131,6 +173,7 @@ class HostShell:
                         shell_id, command_id, c, end=e))
             out: list[bytes] = []
             err: list[bytes] = []
+            received = 0
             try:
                 while True:
                     try:
@@ -138,11 +181,18 @@ class HostShell:
                                                       receive=True)
                     except WinRMOperationTimeoutError:
                         continue  # the command is still running; poll again while time remains
+                    received += len(o) + len(e)
+                    if received > self.max_answer:
+                        raise AnswerTooLarge(f"answer larger than {_megabytes(self.max_answer)}: stopped reading "
+                                          f"after {received / (1024 * 1024):.1f} MB and ended the command "
+                                          "(CMSBOT_WINRM_MAX_ANSWER_MB)")
                     out.append(o)
                     err.append(e)
                     if done:
                         break
-            except TimedOut:
+            except (TimedOut, AnswerTooLarge):  # out of time, or too much: end the command, drop the shell
+                out.clear()
+                err.clear()
                 self._quietly(lambda p: p.cleanup_command(shell_id, command_id))
                 self.close()
                 raise
@@ -180,7 +230,7 @@ class HostShell:
         if c.transport == "basic" and plain_http and not is_loopback(self.endpoint):
             raise AuthFailed("credentials not sent: Basic authentication over plain HTTP is allowed only to loopback; "
                              "use HTTPS or NTLM/Kerberos")
-        return winrm.Protocol(
+        protocol = winrm.Protocol(
             endpoint=self.endpoint,
             transport=c.transport,
             username=c.username,
@@ -193,6 +243,20 @@ class HostShell:
             message_encryption="auto",
             proxy=c.proxy,  # explicit: None means no proxy, whatever the environment says
         )
+        # every response of the session is bounded before requests reads it: pywinrm builds its
+        # session on the first message, so the hook is added to it as it is built
+        transport = protocol.transport
+        build, hook = transport.build_session, bounded_responses(self.max_answer, self.server)
+
+        def bounded_session() -> requests.Session:
+            fresh = transport.session is None
+            session = build()
+            if fresh:
+                session.hooks["response"].append(hook)
+            return session
+
+        transport.build_session = bounded_session  # type: ignore[method-assign]
+        return protocol
 
     def _call(self, fn: Callable[[winrm.Protocol], T], *, receive: bool = False) -> T:
         remaining = self.deadline - time.monotonic()
