@@ -205,6 +205,20 @@ def slack_redis(slack_worker) -> str:
 
 
 @pytest.fixture
+def start_bot(fake, edge_lab, slack_worker, slack_redis, tmp_path):
+    """The real bot on the test's database (with these settings), stopped cleanly at the end."""
+    fake.reset()
+    started: list[BotProcess] = []
+
+    def start(**settings: str) -> BotProcess:
+        started.append(BotProcess(tmp_path, slack_redis, edge_lab.topology, fake, **settings))
+        return started[-1]
+    yield start
+    slack_worker.terminate()
+    stop_cleanly(*started)
+
+
+@pytest.fixture
 def bot(tmp_path, slack_redis, edge_lab, slack_worker, fake):
     fake.reset()
     b = BotProcess(tmp_path, slack_redis, edge_lab.topology, fake)

@@ -8,7 +8,6 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -19,8 +18,8 @@ from hub.contract import PREFLIGHT, STATUS, Request, queue, queues, submit
 from hub.fair_use import admit
 from hub.jobs import PREFLIGHT_JOB, STATUS_JOB
 from hub.keys import KEYS, Hub
-from tests.harness import stop_cleanly, wait_settled, wait_until
-from tests.slack_support import CHANNEL, OPERATOR, VIEWER, BotProcess, ack_body, blocks_text, parents
+from tests.harness import wait_settled, wait_until
+from tests.slack_support import CHANNEL, OPERATOR, VIEWER, ack_body, blocks_text, parents
 
 # -- the counting, on real Redis -------------------------------------------------------------------
 
@@ -84,18 +83,6 @@ def test_a_worker_takes_changes_then_preflights_then_status_checks(db_url):
 # -- the real bot ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def start_bot(fake, edge_lab, slack_worker, slack_redis, tmp_path):
-    """The real bot on the test's database (with these settings), stopped cleanly at the end."""
-    fake.reset()
-    started: list[BotProcess] = []
-
-    def start(**settings: str) -> BotProcess:
-        started.append(BotProcess(tmp_path, slack_redis, edge_lab.topology, fake, **settings))
-        return started[-1]
-    yield start
-    slack_worker.terminate()
-    stop_cleanly(*started)
 
 
 def _targets(topology_path) -> list[str]:

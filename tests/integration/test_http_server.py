@@ -16,24 +16,12 @@ import time
 import pytest
 
 from lab.processes import alive, children_of, describe
-from tests.harness import scaled, stop_cleanly, wait_until
+from tests.harness import scaled, wait_until
 from tests.slack_support import BotProcess, parents
 
 HEAD = b"POST /slack/events HTTP/1.1\r\nHost: bot\r\nContent-Type: application/x-www-form-urlencoded\r\n"
 
 
-@pytest.fixture
-def start_bot(fake, edge_lab, slack_worker, slack_redis, tmp_path):
-    """The real bot on the test's database (with these settings), stopped cleanly at the end."""
-    fake.reset()
-    started: list[BotProcess] = []
-
-    def start(**settings: str) -> BotProcess:
-        started.append(BotProcess(tmp_path, slack_redis, edge_lab.topology, fake, **settings))
-        return started[-1]
-    yield start
-    slack_worker.terminate()
-    stop_cleanly(*started)
 
 
 def _connect(bot: BotProcess) -> socket.socket:

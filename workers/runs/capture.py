@@ -44,7 +44,7 @@ from cms.topology import Topology
 from workers import probes
 from workers.runs.anonymize import Renamer
 from workers.runs.status import cms_candidates, probe_params
-from workers.transport.fleet import endpoint, envelope_size
+from workers.transport.fleet import endpoint, envelope_size, packed
 from workers.transport.winrm import Credentials, HostFailure, HostShell, Output
 
 log = logging.getLogger(__name__)
@@ -155,22 +155,9 @@ class _Runner:
     def __init__(self, topology: Topology, settings: Settings, creds: Credentials):
         self._topology, self._settings, self._creds = topology, settings, creds
 
-    def groups(self, calls: dict[str, dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
-        limit = self._settings.winrm_max_envelope_kb * 1024
-        if envelope_size(probes.shell_env(calls)) <= limit:
-            return [dict(calls)]
-        groups: list[dict[str, dict[str, Any]]] = []
-        for name, params in calls.items():
-            fits = next((g for g in groups if envelope_size(probes.shell_env({**g, name: params})) <= limit), None)
-            if fits is None:
-                groups.append({name: params})
-            else:
-                fits[name] = params
-        return groups
-
     def run(self, server: str, calls: dict[str, dict[str, Any]], into: ServerCapture) -> None:
         shells: dict[int, HostShell] = {}
-        groups = self.groups(calls)
+        groups = packed(calls, self._settings.winrm_max_envelope_kb * 1024)
         try:
             names = list(calls)
             for i, name in enumerate(names):

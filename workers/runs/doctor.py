@@ -31,7 +31,7 @@ from cms.topology import ServerRole, Target, Topology
 from hub.contract import utcnow
 from workers import probes
 from workers.runs.status import cms_candidates, probe_params
-from workers.transport.fleet import Fleet, HostRun, endpoint, envelope_size
+from workers.transport.fleet import Fleet, HostRun, endpoint, envelope_size, packed
 from workers.transport.winrm import HostFailure
 
 PORT_TIMEOUT_MS = 3000
@@ -163,17 +163,8 @@ def network_checks(topology: Topology, settings: Settings, fqdn: str) -> tuple[d
 
 
 def _shells_needed(calls: dict[str, dict[str, Any]], limit: int) -> int:
-    """How many shells the fleet opens on a server for these probes (packed as in Fleet._packed)."""
-    if envelope_size(probes.shell_env(calls)) <= limit:
-        return 1
-    groups: list[dict[str, dict[str, Any]]] = []
-    for name, params in calls.items():
-        fits = next((g for g in groups if envelope_size(probes.shell_env({**g, name: params})) <= limit), None)
-        if fits is None:
-            groups.append({name: params})
-        else:
-            fits[name] = params
-    return len(groups)
+    """How many shells the fleet opens on a server for these probes."""
+    return len(packed(calls, limit))
 
 
 def _graded(topology: Topology, settings: Settings, fqdn: str, run: HostRun, checks: dict[str, Check],

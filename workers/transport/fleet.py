@@ -42,6 +42,21 @@ def envelope_size(env: dict[str, str]) -> int:
     return ENVELOPE_BASE + sum(len(k) + len(v) + PER_VARIABLE for k, v in env.items())
 
 
+def packed(calls: dict[str, dict[str, Any]], limit: int) -> list[dict[str, dict[str, Any]]]:
+    """A server's probes in groups whose environment fits one Create of `limit` bytes, measured before
+    it is sent: one group (one shell) whenever they fit together."""
+    if envelope_size(probes.shell_env(calls)) <= limit:
+        return [dict(calls)]
+    groups: list[dict[str, dict[str, Any]]] = []
+    for name, params in calls.items():
+        fits = next((g for g in groups if envelope_size(probes.shell_env({**g, name: params})) <= limit), None)
+        if fits is None:
+            groups.append({name: params})
+        else:
+            fits[name] = params
+    return groups
+
+
 class EnvelopeTooLarge(HostFailure):
     """One probe's script and parameters alone exceed the envelope limit: it is not sent."""
 
@@ -171,18 +186,7 @@ class Fleet:
         return self._settings.winrm_max_envelope_kb * 1024
 
     def _packed(self, calls: dict[str, dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
-        """The server's probes in groups whose environment fits one Create, measured before it is sent."""
-        if envelope_size(probes.shell_env(calls)) <= self._limit:
-            return [dict(calls)]
-        groups: list[dict[str, dict[str, Any]]] = []
-        for name, params in calls.items():
-            fits = next((g for g in groups if envelope_size(probes.shell_env({**g, name: params})) <= self._limit),
-                        None)
-            if fits is None:
-                groups.append({name: params})
-            else:
-                fits[name] = params
-        return groups
+        return packed(calls, self._limit)
 
     def deadline(self, name: str) -> float:
         """Seconds one probe may take here: its declared deadline, scaled by the settings."""
