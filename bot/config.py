@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Annotated, cast
+from typing import Annotated, ClassVar, cast
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cms import secret_files
 
@@ -25,7 +25,10 @@ def _ids(value: object) -> frozenset[str]:
 SECRETS = ("bot_token", "signing_secret", "app_token")
 
 
-class SlackSettings(BaseSettings):
+class SlackSettings(secret_files.SecretFileSettings):
+    # CMSBOT_SLACK_BOT_TOKEN_FILE, ..._SIGNING_SECRET_FILE, ..._APP_TOKEN_FILE, or CMSBOT_SECRETS_DIR
+    secret_variables: ClassVar[dict[str, tuple[str, ...]]] = {
+        name: (f"CMSBOT_SLACK_{name.upper()}",) for name in SECRETS}
     model_config = SettingsConfigDict(env_prefix="CMSBOT_SLACK_", extra="ignore", env_ignore_empty=True)
 
     bot_token: SecretStr = SecretStr("")
@@ -43,16 +46,6 @@ class SlackSettings(BaseSettings):
     operators: Ids = frozenset()
     approvers: Ids = frozenset()
     group_refresh: float = 300.0  # seconds between refreshes of user-group membership
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # CMSBOT_SLACK_BOT_TOKEN_FILE, ..._SIGNING_SECRET_FILE, ..._APP_TOKEN_FILE, or CMSBOT_SECRETS_DIR
-        return secret_files.sources(settings_cls, init_settings, env_settings, {
-            name: (f"CMSBOT_SLACK_{name.upper()}",) for name in SECRETS})
 
     @field_validator("channels", "operators", "approvers", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SecretsSettingsSource, SettingsError
@@ -76,3 +76,18 @@ def sources(settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource, 
     if directory is not None:
         found += (SecretsSettingsSource(settings_cls, secrets_dir=directory),)
     return found
+
+
+class SecretFileSettings(BaseSettings):
+    """Settings whose secrets may come from files: each field named in `secret_variables`, from the
+    `<variable>_FILE` of any of its variables, else from CMSBOT_SECRETS_DIR."""
+
+    secret_variables: ClassVar[Mapping[str, Sequence[str]]] = {}
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return sources(settings_cls, init_settings, env_settings, cls.secret_variables)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from cms import secret_files
 
@@ -22,7 +22,10 @@ NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 MIN_COOLDOWN = 60.0  # seconds: a CMS change is never followed at once by the next
 
 
-class Settings(BaseSettings):
+class Settings(secret_files.SecretFileSettings):
+    # the secrets may come from files: REDIS_URL_FILE, CMSBOT_WINRM_PASSWORD_FILE, CMSBOT_SECRETS_DIR
+    secret_variables: ClassVar[dict[str, tuple[str, ...]]] = {
+        "redis_url": ("REDIS_URL", "CMSBOT_REDIS_URL"), "winrm_password": ("CMSBOT_WINRM_PASSWORD",)}
     model_config = SettingsConfigDict(env_prefix="CMSBOT_", extra="ignore", populate_by_name=True,
                                       env_ignore_empty=True)
 
@@ -86,16 +89,6 @@ class Settings(BaseSettings):
                                                               "Slack failed gets a note in its thread saying so")
     events_keep: float = Field(86400.0, ge=0, description="seconds delivered events stay in the events stream; "
                                                           "undelivered ones stay until every consumer group has them")
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # the secrets may come from files: REDIS_URL_FILE, CMSBOT_WINRM_PASSWORD_FILE, CMSBOT_SECRETS_DIR
-        return secret_files.sources(settings_cls, init_settings, env_settings, {
-            "redis_url": ("REDIS_URL", "CMSBOT_REDIS_URL"), "winrm_password": ("CMSBOT_WINRM_PASSWORD",)})
 
     # The HTTP endpoint (`cmsbot bot` in HTTP mode: gunicorn, bot/serve/http.py)
     http_threads: int = Field(32, ge=2, le=1024, description="threads of one serving process: requests it reads "

@@ -236,7 +236,7 @@ def test_an_idle_shell_expires_and_then_has_invalid_selectors(small_lab):
     env = probes.shell_env({"cms-status": {}})
     p = _protocol(small_lab)
     shell_id = p.open_shell(env_vars=env)
-    time.sleep(scaled(2) + 0.8)
+    time.sleep(scaled(2) + 0.8)  # the shell sits idle past its IdleTimeout; what is asserted is what happens next
     with pytest.raises(WSManFaultError) as raised:
         p.run_command(shell_id, *probes.command("cms-status"))
     assert (raised.value.fault_code, raised.value.fault_subcode) == ("s:Sender", "w:InvalidSelectors")

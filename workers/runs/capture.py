@@ -44,7 +44,7 @@ from cms.topology import Topology
 from workers import probes
 from workers.runs.anonymize import Renamer
 from workers.runs.status import cms_candidates, probe_params
-from workers.transport.fleet import endpoint, envelope_size, packed
+from workers.transport.fleet import credentials, endpoint, envelope_size, packed
 from workers.transport.winrm import Credentials, HostFailure, HostShell, Output
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,7 @@ def run_probes(topology: Topology, settings: Settings,
     """Every reachable server's read-only probes, servers in parallel (at most `settings.fanout` at once),
     each probe within its deadline; a server still running past all of them is given up."""
     calls_for = calls_for or read_only_calls(topology)
-    creds = Credentials(username=settings.winrm_username, password=settings.winrm_password.get_secret_value(),
-                        transport=settings.winrm_transport,
-                        ca_bundle=str(settings.winrm_ca_bundle) if settings.winrm_ca_bundle else None,
-                        connect_timeout=settings.winrm_connect_timeout, proxy=settings.winrm_proxy)
-    runner = _Runner(topology, settings, creds)
+    runner = _Runner(topology, settings, credentials(settings))
     servers = [s.fqdn for s in topology.servers if s.winrm]
     plans = {s: calls_for(s) for s in servers}
     captures = {s: ServerCapture(s) for s in servers}

@@ -42,6 +42,14 @@ def envelope_size(env: dict[str, str]) -> int:
     return ENVELOPE_BASE + sum(len(k) + len(v) + PER_VARIABLE for k, v in env.items())
 
 
+def credentials(settings: Settings) -> Credentials:
+    """The WinRM account and how to reach the servers, from the settings."""
+    return Credentials(username=settings.winrm_username, password=settings.winrm_password.get_secret_value(),
+                       transport=settings.winrm_transport,
+                       ca_bundle=str(settings.winrm_ca_bundle) if settings.winrm_ca_bundle else None,
+                       connect_timeout=settings.winrm_connect_timeout, proxy=settings.winrm_proxy)
+
+
 def packed(calls: dict[str, dict[str, Any]], limit: int) -> list[dict[str, dict[str, Any]]]:
     """A server's probes in groups whose environment fits one Create of `limit` bytes, measured before
     it is sent: one group (one shell) whenever they fit together."""
@@ -142,14 +150,7 @@ class Fleet:
         self._topology = topology
         self._settings = settings
         self._calls_for = calls_for
-        self._creds = Credentials(
-            username=settings.winrm_username,
-            password=settings.winrm_password.get_secret_value(),
-            transport=settings.winrm_transport,
-            ca_bundle=str(settings.winrm_ca_bundle) if settings.winrm_ca_bundle else None,
-            connect_timeout=settings.winrm_connect_timeout,
-            proxy=settings.winrm_proxy,
-        )
+        self._creds = credentials(settings)
         self._shells: dict[tuple[str, int], HostShell] = {}
         self._groups: dict[str, list[dict[str, dict[str, Any]]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=settings.fanout, thread_name_prefix="fleet")
