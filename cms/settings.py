@@ -64,7 +64,7 @@ class Settings(secret_files.SecretFileSettings):
     host_deadline: float = Field(30.0, gt=0, description="seconds a read-only probe may take on one server, module "
                                                         "load included; the long probes' declared deadlines "
                                                         "(start-service 240 s, re-seed 600 s, ...) scale with it")
-    fanout: int = Field(256, ge=1, le=1024, description="servers probed at once (I/O-bound threads)")
+    fanout: int = Field(1024, ge=1, le=20000, description="servers probed at once (connections on one event loop)")
     chat_timeout: float = Field(180.0, gt=0, description="seconds `cmsbot chat` waits for a result")
     replication_wait: float = Field(150.0, ge=0, description="seconds between forcing replication and re-checking")
     heartbeat_stale: float = Field(20.0, ge=10, description="seconds without a heartbeat (jobs beat every 5 s) "

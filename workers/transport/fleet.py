@@ -2,18 +2,18 @@
 
 One shell per server per job, opened on first use with every probe that job
 may run on that server already in its environment, reused for each probe,
-closed when the job ends. Fan-out is bounded by `settings.fanout`; one slow or
-dead server costs its own deadline, never the whole report's.
+closed when the job ends. All of a job's servers are asked at once on one
+asyncio event loop (at most `settings.fanout` at a time), the servers with the
+most to do first; one slow or dead server costs its own deadline, never the
+whole report's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
-import time
+import resource
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -24,11 +24,12 @@ from cms.ps_json import clip
 from cms.settings import Settings
 from cms.topology import Topology
 from workers import probes
-from workers.transport.winrm import Credentials, HostFailure, HostShell
+from workers.transport.winrm import Credentials, HostFailure, Shell
 
 log = logging.getLogger(__name__)
 
-# How long past a host's deadline we wait for its thread before giving up on it.
+# How long past the sum of a server's probe deadlines we wait before giving up on it (the shell's own
+# deadline ends every exchange first; this is the net under it).
 STRAGGLER_MARGIN = 2.0
 # The Create message around the environment (SOAP headers, shell options), generously; and what each
 # variable adds around its name and value: <rsp:Variable Name="...">...</rsp:Variable>
@@ -146,14 +147,18 @@ def endpoint(topology: Topology, settings: Settings, server: str) -> str:
 
 
 class Fleet:
+    """A job's shells. Its methods block the calling thread while the job's event loop runs."""
+
     def __init__(self, topology: Topology, settings: Settings, calls_for: Callable[[str], dict[str, dict[str, Any]]]):
         self._topology = topology
         self._settings = settings
         self._calls_for = calls_for
         self._creds = credentials(settings)
-        self._shells: dict[tuple[str, int], HostShell] = {}
+        self._shells: dict[tuple[str, int], Shell] = {}
         self._groups: dict[str, list[dict[str, dict[str, Any]]]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=settings.fanout, thread_name_prefix="fleet")
+        self._loop = asyncio.new_event_loop()
+        self._slots = asyncio.Semaphore(settings.fanout)
+        _allow_sockets(settings.fanout)
 
     def __enter__(self) -> Fleet:
         return self
@@ -161,7 +166,7 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _shell(self, server: str, name: str) -> HostShell:
+    def _shell(self, server: str, name: str) -> Shell:
         """The shell whose environment carries probe `name`: one per server, unless its probes together
         would make a Create larger than the envelope limit; then as few as fit."""
         groups = self._groups.get(server)
@@ -177,9 +182,9 @@ class Fleet:
                 raise EnvelopeTooLarge(f"{name}: its script and parameters make a {envelope_size(env) // 1024} KB "
                                        f"WS-Management message, over the {self._limit // 1024} KB limit "
                                        "(CMSBOT_WINRM_MAX_ENVELOPE_KB and the host's MaxEnvelopeSizekb)")
-            self._shells[(server, index)] = HostShell(server, endpoint(self._topology, self._settings, server),
-                                                      self._creds, env, deadline=0.0,
-                                                      max_answer=self._settings.winrm_max_answer_mb * 1024 * 1024)
+            self._shells[(server, index)] = Shell(server, endpoint(self._topology, self._settings, server),
+                                                  self._creds, env, deadline=0.0,
+                                                  max_answer=self._settings.winrm_max_answer_mb * 1024 * 1024)
         return self._shells[(server, index)]
 
     @property
@@ -200,22 +205,49 @@ class Fleet:
     def run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
         """Run probes on one server in order, each within its deadline even if the server
         trickles its answer a byte at a time (socket timeouts alone would not end that)."""
-        future = self._pool.submit(self._run, server, names, stdin)
-        try:
-            return future.result(timeout=self.budget(names) + STRAGGLER_MARGIN)
-        except FutureTimeout:
-            return HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out, probe=names[0],
-                                                   reason="no complete answer within the host deadline"))
+        return self._loop.run_until_complete(self._bounded(server, names, stdin))
 
-    def _run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
+    def run_all(self, plan: dict[str, list[str]],
+                on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:
+        """Run every server's probes at once; each result reported as it lands."""
+        return self._loop.run_until_complete(self._all(plan, on_done))
+
+    async def _all(self, plan: dict[str, list[str]], on_done: Callable[[HostRun], None] | None) -> dict[str, HostRun]:
+        # the servers with the longest run (the CMS Front End) start first: they set the floor of the check
+        order = sorted(plan, key=lambda s: -self.budget(plan[s]))
+        runs: dict[str, HostRun] = {}
+        for landed in asyncio.as_completed([self._bounded(s, plan[s]) for s in order]):
+            run = await landed
+            runs[run.server] = run
+            if on_done:
+                try:
+                    on_done(run)
+                except Exception:  # noqa: BLE001 - reporting progress must not sink the report
+                    log.exception("progress callback failed for %s", run.server)
+        return {s: runs[s] for s in plan}
+
+    async def _bounded(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
+        async with self._slots:  # waiting for a slot does not use the server's deadline
+            try:
+                async with asyncio.timeout(self.budget(names) + STRAGGLER_MARGIN):
+                    return await self._run(server, names, stdin)
+            except TimeoutError:
+                return HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out, probe=names[0],
+                                                       reason="no complete answer within the host deadline"))
+            except Exception:  # noqa: BLE001 - a bug in one host's run must not sink the report
+                log.exception("probe run on %s failed", server)
+                return HostRun(server, error=HostError(server=server, kind=HostErrorKind.probe_failed,
+                                                       reason="internal error while reading this server's answer"))
+
+    async def _run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
         """Run probes on one server in order; stop at its first failure."""
         run = HostRun(server)
         for name in names:
             try:
                 shell = self._shell(server, name)
-                shell.deadline = time.monotonic() + self.deadline(name)  # the first also covers opening the shell
+                shell.deadline = self._loop.time() + self.deadline(name)  # the first also covers opening the shell
                 cmd, args = probes.command(name)
-                run.read(name, probes.decode(name, shell.run(cmd, args, (stdin or {}).get(name))))
+                run.read(name, probes.decode(name, await shell.run(cmd, args, (stdin or {}).get(name))))
             except HostFailure as f:
                 run.error = HostError(server=server, kind=f.kind, reason=clip(f.reason, MAX_REASON), probe=name)
                 break
@@ -226,39 +258,24 @@ class Fleet:
                 break
         return run
 
-    def run_all(self, plan: dict[str, list[str]],
-                on_done: Callable[[HostRun], None] | None = None) -> dict[str, HostRun]:
-        """Run every server's probes in parallel; each result reported as it lands."""
-        futures: dict[Future[HostRun], str] = {self._pool.submit(self._run, s, names): s for s, names in plan.items()}
-        waves = math.ceil(len(plan) / self._settings.fanout) or 1
-        give_up = time.monotonic() + max(map(self.budget, plan.values()), default=0.0) * waves + STRAGGLER_MARGIN
-        runs: dict[str, HostRun] = {}
-        pending = set(futures)
-        while pending and time.monotonic() < give_up:
-            done, pending = wait(pending, timeout=max(0.0, give_up - time.monotonic()), return_when=FIRST_COMPLETED)
-            for f in done:
-                server = futures[f]
-                try:
-                    run = f.result()
-                except Exception:  # noqa: BLE001 - a bug in one host's run must not sink the report
-                    log.exception("probe run on %s failed", server)
-                    run = HostRun(server, error=HostError(server=server, kind=HostErrorKind.probe_failed,
-                                                          reason="internal error while reading this server's answer"))
-                runs[server] = run
-                if on_done:
-                    on_done(run)
-        for f in pending:  # stuck past every deadline: report, abandon the thread
-            server = futures[f]
-            runs[server] = HostRun(server, error=HostError(server=server, kind=HostErrorKind.timed_out,
-                                                           probe=plan[server][0],
-                                                           reason="no complete answer within the host deadline"))
-            if on_done:
-                on_done(runs[server])
-        return runs
-
     def close(self) -> None:
-        """Delete every shell (in parallel, short deadlines) and stop the pool."""
+        """Delete every shell (at once, short deadlines) and end the loop."""
+        if self._loop.is_closed():
+            return
         shells = list(self._shells.values())
         self._shells.clear()
-        list(self._pool.map(lambda s: s.close(), shells))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+
+        async def close_all() -> None:
+            await asyncio.gather(*(s.close() for s in shells), return_exceptions=True)
+
+        self._loop.run_until_complete(close_all())
+        self._loop.close()
+
+
+def _allow_sockets(fanout: int) -> None:
+    """Raise this process's open-file limit (up to its hard limit) so `fanout` connections fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = fanout + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
