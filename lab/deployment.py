@@ -78,6 +78,7 @@ class LabServer:
     module: bool = True  # the Lync / SkypeForBusiness module is installed
     groups: list[str] = field(default_factory=lambda: [ADMIN_GROUP])  # the WinRM account's RTC groups here
     max_envelope_kb: int | None = None  # its MaxEnvelopeSizekb, when not the lab's (--max-envelope-kb)
+    tls: str | None = None  # its HTTPS listener's certificate fault: "expired" | "wrong-name" | "untrusted" (--tls)
 
     @property
     def netbios(self) -> str:
@@ -443,6 +444,26 @@ def _fault(name: str) -> Scenario:
 
 for _name in FAULTS:
     scenario(_name, "any")(_fault(_name))
+
+# the certificate a server's HTTPS listener presents (lab/tls.py; only with `cmsbot lab --tls`): what `cmsbot
+# doctor`'s TLS check must name
+TLS_FAULTS = {
+    "tls-expired": "its HTTPS listener's certificate expired (needs --tls)",
+    "tls-wrong-name": "its HTTPS listener's certificate names another host (needs --tls)",
+    "tls-untrusted": "its HTTPS listener's certificate comes from a CA the client does not trust (needs --tls)",
+}
+
+
+def _tls_fault(name: str) -> Scenario:
+    def apply_tls_fault(state: LabState, s: LabServer | None) -> None:
+        assert s
+        s.tls = name.removeprefix("tls-")
+    apply_tls_fault.__doc__ = TLS_FAULTS[name]
+    return apply_tls_fault
+
+
+for _name in TLS_FAULTS:
+    scenario(_name, "any")(_tls_fault(_name))
 
 
 @scenario("edge-4443-blocked", "edge")

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -250,24 +251,35 @@ class RedisServer:
 class LabProcess(Managed):
     """`cmsbot lab` on a free port, its topology in `workdir`, with its control API. Probes take
     `module_load_ms` to load the Lync/SkypeForBusiness module (0 here, so the suite's time does not
-    grow; `cmsbot lab` itself defaults to a realistic 2000) unless `args` sets --module-load-ms."""
+    grow; `cmsbot lab` itself defaults to a realistic 2000) unless `args` sets --module-load-ms.
+    `tls=True` serves HTTPS (`--tls`, its files in `workdir`/lab-tls): `ca` is then the CA file a client
+    trusts (CMSBOT_WINRM_CA_BUNDLE, pywinrm's ca_trust_path), else None. `auth`: the schemes accepted
+    (`--auth`, e.g. "ntlm" or "basic,ntlm"; default the lab's own, both)."""
 
     def __init__(self, workdir: Path, *args: str, user: str = LAB_USER, password: str = LAB_PASSWORD,
-                 env: dict[str, str] | None = None, module_load_ms: int = 0):
+                 env: dict[str, str] | None = None, module_load_ms: int = 0, tls: bool = False,
+                 auth: str | None = None):
         self.topology = workdir / "topology.yaml"
         env = dict(os.environ if env is None else env, CMSBOT_WINRM_USERNAME=user, CMSBOT_WINRM_PASSWORD=password)
         if "--module-load-ms" not in args:
             args = ("--module-load-ms", str(module_load_ms), *args)
+        if tls:
+            args = (*args, "--tls")
+        if auth is not None:
+            args = (*args, "--auth", auth)
         super().__init__(cmsbot("lab", "--port", "0", "--topology-out", str(self.topology), *args), env,
                          workdir / "lab.log")
         self.wait_for(lambda: "lab ready" in self.text(), 30, "the lab")
         first = self.topology.read_text().splitlines()[0]
         self.base = first.split("control API: ")[1].rstrip("/").rsplit("/_lab", 1)[0]
+        ready = next(line for line in self.text().splitlines() if line.startswith("lab ready"))
+        self.ca: Path | None = Path(ready.rsplit(", CA ", 1)[1]) if ", CA " in ready else None
 
     def _call(self, method: str, path: str, doc: dict | None = None) -> Any:
         data = json.dumps(doc).encode() if doc is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=10 * self.factor) as resp:
+        context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+        with urllib.request.urlopen(req, timeout=10 * self.factor, context=context) as resp:
             return json.loads(resp.read())
 
     def scenarios(self, *specs: str) -> None:

@@ -1,7 +1,8 @@
 """A WS-Management (WinRM shell) endpoint for the simulated servers.
 
 Speaks the shell operations of WS-Management (Create, Command, Send, Receive, Signal, Delete) over
-HTTP/1.1 with Basic auth, as strictly as a Windows host does; where this lab and a real host could
+HTTP/1.1 or HTTPS (`--tls`, lab/tls.py), with Basic or Negotiate (NTLM, with message encryption over plain HTTP:
+lab/negotiate.py) auth, as strictly as a Windows host does; where this lab and a real host could
 differ, the real host wins. Each behaviour names its source: MS-WSMV (Web Services Management
 Protocol Extensions for Windows Vista) sections, and captures of real hosts in pypsrp's test data
 (jborean93/pypsrp, tests/tests_pypsrp/responses/*.yml). In short:
@@ -14,7 +15,8 @@ Protocol Extensions for Windows Vista) sections, and captures of real hosts in p
   a failed powershell.exe writes CLIXML to stderr and exits 1;
 - faults carry the codes, subcodes and FaultDetail Windows sends; a bad OperationTimeout is a
   fault, one above MaxTimeoutms is cut to it;
-- the 401 offers Negotiate and Basic (the lab authenticates Basic only).
+- the 401 offers the schemes the lab accepts (`--auth`), Negotiate first, then Basic; over plain HTTP an NTLM
+  connection's messages must be encrypted (AllowUnencrypted=false).
 
 Every server is served on one port under `/wsman/<fqdn>`. A small JSON control API under
 `/_lab/` lets tests change scenarios and read what the lab received.
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from lab import answers, host, powershell
+from lab import answers, host, negotiate, powershell
 from lab.deployment import LabServer, LabState, ScenarioError
 from lab.replay import Replay
 
@@ -177,13 +179,17 @@ class Lab:
 
     def __init__(self, make_state: Callable[[list[str]], LabState], scenarios: list[str],
                  username: str, password: str, latency_ms: int = 0, config: HostConfig | None = None,
-                 replay: Replay | None = None):
+                 replay: Replay | None = None, auth: frozenset[str] = frozenset({"basic", "ntlm"})):
         self.replay = replay  # `cmsbot lab --replay`: probes answer what a captured host answered (lab/replay.py)
         self._make_state = make_state
         self.scenarios = list(scenarios)
         self.state = make_state(self.scenarios)
         self.username = username
         self._auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        # the schemes accepted: "basic", "ntlm" (NTLM's credentials are read from NTLM_USER_FILE:
+        # negotiate.user_file)
+        self.auth = auth
+        self.tls_listeners: set[str] = set()  # servers with an HTTPS listener of their own (lab/tls.py)
         self.latency = latency_ms / 1000.0
         self.config = config or HostConfig()
         self._configure(self.state)
@@ -210,6 +216,11 @@ class Lab:
     # -- HTTP ---------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        tls = writer.get_extra_info("ssl_object")
+        # the context that made the handshake (a server's own listener may have switched it: lab/tls.py) knows the
+        # certificate it presented, which an NTLM client binds its authentication to
+        conn = negotiate.Connection(tls=tls is not None,
+                                    end_point=getattr(tls.context, "end_point", b"") if tls else b"")
         try:
             while True:
                 request = await _read_request(reader, self._request_limit)
@@ -219,12 +230,17 @@ class Lab:
                 if request.too_large:
                     response: bytes | None = self._too_large(request.path)
                 else:
-                    response = await self._route(request.method, request.path, request.headers, request.body)
+                    response = await self._route(request.method, request.path, request.headers, request.body,
+                                                 conn)
                 if response is None:  # the simulated host does not answer
                     writer.transport.abort()
                     return
                 fault = self._fault_of(request.path)
-                if fault in ("fault-reset", "fault-trickle") and b"ReceiveResponse" in response:
+                misbehaves = fault in ("fault-reset", "fault-trickle") and b"ReceiveResponse" in response
+                if conn.sealed and conn.context is not None:
+                    conn.sealed = False
+                    response = negotiate.sealed_response(response, conn.context)
+                if misbehaves and fault:
                     await _misbehave(writer, response, fault)
                     return
                 writer.write(response)
@@ -249,7 +265,9 @@ class Lab:
         self.stats.refused["413"] = self.stats.refused.get("413", 0) + 1
         return _http(413, b"", "text/plain", close=True)
 
-    async def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes | None:
+    async def _route(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                     conn: negotiate.Connection | None = None) -> bytes | None:
+        conn = conn or negotiate.Connection(tls=False)
         if path.startswith("/_lab/"):
             return self._control(method, path, body)
         if not path.startswith("/wsman/"):
@@ -263,12 +281,16 @@ class Lab:
             return None
         if method != "POST":  # a GET of /wsman on a Windows host: 405 with Allow: POST
             return _http(405, b"", "text/plain", extra=[("Allow", "POST")], close=True)
-        if headers.get("authorization") != self._auth or server.fault == "fault-401":
-            # A Windows host with Basic enabled offers Negotiate first, then Basic, and closes the connection:
-            # "WWW-Authenticate: Negotiate", "WWW-Authenticate: Basic realm="WSMAN"", "Connection: close" in a
-            # curl trace of a 401 from WinRM (Microsoft-HTTPAPI/2.0). The lab itself accepts only Basic.
-            return _http(401, b"", "text/plain", close=True,
-                         extra=[("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", 'Basic realm="WSMAN"')])
+        scheme = headers.get("authorization", "").partition(" ")[0].lower()
+        if scheme == "basic" and "basic" in self.auth:
+            if headers.get("authorization") != self._auth or server.fault == "fault-401":
+                return self._unauthorized()
+        elif (scheme == "negotiate" and "ntlm" in self.auth) or (not scheme and conn.authenticated):
+            refused, body = self._negotiated(server, headers, body, conn)
+            if refused is not None:
+                return refused
+        else:
+            return self._unauthorized()
         if server.fault == "fault-500":
             # a host refusing work under load: MaxConcurrentOperationsPerUser reached (w:QuotaLimit, code
             # ERROR_WSMAN_QUOTA_MAX_OPERATIONS)
@@ -280,13 +302,60 @@ class Lab:
         if server.fault == "fault-xml":
             return _http(200, b"<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope'><s:Body><rsp:Receiv",
                          "application/soap+xml;charset=UTF-8")
-        address = f"http://{headers.get('host', '127.0.0.1')}{path}"
+        address = f"{'https' if conn.tls else 'http'}://{headers.get('host', '127.0.0.1')}{path}"
         try:
             xml = await self._soap(server, body, address, headers.get("x-lab-peer", "127.0.0.1"))
             return _http(200, xml.encode("utf-8"), "application/soap+xml;charset=UTF-8")
         except _Faulted as f:
             return _http(500, _fault(f.fault, f.relates_to, fqdn).encode("utf-8"),
                          "application/soap+xml;charset=UTF-8")
+
+    def _unauthorized(self) -> bytes:
+        """A Windows host offers the schemes it accepts, Negotiate first, then Basic, and closes the connection:
+        "WWW-Authenticate: Negotiate", "WWW-Authenticate: Basic realm="WSMAN"", "Connection: close" in a curl
+        trace of a 401 from WinRM (Microsoft-HTTPAPI/2.0)."""
+        offers = [("WWW-Authenticate", "Negotiate")] if "ntlm" in self.auth else []
+        offers += [("WWW-Authenticate", 'Basic realm="WSMAN"')] if "basic" in self.auth else []
+        return _http(401, b"", "text/plain", close=True, extra=offers)
+
+    def _negotiated(self, server: LabServer, headers: dict[str, str], body: bytes,
+                    conn: negotiate.Connection) -> tuple[bytes | None, bytes]:
+        """Negotiate (NTLM) on this connection: (the response to send instead, or None) and the request's SOAP
+        message (decrypted when it came encrypted). The handshake, the encryption and their sources:
+        lab/negotiate.py."""
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "negotiate":
+            try:
+                reply = conn.accept(base64.b64decode(token.strip(), validate=True))
+            except ValueError:  # negotiate.Refused, or a token that is no base64
+                return self._unauthorized(), b""
+            if not conn.authenticated:  # the challenge; the connection stays open for the authenticate message
+                return _http(401, b"", "text/plain",
+                             extra=[("WWW-Authenticate", f"Negotiate {base64.b64encode(reply or b'').decode()}")]), b""
+        if server.fault == "fault-401":  # authenticated, and refused all the same (as an account not allowed)
+            conn.context = None
+            return self._unauthorized(), b""
+        assert conn.context is not None
+        if negotiate.is_sealed(headers.get("content-type", "")):
+            try:
+                body = negotiate.unseal(conn.context, body)
+            except negotiate.Undecryptable:
+                return _http(400, b"", "text/plain", close=True), b""
+            conn.sealed = True
+        elif body and not conn.tls:
+            # Over plain HTTP a host with AllowUnencrypted=false, the service's default ("Installation and
+            # configuration for Windows Remote Management", winrm/config/service), takes only encrypted messages
+            # (MS-WSMV 2.2.9.1: "clients MUST use this message when sending a request ... if integrity protection
+            # and encryption is required"). It refuses one sent in clear with HTTP 401: pywinrm's "the specified
+            # credentials were rejected by the server", and in a capture of NTLM without encryption a 401 for
+            # every message (jborean93 in hashicorp/packer#6205). The lab holds Basic to no such rule (its
+            # tests and the demo use Basic over loopback HTTP, as a host with AllowUnencrypted=true would).
+            return self._unauthorized(), b""
+        elif not body:
+            # the empty POST a client authenticates with before it encrypts anything (pywinrm's
+            # setup_encryption; a status below 400 is all it needs)
+            return _http(200, b"", "application/soap+xml;charset=UTF-8"), b""
+        return None, body
 
     # -- WS-Management ----------------------------------------------------------------
     async def _soap(self, server: LabServer, body: bytes, address: str, peer: str) -> str:
@@ -601,7 +670,13 @@ class Lab:
         if path == "/_lab/scenarios" and method == "POST":
             try:
                 wanted = json.loads(body or b"{}").get("scenarios", [])
-                self.state = self._configure(self._make_state(wanted))
+                state = self._make_state(wanted)
+                # a certificate fault needs the server's own listener, opened at start (lab/server.py)
+                for s in state.servers.values():
+                    if s.tls and s.fqdn not in self.tls_listeners:
+                        raise ScenarioError(f"tls-{s.tls}:{s.fqdn} needs a lab started with --tls and a tls-* "
+                                            f"scenario for {s.fqdn} (its own listener is opened at start)")
+                self.state = self._configure(state)
             except (ScenarioError, ValueError, AttributeError) as e:
                 return _json(400, {"error": str(e)})
             self.scenarios, self.shells, self.stats = list(wanted), {}, Stats()
