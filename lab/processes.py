@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from cms.settings import Settings
+
 T = TypeVar("T")
 
 GRACE = 10.0  # seconds a process has to exit after SIGTERM
@@ -271,9 +273,14 @@ class LabProcess(Managed):
                          workdir / "lab.log")
         self.wait_for(lambda: "lab ready" in self.text(), 30, "the lab")
         first = self.topology.read_text().splitlines()[0]
-        self.base = first.split("control API: ")[1].rstrip("/").rsplit("/_lab", 1)[0]
+        self.base = first.split("control API: ")[1].split(";")[0].rstrip("/").rsplit("/_lab", 1)[0]
         ready = next(line for line in self.text().splitlines() if line.startswith("lab ready"))
         self.ca: Path | None = Path(ready.rsplit(", CA ", 1)[1]) if ", CA " in ready else None
+        self.user, self.password = user, password
+
+    def client_settings(self, **overrides: Any) -> Settings:
+        return client_settings(self.topology, **{"winrm_username": self.user, "winrm_password": self.password,
+                                                 **overrides})
 
     def _call(self, method: str, path: str, doc: dict | None = None) -> Any:
         data = json.dumps(doc).encode() if doc is not None else None
@@ -293,8 +300,34 @@ class LabProcess(Managed):
         return [c["probe"] for c in self.stats()["commands"]].count(probe)
 
 
+def lab_ca(topology: Path) -> Path | None:
+    """The CA of the `cmsbot lab --tls` that wrote `topology` (its first line names it), else None."""
+    first = topology.read_text(encoding="utf-8").splitlines()[0] if topology.exists() else ""
+    return Path(first.rsplit("; CA ", 1)[1].strip()) if first.startswith("# written by `cmsbot lab`") \
+        and "; CA " in first else None
+
+
+def client_environment(topology: Path) -> dict[str, str]:
+    """How a worker reaches the lab that wrote `topology`: the product's defaults (HTTPS, NTLM) trusting
+    the lab's CA when it serves TLS; plain HTTP with Basic (loopback only) when it does not."""
+    ca = lab_ca(topology)
+    if ca is None:
+        return {"CMSBOT_WINRM_TRANSPORT": "basic", "CMSBOT_WINRM_SCHEME": "http"}
+    return {"CMSBOT_WINRM_TRANSPORT": "ntlm", "CMSBOT_WINRM_SCHEME": "https", "CMSBOT_WINRM_CA_BUNDLE": str(ca)}
+
+
+def client_settings(topology: Path, **overrides: Any) -> Settings:
+    """Settings of a client that talks to the lab that wrote `topology` the way a worker does."""
+    env = client_environment(topology)
+    fields: dict[str, Any] = {"winrm_username": LAB_USER, "winrm_password": LAB_PASSWORD,
+                              "winrm_transport": env["CMSBOT_WINRM_TRANSPORT"],
+                              "winrm_scheme": env["CMSBOT_WINRM_SCHEME"],
+                              "winrm_ca_bundle": env.get("CMSBOT_WINRM_CA_BUNDLE")}
+    return Settings(**{**fields, **overrides})
+
+
 class WorkerProcess(Managed):
-    """`cmsbot worker` on `redis_url`, talking to the lab over plain HTTP with Basic auth (loopback only).
+    """`cmsbot worker` on `redis_url`, talking to the lab the way it speaks (`client_environment`).
     `settings` become CMSBOT_<NAME> variables. Waits until it listens unless `ready=False`."""
 
     def __init__(self, workdir: Path, redis_url: str, topology: Path, settings: dict[str, str] | None = None, *,
@@ -302,8 +335,8 @@ class WorkerProcess(Managed):
         self.settings = dict(settings or {})
         self.redis_url = redis_url
         env = dict(os.environ, REDIS_URL=redis_url, CMSBOT_TOPOLOGY=str(topology),
-                   CMSBOT_WINRM_USERNAME=user, CMSBOT_WINRM_PASSWORD=password,
-                   CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http", CMSBOT_LOG_LEVEL="INFO")
+                   CMSBOT_WINRM_USERNAME=user, CMSBOT_WINRM_PASSWORD=password, CMSBOT_LOG_LEVEL="INFO",
+                   **client_environment(topology))
         env.update({f"CMSBOT_{k.upper()}": v for k, v in self.settings.items()})
         env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
         super().__init__(cmsbot("worker"), env, workdir / f"worker-{time.monotonic_ns()}.log")

@@ -70,8 +70,10 @@ async def serve(*, host: str, port: int, advertise: str, version: Version, serve
         source = replay.topology if replay else lab.state.topology
         topology = source(lambda fqdn: f"{scheme}://{advertise}:{ports.get(fqdn, bound)}/wsman/{fqdn}")
         topology_out.parent.mkdir(parents=True, exist_ok=True)
+        # the CA goes on the first line too, so a client given only the topology can find what to trust
+        trust = f"; CA {pki.ca}" if pki else ""
         topology_out.write_text(
-            f"# written by `cmsbot lab` on port {bound}; control API: {scheme}://{advertise}:{bound}/_lab/\n"
+            f"# written by `cmsbot lab` on port {bound}; control API: {scheme}://{advertise}:{bound}/_lab/{trust}\n"
             + topo.dump(topology),
             encoding="utf-8",
         )

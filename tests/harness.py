@@ -141,12 +141,13 @@ class RedisServer:
 
 
 class LabProcess(processes.LabProcess):
-    """`cmsbot lab` on a free port, with its control API, on the suite's time factor."""
+    """`cmsbot lab` on a free port, with its control API, on the suite's time factor. It speaks the
+    product's default path, HTTPS with a CA of its own (and NTLM or Basic), unless `tls=False`."""
 
     factor = TIME_FACTOR
 
-    def __init__(self, workdir: Path, *args: str, password: str = LAB_PASSWORD):
-        super().__init__(workdir, *args, user=LAB_USER, password=password)
+    def __init__(self, workdir: Path, *args: str, password: str = LAB_PASSWORD, tls: bool = True):
+        super().__init__(workdir, *args, user=LAB_USER, password=password, tls=tls)
 
 
 class WorkerProcess(processes.WorkerProcess):

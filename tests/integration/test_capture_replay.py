@@ -21,6 +21,7 @@ from bot.delivery.console import run_chat
 from cms import topology as topo
 from cms.settings import Settings
 from hub.keys import hub_for
+from lab.processes import client_environment, client_settings
 from tests.harness import (
     HOST_DEADLINE,
     LAB_PASSWORD,
@@ -53,8 +54,8 @@ def comparable(thread: str) -> list[str]:
 
 def capture(lab: LabProcess, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CMSBOT_TOPOLOGY=str(lab.topology), CMSBOT_WINRM_USERNAME=LAB_USER,
-               CMSBOT_WINRM_PASSWORD=LAB_PASSWORD, CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http",
-               CMSBOT_HOST_DEADLINE=str(HOST_DEADLINE))
+               CMSBOT_WINRM_PASSWORD=LAB_PASSWORD, CMSBOT_HOST_DEADLINE=str(HOST_DEADLINE),
+               **client_environment(lab.topology))
     env.pop("CMSBOT_WINRM_PASSWORD_FILE", None)
     return subprocess.run(cmsbot("capture", "--out", str(out), *args), env=env, capture_output=True, text=True,
                           timeout=scaled(120))
@@ -65,8 +66,7 @@ def discovered(topology: Path, source: str = "fe01.contoso.com") -> str:
     masked."""
     from workers.runs.discover import read
 
-    settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic",
-                        winrm_scheme="http", host_deadline=HOST_DEADLINE)
+    settings = client_settings(topology, host_deadline=HOST_DEADLINE)
     endpoint = topo.load(topology).server(source).endpoint
     assert endpoint is not None
     return TIME.sub("<time>", read(settings, source, endpoint.replace(source, "{fqdn}")).model_dump_json())

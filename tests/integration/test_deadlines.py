@@ -9,7 +9,6 @@ import time
 from cms import topology as topo
 from cms.models import HostErrorKind
 from cms.settings import Settings
-from tests.harness import LAB_PASSWORD, LAB_USER
 from workers import probes
 from workers.transport.fleet import Fleet
 
@@ -26,8 +25,7 @@ def _timed_run(lab, settings: Settings, probe: str) -> tuple[float, Fleet, objec
 
 def test_a_hung_probe_times_out_at_its_own_deadline(lab):
     lab.scenarios(f"hang:{SERVER}")
-    settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic",
-                        host_deadline=0.6)
+    settings = lab.client_settings(host_deadline=0.6)
     short, fleet, run = _timed_run(lab, settings, "replica-health")
     assert [(e.kind, e.probe) for e in run.errors] == [(HostErrorKind.timed_out, "replica-health")]
     long, fleet, run = _timed_run(lab, settings, "start-service")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cms import topology as topo
-from cms.settings import Settings
-from tests.harness import LAB_PASSWORD, LAB_USER, LabProcess, stop_cleanly
+from tests.harness import LabProcess, stop_cleanly
 from workers.runs.status import cms_candidates, probe_params
 from workers.transport.fleet import Fleet
 
@@ -26,8 +25,7 @@ def thousand_lab(tmp_path_factory):
 def _front_end_answers(lab, max_kb: int):
     topology = topo.load(lab.topology)
     assert len(topology.servers) == SERVERS
-    settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic",
-                        host_deadline=20, winrm_max_envelope_kb=max_kb)
+    settings = lab.client_settings(host_deadline=20, winrm_max_envelope_kb=max_kb)
     front_end = cms_candidates(topology)[0]
     calls = probe_params(topology, topology.everything())
     with Fleet(topology, settings, calls) as fleet:

@@ -17,14 +17,11 @@ import redis
 from cms import topology as topo
 from cms.models import CmdletRun
 from cms.preflight import recognise
-from cms.settings import Settings
 from hub import approvals, cms_lock
 from hub.contract import CHANGE, Request, id_for_delivery, submit
 from hub.jobs import EXECUTE_JOB, REMEDIATE_JOB
 from hub.keys import KEYS, Hub
 from tests.harness import (
-    LAB_PASSWORD,
-    LAB_USER,
     SLACK_WORKER,
     RedisServer,
     WorkerProcess,
@@ -226,7 +223,7 @@ def test_each_failure_mode_is_recognised_and_recovery_restores_health(bot, fake,
     assert status_code in json.dumps([m.get("blocks") for m in fake.messages()])
     # in the cmdlet's own output (what the failover job would read back)
     topology = topo.load(edge_lab.topology)
-    settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic")
+    settings = edge_lab.client_settings()
     target = "fe01.contoso.com" if scenario == "moving-after-forced-failover" else "fe03.contoso.com"
     cmdlet = run_change(topology, settings, target, "cms-failover", {"mode": "normal"}).answer("cms-failover", CmdletRun)
     assert cmdlet is not None and not cmdlet.succeeded

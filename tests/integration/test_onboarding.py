@@ -9,8 +9,9 @@ the lab over real WS-Management with pywinrm.
   does not resolve keeps its FQDN with a "guessed" comment, and the file loads;
 - doctor names the failing check of each server on a lab with one of each: no DNS, WinRM port
   closed, bad credentials, PowerShell 2.0 on Skype for Business Server 2019, module missing, the
-  account lacking rights, a 150 KB envelope limit, and the Edge's 4443 path blocked. The lab has no
-  HTTPS: its TLS row says "not checked over http" (TLS itself: test_doctor_tls.py).
+  account lacking rights, a 150 KB envelope limit, and the Edge's 4443 path blocked. These labs serve
+  plain HTTP, so the TLS row says "not checked over http" (TLS against the lab's certificate faults:
+  test_lab_auth.py; the status check over HTTPS and NTLM: the other end-to-end tests).
 """
 
 from __future__ import annotations
@@ -52,9 +53,8 @@ def discover(lab: LabProcess, out: Path, *more: str) -> subprocess.CompletedProc
     return run("discover", "--from", FE1, "--out", str(out), "--endpoint-template", lab.base + "/wsman/{fqdn}", *more)
 
 
-def settings() -> Settings:
-    return Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic",
-                    winrm_scheme="http", host_deadline=HOST_DEADLINE)
+def settings(lab: LabProcess) -> Settings:
+    return lab.client_settings(host_deadline=HOST_DEADLINE)
 
 
 def as_data(t: Topology) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def comparable(value: Any) -> Any:
 @pytest.mark.parametrize(("version", "servers"), [("lync2010", 10), ("lync2013", 10), ("sfb2015", 10),
                                                    ("sfb2019", 10), ("sfb2019", 200)])
 def test_discover_writes_the_labs_topology_and_the_status_check_is_the_same(tmp_path, version, servers):
-    lab = LabProcess(tmp_path, "--product", version, "--servers", str(servers))
+    lab = LabProcess(tmp_path, "--product", version, "--servers", str(servers), tls=False)
     try:
         out = tmp_path / "discovered.yaml"
         done = discover(lab, out)
@@ -94,9 +94,9 @@ def test_discover_writes_the_labs_topology_and_the_status_check_is_the_same(tmp_
         assert len(mine.servers) == servers
 
         lab.scenarios(*PROBLEMS)
-        theirs = run_status(labs, settings(), labs.everything(), lambda message: None)
+        theirs = run_status(labs, settings(lab), labs.everything(), lambda message: None)
         lab.scenarios(*PROBLEMS)
-        ours = run_status(mine, settings(), mine.everything(), lambda message: None)
+        ours = run_status(mine, settings(lab), mine.everything(), lambda message: None)
         assert {f.code for f in ours.findings} >= {"replica.https-unreachable", "replica.share-acl-missing"}
         assert comparable(ours.model_dump(mode="json")) == comparable(theirs.model_dump(mode="json"))
 
@@ -124,7 +124,7 @@ def _edited(t: Topology) -> Topology:
 
 
 def test_discover_on_an_existing_file_shows_the_difference_and_writes_only_with_write(tmp_path):
-    lab = LabProcess(tmp_path, "--scenario", "no-dns:edge02.contoso.com")
+    lab = LabProcess(tmp_path, "--scenario", "no-dns:edge02.contoso.com", tls=False)
     try:
         out = tmp_path / "discovered.yaml"  # (the lab writes its own topology.yaml)
         first = discover(lab, out)
@@ -171,7 +171,7 @@ FAILING = {
 
 def test_doctor_names_the_failing_check_of_each_server(tmp_path):
     lab = LabProcess(tmp_path, "--servers", "10",
-                     *[a for fqdn, (name, _) in FAILING.items() for a in ("--scenario", f"{name}:{fqdn}")])
+                     *[a for fqdn, (name, _) in FAILING.items() for a in ("--scenario", f"{name}:{fqdn}")], tls=False)
     try:
         where = dict(CMSBOT_TOPOLOGY=str(lab.topology), CMSBOT_WINRM_MAX_ENVELOPE_KB="500")
         checked = run("doctor", "--json", **where)
@@ -206,7 +206,7 @@ def test_doctor_names_the_failing_check_of_each_server(tmp_path):
         # the 150 KB limit is the lab's, not only what the probe reports: a request over 150 KB is refused with
         # HTTP 413 by med01 alone (fe01 takes it; pywinrm's own 150 KB limit then refuses the echoing response)
         padding = os.urandom(110 * 1024).hex()  # random hex: about 160 KB once packed
-        big = settings().model_copy(update={"winrm_max_envelope_kb": 500})
+        big = settings(lab).model_copy(update={"winrm_max_envelope_kb": 500})
         topology = topo.load(lab.topology)
         with Fleet(topology, big, lambda s: {"replica-health": {"role": "frontend", "padding": padding}}) as fleet:
             runs = fleet.run_all({"fe01.contoso.com": ["replica-health"], "med01.contoso.com": ["replica-health"]})

@@ -119,8 +119,9 @@ def test_one_shell_per_server_and_few_requests(chat, lab):
     assert code == 0
     stats = lab.stats()
     assert all(n == 1 for n in stats["shells"].values()), stats["shells"]
-    # a server that ran one probe: Create, Command, Receive, Signal, Delete
-    assert stats["requests"]["fe03.contoso.com"] <= 6, stats["requests"]
+    # a server that ran one probe: the two legs of the NTLM handshake, then Create, Command, Receive, Signal,
+    # Delete, on one connection
+    assert stats["requests"]["fe03.contoso.com"] <= 8, stats["requests"]
     # edges are not reachable over WinRM by design: never contacted
     assert "edge01.contoso.com" not in stats["requests"]
 

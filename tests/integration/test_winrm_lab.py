@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import re
+import ssl
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -17,18 +18,17 @@ from winrm.exceptions import WinRMTransportError, WSManFaultError
 
 from cms import topology as topo
 from cms.models import CmsStatus
-from cms.settings import Settings
 from tests.harness import LAB_PASSWORD, LAB_USER, LabProcess, cmsbot, scaled, stop_cleanly
 from workers import probes
 from workers.probes import wire
 from workers.runs.status import probe_params
-from workers.transport.fleet import Fleet
+from workers.transport.fleet import Fleet, credentials
 from workers.transport.winrm import AuthFailed, Credentials, HostShell, Output, ProbeFailed
 
 
 def shell_for(lab, server: str, env: dict[str, str], password: str = LAB_PASSWORD, deadline: float = 10) -> HostShell:
     endpoint = topo.load(lab.topology).server(server).endpoint
-    creds = Credentials(username=LAB_USER, password=password, transport="basic")
+    creds = credentials(lab.client_settings(winrm_password=password))
     return HostShell(server, endpoint, creds, env, deadline=time.monotonic() + deadline)
 
 
@@ -111,8 +111,7 @@ def big_lab(tmp_path_factory):
 def test_large_output_arrives_in_several_receive_chunks(big_lab):
     topology = topo.load(big_lab.topology)
     assert len(topology.servers) == 200
-    settings = Settings(winrm_username=LAB_USER, winrm_password=LAB_PASSWORD, winrm_transport="basic",
-                        host_deadline=20)
+    settings = big_lab.client_settings(host_deadline=20)
     with Fleet(topology, settings, probe_params(topology, topology.everything())) as fleet:
         run = fleet.run("fe01.contoso.com", ["cms-status"])
     assert run.errors == [], run.errors
@@ -132,7 +131,8 @@ def test_lab_rejects_an_unknown_scenario_with_the_known_ones(tmp_path):
 def test_lab_prints_ready_line_with_server_count(tmp_path):
     lab = LabProcess(tmp_path, "--servers", "3", "--product", "lync2013")
     try:
-        assert lab.text().strip() == f"lab ready: 3 servers, topology {lab.topology}"
+        assert lab.text().strip() == f"lab ready: 3 servers, topology {lab.topology}, CA {lab.ca}"
+        assert lab.ca == tmp_path / "lab-tls" / "ca.pem"
         topology = topo.load(lab.topology)
         assert topology.deployment.version is topo.Version.lync2013
         assert [s.fqdn for s in topology.servers] == ["fe01.contoso.com", "fe02.contoso.com", "fe03.contoso.com"]
@@ -276,7 +276,8 @@ def test_a_401_offers_negotiate_and_basic(lab):
     connection; the lab still authenticates Basic only."""
     lab.scenarios()
     endpoint = urlsplit(topo.load(lab.topology).server("fe01.contoso.com").endpoint)
-    conn = http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=scaled(10))
+    conn = http.client.HTTPSConnection(endpoint.hostname or "", endpoint.port, timeout=scaled(10),
+                                       context=ssl.create_default_context(cafile=str(lab.ca)))
     wrong = base64.b64encode(f"{LAB_USER}:wrong".encode()).decode()
     conn.request("POST", endpoint.path, body=b"<s:Envelope/>", headers={
         "Authorization": f"Basic {wrong}", "Content-Type": "application/soap+xml;charset=UTF-8"})
@@ -413,3 +414,24 @@ def test_a_single_response_past_the_answer_limit_is_not_read(chunked):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("tls", "transport"), [(False, "basic"), (False, "ntlm"), (True, "ntlm"), (True, "basic")],
+                         ids=["http-basic", "http-ntlm-encrypted", "https-ntlm", "https-basic"])
+def test_every_transport_reads_the_same_answers(tmp_path, tls, transport):
+    """Our client on each path a deployment may use, against a lab that accepts only that scheme: over plain
+    HTTP, NTLM must encrypt every message (the lab refuses one in clear, as a host with AllowUnencrypted=false
+    does); over HTTPS the certificate must chain to the lab's own CA."""
+    lab = LabProcess(tmp_path, "--servers", "10", "--auth", transport, tls=tls)
+    try:
+        topology = topo.load(lab.topology)
+        settings = lab.client_settings(winrm_transport=transport, host_deadline=10)
+        reachable = [s.fqdn for s in topology.servers if s.winrm]
+        with Fleet(topology, settings, probe_params(topology, topology.everything())) as fleet:
+            runs = fleet.run_all({s: ["replica-health"] for s in reachable} | {"fe01.contoso.com": ["cms-status"]})
+        assert {s: r.errors for s, r in runs.items()} == {s: [] for s in runs}
+        status = runs["fe01.contoso.com"].answer("cms-status", CmsStatus)
+        assert status is not None and status.store.active_master_fqdn == "fe01.contoso.com"
+        assert len(runs) == len(reachable) == 8
+    finally:
+        stop_cleanly(lab)
