@@ -57,8 +57,8 @@ class Parts:
         self.stack, self.workdir = stack, workdir
         self.redis = Redis(stack, workdir)
 
-    def lab(self, *args: str) -> LabProcess:
-        lab = LabProcess(Path(tempfile.mkdtemp(dir=self.workdir)), *args)
+    def lab(self, *args: str, tls: bool = True) -> LabProcess:
+        lab = LabProcess(Path(tempfile.mkdtemp(dir=self.workdir)), *args, tls=tls)
         self.stack.callback(lab.stop)
         return lab
 

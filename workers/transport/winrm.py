@@ -48,6 +48,7 @@ import spnego
 import winrm
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from spnego._ntlm_raw.crypto import ntowfv1  # MD4 of the UTF-16LE password (MS-NLMP 3.3.1), OpenSSL 3 has none
 from spnego.channel_bindings import GssChannelBindings
 from winrm.encryption import Encryption
 
@@ -331,6 +332,14 @@ def _channel_bindings(writer: asyncio.StreamWriter) -> GssChannelBindings | None
     return GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
 
 
+@functools.cache
+def _ntlm_credential(username: str, password: str) -> spnego.NTLMHash:
+    """pyspnego derives the LM and NT hashes from the password for every new context (the LM one by DES in
+    pure Python: ~4 ms, most of the client's CPU per server): once per process instead. NTLMv2, pyspnego's
+    default (LmCompatibilityLevel 3, MS-NLMP 3.3.2), uses the NT hash alone."""
+    return spnego.NTLMHash(username, nt_hash=ntowfv1(password).hex())
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection to one WinRM listener, authenticated once."""
 
@@ -404,9 +413,9 @@ class _Connection:
         message to set up encryption the same way), then message encryption over plain HTTP."""
         c = self._creds
         assert self._writer is not None
-        context = spnego.client(c.username, c.password, hostname=self.host, service="HTTP",
-                                protocol="ntlm" if c.transport == "ntlm" else "kerberos",
-                                channel_bindings=_channel_bindings(self._writer))
+        who: Any = _ntlm_credential(c.username, c.password) if c.transport == "ntlm" else c.username
+        context = spnego.client(who, None if c.transport == "ntlm" else c.password, hostname=self.host,
+                                service="HTTP", protocol=c.transport, channel_bindings=_channel_bindings(self._writer))
         token = context.step()
         while True:
             offer = base64.b64encode(token or b"").decode()
@@ -567,8 +576,7 @@ class Shell:
         # [Console]::IsInputRedirected is false and import-configuration.ps1 gets no zip.
         # MS-WSMV 3.1.4.11 (Command, option WINRS_CONSOLEMODE_STDIN); Ansible's winrm
         # connection plugin passes console_mode_stdin=(stdin is None) for the same reason.
-        answer = await self._call(_fill(_command(command, tuple(arguments), stdin is None), shell_id))
-        command_id = _command_id(ET.fromstring(answer))
+        command_id = _command_id(await self._call(_fill(_command(command, tuple(arguments), stdin is None), shell_id)))
         if stdin is not None:
             chunks = [stdin[i:i + STDIN_CHUNK] for i in range(0, len(stdin), STDIN_CHUNK)] or [b""]
             for i, chunk in enumerate(chunks):
@@ -585,7 +593,7 @@ class Shell:
                     answer = await self._call(_fill(_fixed("receive"), shell_id, command_id, timeout=op))
                 except _StillRunning:
                     continue
-                o, e, code, done = _streams(ET.fromstring(answer))
+                o, e, code, done = _streams(answer)
                 received += len(o) + len(e)
                 if received > self.max_answer:
                     raise AnswerTooLarge(f"answer larger than {_megabytes(self.max_answer)}: stopped reading after "
@@ -618,18 +626,18 @@ class Shell:
 
     async def _open(self) -> str:
         if self._shell_id is None:
-            self._shell_id = _shell_id(ET.fromstring(await self._call(_fill(_create(self._env)))))
+            self._shell_id = _shell_id(await self._call(_fill(_create(self._env))))
         return self._shell_id
 
-    async def _call(self, message: bytes) -> bytes:
+    async def _call(self, message: bytes) -> ET.Element:
+        """Send one message within the deadline; its answer, parsed (a malformed one fails here, named as such)."""
         remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise TimedOut("no answer within the host deadline")
         try:
             async with asyncio.timeout(remaining):
                 answer = await self._connection.send(message)
-            ET.fromstring(answer)  # a malformed answer fails here, named as such
-            return answer
+            return ET.fromstring(answer)
         except TimeoutError:
             self._connection.close()
             raise TimedOut("no answer within the host deadline") from None
