@@ -45,8 +45,11 @@ RUN mkdir -p /shared /etc/cmsbot \
 WORKDIR /home/cmsbot
 USER ${UID}:${GID}
 
-# The Slack app's HTTP endpoint (CMSBOT_HTTP_PORT) and the lab's WS-Management port.
-EXPOSE 3000 5985
+# The Slack app's HTTP endpoint (CMSBOT_HTTP_PORT), the lab's WS-Management port, and
+# /metrics, /healthz and /readyz of the bot and the workers when CMSBOT_METRICS_PORT is
+# 9100 (docker-compose.yml sets it and asks /readyz in its healthchecks; no HEALTHCHECK
+# here: the same image runs the lab and one-off commands, which serve no such port).
+EXPOSE 3000 5985 9100
 
 ENTRYPOINT ["cmsbot"]
 CMD ["worker"]

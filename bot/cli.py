@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=os.environ.get("CMSBOT_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cms import logs
+
+    # read here, before any setting: every line is in the one format (a wrong value is refused with the settings)
+    logs.configure(os.environ.get("CMSBOT_LOG_LEVEL", "WARNING"), os.environ.get("CMSBOT_LOG_FORMAT"))
     return args.func(args)
 
 
@@ -61,6 +63,10 @@ ENV: dict[str, str] = {
     "CMSBOT_TOPOLOGY": "the topology file (default topology.yaml)",
     "CMSBOT_SECRETS_DIR": "a directory of secret files, each named after its variable (e.g. cmsbot_slack_bot_token)",
     "CMSBOT_LOG_LEVEL": "Python log level (default WARNING; INFO for workers)",
+    "CMSBOT_LOG_FORMAT": "text, or json: one JSON object per line, with the request id",
+    "CMSBOT_METRICS_PORT": "the port of /metrics, /healthz and /readyz; 0: none of their own, though the bot over "
+                           "HTTP serves them on its HTTP port anyway",
+    "CMSBOT_METRICS_HOST": "the address that port listens on",
     "CMSBOT_CHAT_TIMEOUT": "seconds to wait for the result (default 180)",
     "CMSBOT_HOST_DEADLINE": "seconds a read-only probe may take on one server (default 30)",
     "CMSBOT_SLACK_BOT_TOKEN": "the bot token, xoxb-... (or CMSBOT_SLACK_BOT_TOKEN_FILE)",
@@ -100,17 +106,41 @@ ENV: dict[str, str] = {
     "CMSBOT_WINRM_PROXY": "an HTTP proxy for WinRM (default none)",
     "CMSBOT_WINRM_MAX_ENVELOPE_KB": "the largest WS-Management message, in KB (default 150)",
     "CMSBOT_WINRM_MAX_ANSWER_MB": "the most output one probe's answer may have, in MB (default 8)",
-    "CMSBOT_FANOUT": "servers probed at once (default 256)",
+    "CMSBOT_FANOUT": "servers probed at once, on one event loop per job (default 1024)",
     "CMSBOT_REPLICATION_WAIT": "seconds between forcing replication and re-checking (default 150)",
     "CMSBOT_FAILOVER_DEADLINE": "seconds a failover may take to converge (default 900)",
     "CMSBOT_FAILOVER_POLL": "seconds between convergence checks (default 10)",
     "CMSBOT_COOLDOWN": "seconds after a CMS change before the next may start (default 900, at least 60)",
     "CMSBOT_ALLOW_VOLATILE_REDIS": "run CMS changes although Redis does not persist (default off)",
+    # the watch and on-call (README: Watch and on-call)
+    "CMSBOT_WATCH": 'the schedule, as JSON: [{"scope": "*", "cron": "*/5 * * * *"}], or as SCOPE=CRON pairs '
+                    "separated by ';' (*=*/5 * * * *); \"*\" is the whole deployment, else a pool or server; cron "
+                    "fields in local time (UTC in the container)",
+    "CMSBOT_ALERT_CHANNEL": "the Slack channel ID incidents are posted in (unset: none are posted)",
+    "CMSBOT_WATCH_GRACE": "seconds a transient problem (a replica catching up, a server not answering) may last "
+                          "before it alerts",
+    "CMSBOT_WATCH_CLEAR_AFTER": "seconds a problem must stay gone before its incident resolves",
+    "CMSBOT_ONCALL_PAGE_AT": "the least severity that pages on-call: critical, error or warning",
+    "CMSBOT_PAGERDUTY_ROUTING_KEY": "a PagerDuty Events API v2 integration key, or a file named by the variable "
+                                    "with _FILE appended; unset: no PagerDuty",
+    "CMSBOT_PAGERDUTY_URL": "the Events API v2 endpoint",
+    "CMSBOT_OPSGENIE_API_KEY": "an Opsgenie API integration key (or a file, as above); unset: no Opsgenie",
+    "CMSBOT_OPSGENIE_URL": "Opsgenie's API (EU: https://api.eu.opsgenie.com)",
+    "CMSBOT_ONCALL_WEBHOOK_URL": "a URL that receives every incident event as JSON (or a file, as above)",
+    "CMSBOT_ONCALL_WEBHOOK_SECRET": "signs the webhook's body: X-Cmsbot-Signature (or a file, as above)",
+    "CMSBOT_ONCALL_RETRIES": "retries of an on-call request that failed, with doubling waits",
+    "CMSBOT_ONCALL_RETRY_FIRST": "seconds before the first retry",
+    "CMSBOT_ONCALL_TIMEOUT": "seconds one on-call request may take",
 }
 _COMMON = ("CMSBOT_SECRETS_DIR", "CMSBOT_LOG_LEVEL")
+_TELEMETRY = ("CMSBOT_METRICS_PORT", "CMSBOT_METRICS_HOST", "CMSBOT_LOG_FORMAT")
 _SLACK = ("CMSBOT_SLACK_BOT_TOKEN", "CMSBOT_SLACK_SIGNING_SECRET", "CMSBOT_SLACK_APP_TOKEN", "CMSBOT_SLACK_API_URL")
 _DELIVERY = ("CMSBOT_HEARTBEAT_STALE", "CMSBOT_APPROVAL_TTL", "CMSBOT_DELIVERY_PATIENCE", "CMSBOT_DELIVERY_BACKOFF",
              "CMSBOT_DELIVERY_LATE_NOTE", "CMSBOT_EVENTS_KEEP")
+_WATCH = ("CMSBOT_ALERT_CHANNEL", "CMSBOT_WATCH_GRACE", "CMSBOT_WATCH_CLEAR_AFTER", "CMSBOT_ONCALL_PAGE_AT",
+          "CMSBOT_PAGERDUTY_ROUTING_KEY", "CMSBOT_PAGERDUTY_URL", "CMSBOT_OPSGENIE_API_KEY", "CMSBOT_OPSGENIE_URL",
+          "CMSBOT_ONCALL_WEBHOOK_URL", "CMSBOT_ONCALL_WEBHOOK_SECRET", "CMSBOT_ONCALL_RETRIES",
+          "CMSBOT_ONCALL_RETRY_FIRST", "CMSBOT_ONCALL_TIMEOUT")
 SUBCOMMAND_ENV: dict[str, tuple[str, ...]] = {
     "demo": ("REDIS_URL", "CMSBOT_LOG_LEVEL"),
     "chat": ("REDIS_URL", "CMSBOT_NAMESPACE", "CMSBOT_TOPOLOGY", "CMSBOT_CHAT_TIMEOUT", "CMSBOT_HOST_DEADLINE",
@@ -121,14 +151,17 @@ SUBCOMMAND_ENV: dict[str, tuple[str, ...]] = {
             "CMSBOT_HTTP_PROCESSES", "CMSBOT_HTTP_THREADS", "CMSBOT_HTTP_CONNECTIONS", "CMSBOT_HTTP_MAX_BODY",
             "CMSBOT_HTTP_HEADER_TIMEOUT", "CMSBOT_HTTP_BODY_TIMEOUT", "CMSBOT_HTTP_KEEPALIVE", "CMSBOT_LIMIT_WINDOW",
             "CMSBOT_LIMIT_USER", "CMSBOT_LIMIT_CHANNEL", "CMSBOT_SLACK_CHANNELS", "CMSBOT_SLACK_OPERATORS",
-            "CMSBOT_SLACK_APPROVERS", "CMSBOT_SLACK_GROUP_REFRESH", "CMSBOT_APPROVALS_REQUIRED", *_DELIVERY, *_COMMON),
-    "reporter": ("REDIS_URL", "CMSBOT_NAMESPACE", *_SLACK, *_DELIVERY, *_COMMON),
+            "CMSBOT_SLACK_APPROVERS", "CMSBOT_SLACK_GROUP_REFRESH", "CMSBOT_APPROVALS_REQUIRED", *_DELIVERY,
+            *_TELEMETRY, *_COMMON),
+    "reporter": ("REDIS_URL", "CMSBOT_NAMESPACE", *_SLACK, *_DELIVERY, "CMSBOT_LOG_FORMAT", *_COMMON),
     "worker": ("REDIS_URL", "CMSBOT_NAMESPACE", "CMSBOT_TOPOLOGY", "CMSBOT_WINRM_USERNAME", "CMSBOT_WINRM_PASSWORD",
                "CMSBOT_WINRM_TRANSPORT", "CMSBOT_WINRM_SCHEME", "CMSBOT_WINRM_CA_BUNDLE",
                "CMSBOT_WINRM_CONNECT_TIMEOUT", "CMSBOT_WINRM_PROXY", "CMSBOT_WINRM_MAX_ENVELOPE_KB",
                "CMSBOT_WINRM_MAX_ANSWER_MB", "CMSBOT_HOST_DEADLINE", "CMSBOT_FANOUT", "CMSBOT_HEARTBEAT_STALE",
                "CMSBOT_REPLICATION_WAIT", "CMSBOT_FAILOVER_DEADLINE", "CMSBOT_FAILOVER_POLL", "CMSBOT_COOLDOWN",
-               "CMSBOT_ALLOW_VOLATILE_REDIS", *_COMMON),
+               "CMSBOT_ALLOW_VOLATILE_REDIS", *_WATCH, *_TELEMETRY, *_COMMON),
+    "watch": ("REDIS_URL", "CMSBOT_NAMESPACE", "CMSBOT_TOPOLOGY", "CMSBOT_WATCH", "CMSBOT_HOST_DEADLINE",
+              "CMSBOT_ALERT_CHANNEL", *_COMMON),
     "lab": ("CMSBOT_WINRM_USERNAME", "CMSBOT_WINRM_PASSWORD", "CMSBOT_LOG_LEVEL"),
     "capture": ("CMSBOT_TOPOLOGY", "CMSBOT_WINRM_USERNAME", "CMSBOT_WINRM_PASSWORD", "CMSBOT_WINRM_TRANSPORT",
                 "CMSBOT_WINRM_SCHEME", "CMSBOT_WINRM_CA_BUNDLE", "CMSBOT_WINRM_CONNECT_TIMEOUT", "CMSBOT_WINRM_PROXY",
@@ -237,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
                     "arrives; a worker (cmsbot worker) must be listening on the same Redis and namespace. The "
                     "other Slack commands do not run here and say where they do: /cms-replicate, /cms-failover "
                     "and /cms-recover change the deployment and run only from Slack (roles, approval, audit); "
-                    "/cms-explain is `cmsbot explain`; /cms-help is `cmsbot --help`.",
+                    "/cms-doctor is `cmsbot doctor`; /cms-explain is `cmsbot explain`; /cms-help is `cmsbot --help`.",
         epilog=_epilog("chat", CHECK_EXITS))
     chat.add_argument("text", help="the slash command and its argument, quoted")
     chat.add_argument("--user", default=None, help="user id to act as (default: your login name)")
@@ -266,7 +299,8 @@ def _parser() -> argparse.ArgumentParser:
     bot = sub.add_parser(
         "bot", help="run the Slack app (Socket Mode or HTTP /slack/events) and its reporter", formatter_class=raw,
         description="Run the Slack app: Socket Mode when CMSBOT_SLACK_APP_TOKEN is set, else HTTP on "
-                    "CMSBOT_HTTP_HOST:CMSBOT_HTTP_PORT (/slack/events, /healthz). It starts and supervises "
+                    "CMSBOT_HTTP_HOST:CMSBOT_HTTP_PORT (/slack/events, /metrics, /healthz, /readyz; these three "
+                    "on CMSBOT_METRICS_PORT too, in either mode, when it is set). It starts and supervises "
                     "`cmsbot reporter`, which delivers the workers' events to Slack. Needs Redis, the topology "
                     "and at least one `cmsbot worker`.",
         epilog=_epilog("bot", SERVICE_EXITS))
@@ -292,11 +326,27 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.set_defaults(func=cmd_worker)
 
+    watch = sub.add_parser(
+        "watch", help="run the watch's schedule: status checks whose problems become incidents and pages",
+        formatter_class=raw,
+        description="Run RQ's cron scheduler with the watch's schedule (CMSBOT_WATCH): at each time it enqueues a "
+                    "status check of its scope; a worker runs it, and what it finds opens an incident in the alert "
+                    "channel (CMSBOT_ALERT_CHANNEL) and pages on-call, what clears resolves it (README: Watch and "
+                    "on-call). It also moves on-call retries along when they are due. The workers read the "
+                    "channel and on-call settings (`cmsbot worker --help`). One is enough; a second one enqueues "
+                    "the same runs, and each runs once.",
+        epilog=_epilog("watch", "0 after a clean stop (SIGTERM or Ctrl-C) or, with --now, once the runs are "
+                                "enqueued; 2 could not start (configuration, schedule, Redis, topology)"))
+    watch.add_argument("--now", nargs="?", const="", default=None, metavar="SCOPE",
+                       help="enqueue one run now (of SCOPE, else of every scheduled scope) and exit")
+    watch.set_defaults(func=cmd_watch)
+
     lab = sub.add_parser(
         "lab", help="serve the simulated deployment over WS-Management until stopped", formatter_class=raw,
-        description="Serve a simulated Lync / Skype for Business deployment over WS-Management (HTTP, Basic "
-                    "auth) until stopped, and write its topology file; prints `lab ready: <N> servers, topology "
-                    "<path>`. A control API at /_lab/ changes scenarios while it runs.",
+        description="Serve a simulated Lync / Skype for Business deployment over WS-Management (HTTP, or HTTPS "
+                    "with --tls; Basic and Negotiate (NTLM) auth) until stopped, and write its topology file; prints "
+                    "`lab ready: <N> servers, topology <path>` (with --tls: `, CA <path>`). A control API at /_lab/ "
+                    "changes scenarios while it runs.",
         epilog=_epilog("lab", "0 after a clean stop, 2 could not start (an unknown scenario, a bad limit, the port)",
                        scenarios))
     lab.add_argument("--product", choices=products, default=Version.sfb2019.value,
@@ -325,6 +375,17 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--advertise", default=None, help="host name written into the topology (default: --host)")
     lab.add_argument("--port", type=int, default=5985, help="port to bind; 0 picks a free one")
     lab.add_argument("--topology-out", default="lab-topology.yaml", help="where to write the topology file")
+    lab.add_argument("--tls", action="store_true",
+                     help="serve HTTPS: generate a private CA and a certificate for 127.0.0.1, localhost and "
+                          "--advertise into --tls-dir, write https:// endpoints and print the CA's path in the ready "
+                          "line (trust it with CMSBOT_WINRM_CA_BUNDLE); the tls-* scenarios need it")
+    lab.add_argument("--tls-dir", metavar="DIR", default=None,
+                     help="where --tls writes ca.pem, server.pem and server.key (default: lab-tls beside "
+                          "--topology-out)")
+    lab.add_argument("--auth", default="basic,ntlm", metavar="SCHEMES",
+                     help="the authentication schemes accepted, a comma list of basic and ntlm (default basic,ntlm); "
+                          "ntlm is Negotiate, and over plain HTTP its messages must be encrypted, as on a Windows "
+                          "host with AllowUnencrypted=false")
     lab.add_argument("--replay", metavar="DIR", default=None,
                      help="serve a folder written by `cmsbot capture` instead: each server answers each probe as the "
                           "captured host did, and the topology written is the captured one (no --scenario)")
@@ -713,12 +774,18 @@ def cmd_worker(args) -> int:
     from hub.liveness import lost_reason, watch
     from workers.allowed_jobs import OurJob
     from workers.jobs import on_work_horse_killed
-    from workers.rq_worker import Worker  # rides out a short Redis outage while a job runs
+    from workers.rq_worker import Worker, serve_telemetry  # rides out a short Redis outage while a job runs
 
     # OurJob: only the project's own entry points and callbacks run (Redis is a trust boundary)
     hub = hub_for(conn, settings)
     worker = Worker(queues(hub), connection=conn, serializer=JSONSerializer, worker_ttl=60,
-                    work_horse_killed_handler=on_work_horse_killed, job_class=OurJob)
+                    work_horse_killed_handler=on_work_horse_killed, job_class=OurJob, hub=hub)
+    if settings.metrics_port:  # /metrics, /healthz, /readyz
+        try:
+            serve_telemetry(worker, hub, settings.redis_url, settings.metrics_host, settings.metrics_port)
+        except OSError as e:
+            return _fail(SetupError(f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} "
+                                    f"(CMSBOT_METRICS_PORT): {e.strerror or e}"))
     stop = threading.Event()
     threading.Thread(target=watch, args=(hub, lambda rid, cmd: lost_reason(hub, rid, cmd, settings.cooldown), stop),
                      kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True).start()
@@ -726,6 +793,38 @@ def cmd_worker(args) -> int:
         worker.work(burst=args.burst, with_scheduler=False, logging_level=os.environ.get("CMSBOT_LOG_LEVEL", "INFO"))
     finally:
         stop.set()
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from cms.topology import UnknownTarget
+    from hub.schedule import ScheduleError, enqueue_watch, job_timeout, scheduler
+
+    try:
+        settings = _settings()
+        conn = _redis(settings.redis_url)
+        topology = _topology(settings.topology)
+        hub = hub_for(conn, settings)
+        if args.now is not None:
+            scopes = [args.now] if args.now else [s.scope for s in settings.watch] or ["*"]
+            for scope in scopes:
+                job = enqueue_watch(hub, scope, job_timeout(settings, topology, scope))
+                print(f"cmsbot watch: enqueued a run of {scope} ({job.id})", flush=True)
+            return 0
+        if not settings.watch:
+            raise SetupError('CMSBOT_WATCH is empty: set the schedule, e.g. CMSBOT_WATCH=\'[{"scope": "*", '
+                             '"cron": "*/5 * * * *"}]\' (README: Watch and on-call)')
+        cron = scheduler(hub, settings, topology)
+    except SetupError as e:
+        return _fail(e)
+    except (ScheduleError, UnknownTarget) as e:
+        return _fail(SetupError(str(e)))
+    if not settings.alert_channel:
+        print("cmsbot watch: CMSBOT_ALERT_CHANNEL is not set: incidents are tracked and paged, but not posted in "
+              "Slack", file=sys.stderr, flush=True)
+    scheduled = "; ".join(f"{j.schedule.scope} at '{j.schedule.cron}'" for j in cron.watch_jobs)
+    print(f"cmsbot watch: scheduling {scheduled}", flush=True)
+    cron.start()
     return 0
 
 
@@ -761,7 +860,16 @@ DEMO_MODULE_LOAD_MS = 300
 
 def cmd_demo(args) -> int:
     from bot.delivery.console import run_chat, workers_listening
-    from lab.processes import NO_REDIS, DidNotStart, LabProcess, Managed, RedisServer, cmsbot, redis_answers
+    from lab.processes import (
+        NO_REDIS,
+        DidNotStart,
+        LabProcess,
+        Managed,
+        RedisServer,
+        client_environment,
+        cmsbot,
+        redis_answers,
+    )
 
     started: list[Managed] = []
     private = None
@@ -782,16 +890,17 @@ def cmd_demo(args) -> int:
             namespace = f"cmsbot-demo-{secrets.token_hex(4)}"
             password = secrets.token_urlsafe(18)
             env = dict(os.environ, REDIS_URL=url, CMSBOT_TOPOLOGY=str(topology_path), CMSBOT_NAMESPACE=namespace,
-                       CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=password,
-                       CMSBOT_WINRM_TRANSPORT="basic", CMSBOT_WINRM_SCHEME="http")
-            for inherited in ("CMSBOT_WINRM_PASSWORD_FILE", "CMSBOT_QUEUE_PREFIX"):
+                       CMSBOT_WINRM_USERNAME="cmsbot", CMSBOT_WINRM_PASSWORD=password)
+            for inherited in ("CMSBOT_WINRM_PASSWORD_FILE", "CMSBOT_QUEUE_PREFIX", "CMSBOT_WINRM_CA_BUNDLE"):
                 env.pop(inherited, None)
             print(f"demo: Redis {_safe_url(url)}{' (private)' if private else ''}; starting the lab and a worker",
                   flush=True)
             scenarios = args.scenario if args.scenario is not None else DEMO_SCENARIOS
             lab = LabProcess(Path(tmp), "--product", args.product, *[a for s in scenarios for a in ("--scenario", s)],
-                             user="cmsbot", password=password, env=env, module_load_ms=DEMO_MODULE_LOAD_MS)
+                             user="cmsbot", password=password, env=env, module_load_ms=DEMO_MODULE_LOAD_MS, tls=True)
             started.append(lab)
+            # the worker takes the product's default path to the lab: HTTPS (trusting the lab's own CA) and NTLM
+            env.update(client_environment(topology_path))
             print("demo: " + lab.text().strip().splitlines()[-1], flush=True)
             worker = Managed(cmsbot("worker"), env, Path(tmp) / "worker.log")
             started.append(worker)

@@ -22,8 +22,14 @@ HELP = {
                       "/cms-failover pool02.contoso.com"),
     "/cms-recover": ("/cms-recover", "operators: request the CMS recovery runbook, computed from the live deployment, "
                      "with the same approval", "/cms-recover"),
+    "/cms-doctor": ("/cms-doctor [pool|server]", "operators: is every server, or one pool or server, ready for "
+                    "cmsbot (DNS, WinRM port, TLS, credentials, PowerShell, module, rights, WinRM limits, replication "
+                    "paths); one line per server not ready with its first failing check and the fix",
+                    "/cms-doctor pool02.contoso.com"),
     "/cms-help": ("/cms-help", "this list", "/cms-help"),
 }
+# commands that take an optional pool or server, resolved against the topology
+SCOPED = ("/cms-status", "/cms-replicate", "/cms-doctor")
 MAX_LISTED = 25
 # commands that are real but cannot run from this path (`cmsbot chat`): where they do run
 ELSEWHERE = {
@@ -51,9 +57,9 @@ def parse(text: str, topology: Topology) -> Command:
     name, rest = words[0].lower(), words[1:]
     if name in ELSEWHERE:
         raise CommandError(f"`{name}` {ELSEWHERE[name]}.")
-    if name not in ("/cms-status", "/cms-replicate"):
+    if name not in SCOPED:
         raise CommandError(f"Unknown command. {usage()}")
-    if name in ("/cms-status", "/cms-replicate"):
+    if name in SCOPED:
         if len(rest) > 1:
             raise CommandError(f"Too many words. Usage: `{HELP[name][0]}`")
         if not rest:

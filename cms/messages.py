@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, computed_field, model_validator
 
-from cms.models import Finding, StatusReport
+from cms.doctor import DoctorReport
+from cms.models import Finding, Severity, StatusReport
+from cms.watch import Incident
 
 
 class _Body(BaseModel):
@@ -51,12 +54,14 @@ class Progress(_Body):
 
 
 class Result(_Body):
-    """The end of a request: a status report, an action's outcome, or both (the re-check)."""
+    """The end of a request: a status report, an action's outcome, or both (the re-check); or, alone, the
+    doctor's report (/cms-doctor: is every server ready for cmsbot)."""
 
     kind: Literal["result"] = "result"
     action: ActionOutcome | None = None
     report: StatusReport | None = None
     findings: list[Finding] = Field(default_factory=list)  # recognised failure modes of a failed change
+    doctor: DoctorReport | None = None
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented use of a property
     @property
@@ -65,8 +70,12 @@ class Result(_Body):
 
     @model_validator(mode="after")
     def _says_something(self) -> Result:
+        if self.doctor is not None:
+            if self.action is not None or self.report is not None or self.findings:
+                raise ValueError("a doctor's result carries the doctor's report alone")
+            return self
         if self.action is None and self.report is None:
-            raise ValueError("a result carries a report, an action's outcome or both")
+            raise ValueError("a result carries a report, an action's outcome or both (or the doctor's report)")
         return self
 
 
@@ -92,13 +101,73 @@ class ApprovalChanged(_Body):
     by: str | None = None  # the approver; None for an expiry
 
 
-Message = Annotated[Accepted | Progress | Result | Failed | PreflightReady | ApprovalChanged,
+# -- the watch (cms/watch.py): incidents in the alert channel, and the notice of a skipped watch -------
+
+
+class IncidentOpened(_Body):
+    """A problem the watch found: the parent message of the incident's thread, with its diagnosis."""
+
+    kind: Literal["incident-opened"] = "incident-opened"
+    incident: Incident
+
+
+class IncidentUpdated(_Body):
+    """The incident's cause or severity changed: said in its thread."""
+
+    kind: Literal["incident-updated"] = "incident-updated"
+    incident: Incident
+    before_causes: tuple[str, ...]
+    before_severity: Severity
+
+
+class IncidentResolved(_Body):
+    """The problem is gone: the parent says it was resolved, and after how long."""
+
+    kind: Literal["incident-resolved"] = "incident-resolved"
+    incident: Incident
+    resolved_at: datetime
+
+    @property
+    def lasted_s(self) -> float:
+        return (self.resolved_at - self.incident.opened_at).total_seconds()
+
+
+class WatchSkipped(_Body):
+    """The watch is not looking while a CMS change runs (said once, then edited when it resumes)."""
+
+    kind: Literal["watch-skipped"] = "watch-skipped"
+    reason: str
+    since: datetime
+
+
+class WatchResumed(_Body):
+    kind: Literal["watch-resumed"] = "watch-resumed"
+    reason: str
+    since: datetime
+    until: datetime
+    runs: int  # runs skipped
+
+
+class OncallFailed(_Body):
+    """On-call could not be told about the incident (its retries spent, or refused): said in its thread."""
+
+    kind: Literal["oncall-failed"] = "oncall-failed"
+    target: str  # PagerDuty, Opsgenie, the on-call webhook
+    action: str  # trigger, update, resolve
+    reason: str
+
+
+WATCH_MESSAGES = (IncidentOpened, IncidentUpdated, IncidentResolved, WatchSkipped, WatchResumed, OncallFailed)
+
+
+Message = Annotated[Accepted | Progress | Result | Failed | PreflightReady | ApprovalChanged | IncidentOpened
+                    | IncidentUpdated | IncidentResolved | WatchSkipped | WatchResumed | OncallFailed,
                     Field(discriminator="kind")]
 Emit = Callable[[Message], None]
 
 _MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 KINDS = frozenset(m.model_fields["kind"].default for m in (Accepted, Progress, Result, Failed, PreflightReady,
-                                                           ApprovalChanged))
+                                                           ApprovalChanged, *WATCH_MESSAGES))
 
 
 def no_emit(message: Message) -> None:

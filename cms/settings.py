@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cms import secret_files
+from cms.models import Severity
+from cms.watch import Policy, WatchSchedule
 
 # What the probes declare in their headers (workers/probes/*.ps1, `# deadline: N s`), for the jobs'
 # hard time limits; tests/unit/test_probe_scripts.py keeps these in step with the headers.
@@ -25,7 +29,10 @@ MIN_COOLDOWN = 60.0  # seconds: a CMS change is never followed at once by the ne
 class Settings(secret_files.SecretFileSettings):
     # the secrets may come from files: REDIS_URL_FILE, CMSBOT_WINRM_PASSWORD_FILE, CMSBOT_SECRETS_DIR
     secret_variables: ClassVar[dict[str, tuple[str, ...]]] = {
-        "redis_url": ("REDIS_URL", "CMSBOT_REDIS_URL"), "winrm_password": ("CMSBOT_WINRM_PASSWORD",)}
+        "redis_url": ("REDIS_URL", "CMSBOT_REDIS_URL"), "winrm_password": ("CMSBOT_WINRM_PASSWORD",),
+        # on-call (the watch): CMSBOT_PAGERDUTY_ROUTING_KEY_FILE, CMSBOT_OPSGENIE_API_KEY_FILE, ...
+        **{name: (f"CMSBOT_{name.upper()}",) for name in ("pagerduty_routing_key", "opsgenie_api_key",
+                                                         "oncall_webhook_url", "oncall_webhook_secret")}}
     model_config = SettingsConfigDict(env_prefix="CMSBOT_", extra="ignore", populate_by_name=True,
                                       env_ignore_empty=True)
 
@@ -110,6 +117,77 @@ class Settings(secret_files.SecretFileSettings):
     limit_window: float = Field(60.0, gt=0, description="seconds the limits below count over")
     limit_user: int = Field(10, ge=0, description="requests one user may start per window")
     limit_channel: int = Field(30, ge=0, description="requests one channel may start per window")
+
+    # Telemetry (hub/telemetry.py; README: Telemetry): /metrics, /healthz and /readyz, and the logs' format
+    metrics_port: int = Field(0, ge=0, le=65535, description="the port of /metrics, /healthz and /readyz on a worker, "
+                                                             "and on the bot in either mode (over HTTP they are on "
+                                                             "CMSBOT_HTTP_PORT as well); 0: not served there")
+    metrics_host: str = Field("0.0.0.0", min_length=1, description="the address CMSBOT_METRICS_PORT listens on")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line "
+                                                                    "(time, level, logger, message, request_id)")
+
+    # The watch and on-call (cms/watch.py; `cmsbot watch` runs RQ's cron scheduler): a status check per
+    # scheduled scope; what it finds opens an incident in the alert channel and pages on-call, what clears
+    # resolves it. The workers read all of these (they run the checks and page); `cmsbot watch` the schedule.
+    watch: Annotated[list[WatchSchedule], NoDecode] = Field(
+        default_factory=list, description='the schedule, as JSON: [{"scope": "*", "cron": "*/5 * * * *"}], or as '
+                                          "SCOPE=CRON pairs separated by ';': '*=*/5 * * * *; pool02.contoso.com=0 "
+                                          "* * * *'. \"*\" is the whole deployment, else a pool or server of the "
+                                          "topology; cron in the scheduler's local time (UTC in the container)")
+    alert_channel: str | None = Field(None, pattern=r"^[CGD][A-Z0-9]{2,40}$",
+                                      description="the Slack channel ID incidents are posted in")
+    watch_grace: float = Field(900.0, ge=0, description="seconds a transient problem (a replica catching up, a "
+                                                        "server that did not answer) may last before it alerts")
+    watch_clear_after: float = Field(0.0, ge=0, description="seconds a problem must stay gone before its incident "
+                                                            "resolves (0: the first clean check); more damps flapping")
+    oncall_page_at: Literal["critical", "error", "warning"] = Field(
+        "error", description="the least severity that pages on-call (the alert channel hears of every incident)")
+    pagerduty_routing_key: SecretStr = Field(SecretStr(""), description="PagerDuty Events API v2 integration key; "
+                                                                        "empty: PagerDuty is not used")
+    pagerduty_url: str = Field("https://events.pagerduty.com/v2/enqueue", pattern=r"^https?://",
+                               description="the Events API v2 endpoint")
+    opsgenie_api_key: SecretStr = Field(SecretStr(""), description="an Opsgenie API integration key; empty: Opsgenie "
+                                                                   "is not used")
+    opsgenie_url: str = Field("https://api.opsgenie.com", pattern=r"^https?://",
+                              description="Opsgenie's API (EU: https://api.eu.opsgenie.com)")
+    oncall_webhook_url: SecretStr = Field(SecretStr(""), description="a URL that receives every incident event as "
+                                                                     "JSON (secret: it may carry a token)")
+    oncall_webhook_secret: SecretStr = Field(SecretStr(""), description="signs the webhook's body: header "
+                                                                        "X-Cmsbot-Signature: sha256=<hex HMAC>")
+    oncall_retries: int = Field(8, ge=0, le=20, description="retries of an on-call request that failed (network "
+                                                            "error, 429, 5xx), with doubling waits")
+    oncall_retry_first: float = Field(10.0, gt=0, description="seconds before the first retry; each next one "
+                                                              "waits twice as long, at most 30 minutes")
+    oncall_timeout: float = Field(10.0, gt=0, description="seconds one on-call request may take")
+
+    @field_validator("watch", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        """JSON, or `SCOPE=CRON; SCOPE=CRON` (no braces: a Compose default can hold it)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        pairs = [part.partition("=") for part in text.split(";") if part.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"{value!r}: give the schedule as JSON or as SCOPE=CRON pairs separated by ';'")
+        return [{"scope": scope.strip(), "cron": cron.strip()} for scope, _, cron in pairs]
+
+    def watch_policy(self) -> Policy:
+        return Policy(grace=timedelta(seconds=self.watch_grace), clear_after=timedelta(seconds=self.watch_clear_after),
+                      page_at=Severity(self.oncall_page_at))
+
+    def oncall_targets(self) -> list[str]:
+        """The on-call systems configured (those with their key or URL set)."""
+        return [name for name, secret in (("pagerduty", self.pagerduty_routing_key),
+                                          ("opsgenie", self.opsgenie_api_key),
+                                          ("webhook", self.oncall_webhook_url)) if secret.get_secret_value()]
+
+    def oncall_retry_intervals(self) -> list[int]:
+        return [int(min(self.oncall_retry_first * 2 ** n, 1800)) or 1 for n in range(self.oncall_retries)]
 
     @model_validator(mode="after")
     def _password_from_file(self) -> Settings:

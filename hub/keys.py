@@ -130,6 +130,34 @@ class Keys:
         """What delivery lost or gave up, by reason (a hash of counters, for the operators)."""
         return self._key("delivery", "counts")
 
+    # telemetry (hub/telemetry.py)
+    @property
+    def last_status(self) -> str:
+        """What the last finished status check found, for the metrics (a hash: replicas_behind, at)."""
+        return self._key("telemetry", "last-status")
+
+    # the watch and on-call (hub/incidents.py, hub/schedule.py)
+    @property
+    def watch_state(self) -> str:
+        """What the watch tracks: its problems, open incidents and skip notice (JSON; no TTL)."""
+        return self._key("watch", "state")
+
+    def oncall_pages(self, target: str, key: str) -> str:
+        """The pages decided for one incident key and on-call target, in order (a list of JSON)."""
+        return self._key("oncall", target, key, "pages")
+
+    def oncall_sent(self, target: str, key: str) -> str:
+        """The idempotency records of those pages (a hash: page id -> what became of it)."""
+        return self._key("oncall", target, key, "sent")
+
+    def oncall_lock(self, target: str, key: str) -> str:
+        return self._key("oncall", target, key, "lock")
+
+    def job_id(self, *parts: str) -> str:
+        """An RQ job id of this namespace's own (RQ's job keys are shared by every namespace); RQ takes
+        letters, digits, '-' and '_' only."""
+        return re.sub(r"[^A-Za-z0-9_-]", "_", "-".join((self.namespace, *parts)))
+
 
 KEYS = Keys()  # the default deployment's names
 

@@ -17,17 +17,21 @@ from typing import Any
 from rq.job import Job
 
 from hub.jobs import (
+    DOCTOR_JOB,
     EXECUTE_JOB,
     FAILURE_CALLBACK,
+    ONCALL_JOB,
     PREFLIGHT_JOB,
     REMEDIATE_JOB,
     REPLICATE_JOB,
     STATUS_JOB,
+    WATCH_JOB,
 )
 
 log = logging.getLogger("cmsbot.security")
 
-ENTRY_POINTS = frozenset({STATUS_JOB, REPLICATE_JOB, REMEDIATE_JOB, PREFLIGHT_JOB, EXECUTE_JOB})
+ENTRY_POINTS = frozenset({STATUS_JOB, REPLICATE_JOB, REMEDIATE_JOB, PREFLIGHT_JOB, EXECUTE_JOB, DOCTOR_JOB,
+                          WATCH_JOB, ONCALL_JOB})
 CALLBACKS = frozenset({FAILURE_CALLBACK})
 
 

@@ -25,13 +25,14 @@ from cms import topology as topo
 from cms.messages import ActionOutcome, Failed, Message, PreflightReady, Progress, Result
 from cms.remediation import describe
 from cms.settings import Settings
-from hub import approvals
+from hub import approvals, telemetry
 from hub.cms_lock import cms_change_blocking
 from hub.contract import Request, append_event, claim, load_request
 from hub.jobs import CHANGE_COMMAND, EXECUTE_JOB, REMEDIATE_COMMAND, REMEDIATE_JOB
 from hub.keys import Hub, hub_for
 from hub.liveness import LOST_CHECK, Heartbeat, claim_report, lost_reason, mark_ended
 from workers.outbox import Outbox
+from workers.runs.doctor import run_doctor
 from workers.runs.remediate import RemediationRefused, remediate, replicate
 from workers.runs.status import run_status
 
@@ -99,7 +100,21 @@ def status(request_id: str) -> dict[str, Any] | None:
 def _status(ctx: Ctx) -> dict[str, Any]:
     report = run_status(ctx.topology, ctx.settings, ctx.target(), ctx.emit)
     ctx.emit(Result(report=report))
-    return {"healthy": report.healthy, "findings": len(report.findings), "host_errors": len(report.host_errors)}
+    return {"healthy": report.healthy, "findings": len(report.findings), "host_errors": len(report.host_errors),
+            **telemetry.report_summary(report)}  # host errors by kind, replicas behind: the worker's metrics
+
+
+def doctor(request_id: str) -> dict[str, Any] | None:
+    """/cms-doctor: `cmsbot doctor`'s checks of every server in scope, its report as the result."""
+    return _run(request_id, _doctor)
+
+
+def _doctor(ctx: Ctx) -> dict[str, Any]:
+    report = run_doctor(ctx.topology, ctx.settings, ctx.target(),
+                        on_progress=lambda text: ctx.emit(Progress(text=text)))
+    ctx.emit(Result(doctor=report))
+    ready = sum(s.ready for s in report.servers)
+    return {"ready": report.ready, "servers": len(report.servers), "not_ready": len(report.servers) - ready}
 
 
 def replicate_scope(request_id: str) -> dict[str, Any] | None:
@@ -183,6 +198,54 @@ def execute_change(request_id: str) -> dict[str, Any] | None:
 
     return _run(request_id, lambda ctx: execute(ctx.hub, ctx.request, ctx.topology, ctx.settings, ctx.outbox,
                                                 ctx.heartbeat))
+
+
+# -- the watch and on-call (cms/watch.py, hub/incidents.py) -------------------------------------------
+
+
+def watch(scope: str) -> dict[str, Any] | None:
+    """A scheduled status check of `scope` ("*": the whole deployment) and what it means for the alert
+    channel and on-call. Its job id names the scheduled minute: enqueued twice, it runs once."""
+    from cms.watch import open_incidents, skip
+    from hub.contract import utcnow
+    from hub.incidents import commit
+    from workers.runs.watch import delivery, run_watch
+
+    job = get_current_job()
+    assert job is not None  # the body of an RQ job
+    settings = Settings()
+    hub = hub_for(job.connection, settings)
+    if not claim(hub, job.id):
+        log.info("watch run %s already ran (enqueued twice); skipping", job.id)
+        return None
+    try:
+        decision = run_watch(hub, settings, topo.load(settings.topology), scope)
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise  # nothing can be said without Redis; RQ records the failure
+    except Exception as e:
+        # a watch that cannot look must say so (once, as a paused watch does), not fail quietly on every run
+        log.exception("the watch of %s failed", scope)
+        reason = f"its check of {scope} failed ({type(e).__name__}); the worker's log has the details"
+        commit(hub, lambda state: skip(state, reason, utcnow()), delivery(settings))
+        raise
+    return {"actions": [a.kind for a in decision.actions], "pages": len(decision.pages),
+            "open": len(open_incidents(decision.state)), "skipping": decision.state.skipping is not None}
+
+
+def oncall(target: str, key: str) -> dict[str, Any]:
+    """Send what is owed to one on-call system for one incident key (workers/oncall.py); retried by RQ."""
+    from workers.oncall import RetryLater, flush, gave_up
+
+    job = get_current_job()
+    assert job is not None  # the body of an RQ job
+    settings = Settings()
+    hub = hub_for(job.connection, settings)
+    try:
+        return flush(hub, settings, target, key)
+    except RetryLater as e:
+        if not job.retries_left:  # this was the last attempt RQ will make
+            gave_up(hub, target, e)
+        raise
 
 
 # -- when a job dies ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from rq import Callback
 from bot import commands
 from bot.delivery.reporter import Reporter
 from bot.render import text as render
+from cms.doctor import DoctorReport
 from cms.messages import ActionOutcome, Failed, Progress, Result, Unreadable
 from cms.models import StatusReport
 from cms.settings import Settings
@@ -56,6 +57,11 @@ class ConsoleThread:
             case Result(action=ActionOutcome() as action):
                 self._print(f"  | {action.text}")
                 self.exit_code = EXIT_HEALTHY if action.ok else EXIT_PROBLEMS
+            case Result(doctor=DoctorReport() as doctor):
+                for line in render.doctor_text(doctor).splitlines():
+                    self._print(f"  | {line}".rstrip())
+                self._print(f"verdict: {render.doctor_verdict(doctor)}")
+                self.exit_code = EXIT_HEALTHY if doctor.ready else EXIT_PROBLEMS
             case Failed(reason=reason):
                 self._failed(reason)
             case Unreadable() as unreadable if event.terminal:
@@ -96,6 +102,9 @@ def refusal(text: str) -> str | None:
         return None
     if name == "/cms-replicate":
         return ("`/cms-replicate` changes the deployment and runs only from Slack, where roles and the audit apply. "
+                + CONSOLE_USAGE)
+    if name == "/cms-doctor":
+        return ("`/cms-doctor` runs here as `cmsbot doctor [pool|server]` (with the workers' WinRM settings). "
                 + CONSOLE_USAGE)
     if name in commands.ELSEWHERE:
         return f"`{name}` {commands.ELSEWHERE[name]}. {CONSOLE_USAGE}"

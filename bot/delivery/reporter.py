@@ -34,6 +34,7 @@ from typing import cast
 import redis
 from redis.typing import StreamIdT
 
+from hub import telemetry
 from hub.contract import REQUEST_TTL, Event, trim_events
 from hub.keys import Hub
 
@@ -291,6 +292,7 @@ class Reporter:
                 pipe.xack(self.stream, self.group, entry_id)
                 pipe.execute()
         self._streak = 0
+        telemetry.delivered(event.kind, entry_id)  # its lag since the append, for the metrics
         self._track(event)
         return True
 

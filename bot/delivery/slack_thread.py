@@ -28,13 +28,30 @@ from slack_sdk.webhook import WebhookClient
 
 from bot.render import blocks
 from bot.render import text as render
-from cms.messages import Accepted, ApprovalChanged, Failed, PreflightReady, Progress, Result, Unreadable
-from hub import approvals
+from bot.render import watch as watch_render
+from cms.messages import (
+    Accepted,
+    ApprovalChanged,
+    Failed,
+    IncidentOpened,
+    IncidentResolved,
+    IncidentUpdated,
+    OncallFailed,
+    PreflightReady,
+    Progress,
+    Result,
+    Unreadable,
+    WatchResumed,
+    WatchSkipped,
+)
+from hub import approvals, telemetry
 from hub.contract import REQUEST_TTL, RESPONSE_URL_TTL, Event, Request, load_request, utcnow
+from hub.jobs import INCIDENT_COMMAND, WATCH_NOTICE_COMMAND
 from hub.keys import Hub
 
 CHANGE_COMMANDS = {"/cms-failover", "/cms-recover"}
-READ_ONLY_COMMANDS = {"/cms-status", "/cms-failover", "/cms-recover"}  # a check, or a preflight: safe to run again
+# a check, or a preflight: safe to run again
+READ_ONLY_COMMANDS = {"/cms-status", "/cms-doctor", "/cms-failover", "/cms-recover"}
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +139,7 @@ class SlackThreads:
                 log.warning("Slack is busy (%s); will retry event %s/%s", e.response.status_code, req.id, event.seq)
                 return False
             log.error("Slack refused event %s/%s (%s): giving up on it", req.id, event.seq, e.response.get("error"))
+            telemetry.delivery_failed("refused")
             return True
         except OSError as e:
             log.warning("cannot reach Slack (%s); will retry event %s/%s", type(e).__name__, req.id, event.seq)
@@ -143,6 +161,9 @@ class SlackThreads:
                 self._on_preflight(req, event, approval_id)
             case ApprovalChanged():
                 self._on_approval(req, event)
+            case IncidentOpened() | IncidentUpdated() | IncidentResolved() | WatchSkipped() | WatchResumed() \
+                    | OncallFailed():
+                self._on_watch(req, event)
             case Unreadable() as unreadable if event.terminal:  # the thread must not wait forever
                 log.error("event %s/%s is unreadable: %s", req.id, event.seq, unreadable.error)
                 self._on_failed(req, event, unreadable.reason)
@@ -205,6 +226,7 @@ class SlackThreads:
                 raise
             log.error("Slack refused step %s of event %s/%s: %s", step, req.id, event.seq,
                       e.response.get("error") if e.response is not None else e)
+            telemetry.delivery_failed("refused")
             ts = ""
         with self.conn.pipeline() as pipe:
             pipe.hset(key, field, ts)
@@ -263,17 +285,20 @@ class SlackThreads:
     def _on_result(self, req: Request, event: Event, result: Result) -> None:
         state = self._state(req)
         parent = state.get("parent")
-        report, action = result.report, result.action
+        report, action, doctor = result.report, result.action, result.doctor
         if action is not None:
             rendered = blocks.action_result(action, report, result.findings)
+        elif doctor is not None:
+            rendered = blocks.doctor_report(doctor)
         else:
-            assert report is not None  # a result carries a report, an action or both
+            assert report is not None  # a result carries a report, an action or both, or the doctor's report
             rendered = blocks.report(report)
         for i, message in enumerate(rendered.messages):
             ts = self._once(req, event, f"message-{i}", functools.partial(self._post, req, message, parent))
             if not ts and i == 0:  # Slack refused the blocks: the same report as plain text
                 text = (render.report_text(report) if report is not None
-                        else action.text if action is not None else "")
+                        else action.text if action is not None
+                        else render.doctor_text(doctor) if doctor is not None else "")
                 # _once calls it right away, within this iteration
                 self._once(req, event, "plain", lambda: self._post(req, blocks.plain(text), parent))  # noqa: B023
         if "progress" in state:
@@ -287,8 +312,11 @@ class SlackThreads:
         elif report is not None and parent:
             verdict = render.verdict(report)
             self._once(req, event, "verdict", lambda: self._update_parent(req, parent, verdict, report.healthy))
+        elif doctor is not None and parent:
+            verdict = render.doctor_verdict(doctor)
+            self._once(req, event, "verdict", lambda: self._update_parent(req, parent, verdict, doctor.ready))
         if attachment := rendered.attachment:
-            self._once(req, event, "file", lambda: self._upload(req, attachment, parent))
+            self._once(req, event, "file", lambda: self._upload(req, attachment, parent, doctor=doctor is not None))
 
     def _on_failed(self, req: Request, event: Event, reason: str, unknown: str | None = None) -> None:
         state = self._state(req)
@@ -313,6 +341,36 @@ class SlackThreads:
         parent = self._state(req).get("parent")
         if parent:
             self._once(req, event, "card", lambda: self._update_card(req, parent))
+
+    # -- the watch: an incident's parent and thread in the alert channel, the paused-watch notice ----------
+    def _on_watch(self, req: Request, event: Event) -> None:
+        parent = self._state(req).get("parent")
+        match event.message:
+            case IncidentOpened() | WatchSkipped() as opened:
+                message = (watch_render.incident(opened.incident) if isinstance(opened, IncidentOpened)
+                           else watch_render.watch_paused(opened.reason, opened.since))
+                ts = self._once(req, event, "parent", lambda: self._post(req, message, None))
+                if ts and not parent:
+                    self._save(req, parent=ts, owner=req.id)
+                    self.conn.set(self.hub.keys.slack_parent(_channel(req), ts), req.id, ex=REQUEST_TTL)
+            case IncidentUpdated(incident=incident, before_causes=causes, before_severity=severity):
+                update = watch_render.incident_update(incident, causes, severity)
+                self._once(req, event, "update", lambda: self._post(req, update, parent))
+                if parent:  # the parent shows the diagnosis as it is now
+                    self._once(req, event, "parent", lambda: self._update(req, parent, watch_render.incident(incident)))
+            case IncidentResolved(incident=incident, resolved_at=at):
+                if parent:
+                    self._once(req, event, "parent", lambda: self._update(
+                        req, parent, watch_render.incident_resolved(incident, at)))
+                self._once(req, event, "note", lambda: self._post(req, watch_render.incident_cleared(incident, at),
+                                                                  parent))
+            case WatchResumed(reason=reason, since=since, until=until, runs=runs):
+                resumed = watch_render.watch_resumed(reason, since, until, runs)
+                self._once(req, event, "parent", lambda: self._update(req, parent, resumed) if parent
+                           else self._post(req, resumed, None))
+            case OncallFailed(target=target, action=action, reason=reason):
+                self._once(req, event, "note", lambda: self._post(
+                    req, watch_render.oncall_failed(target, action, reason), parent))
 
     def _update_card(self, req: Request, parent: str, status_line: str | None = None) -> str:
         owner = self._owner(req)
@@ -368,9 +426,10 @@ class SlackThreads:
         be shown) goes to the user through response_url; progress goes nowhere."""
         command = f"`{blocks.esc(req.command)}`"
         match event.message:
-            case Result(report=report, action=action):
+            case Result(report=report, action=action, doctor=doctor):
                 outcome = (render.verdict(report) if report is not None
-                           else action.text if action is not None else "finished")
+                           else action.text if action is not None
+                           else render.doctor_verdict(doctor) if doctor is not None else "finished")
                 text = f"{command} finished: *{blocks.esc(outcome)}*"
             case Failed(reason=reason):
                 text = f"{command} failed: {blocks.esc(reason)}"
@@ -410,6 +469,8 @@ class SlackThreads:
 
     def _update_parent(self, req: Request, parent: str, verdict: str, ok: bool) -> str:
         owner = self._owner(req)
+        if owner.command in (INCIDENT_COMMAND, WATCH_NOTICE_COMMAND):
+            return ""  # a remediation in an incident's thread: the parent is the incident's, the watch keeps it
         return self._update(req, parent, blocks.parent_verdict(owner.command, owner.user, owner.args.get("target"),
                                                                verdict, ok))
 
@@ -418,8 +479,10 @@ class SlackThreads:
         owner_id = self._state(req).get("owner") or req.id
         return self._request(owner_id) or req
 
-    def _upload(self, req: Request, text: str, thread: str | None) -> str:
+    def _upload(self, req: Request, text: str, thread: str | None, doctor: bool = False) -> str:
+        name, title = (("cms-doctor", "Full doctor report: every server") if doctor
+                       else ("cms-status", "Full CMS status report"))
         response = self.client.files_upload_v2(channel=req.channel, thread_ts=thread, content=text,
-                                               filename=f"cms-status-{req.id}.txt", title="Full CMS status report")
+                                               filename=f"{name}-{req.id}.txt", title=title)
         files: list[dict[str, Any]] = response.get("files", [])
         return json.dumps([f.get("id") for f in files])

@@ -1,7 +1,7 @@
 """Slack listeners: one module per slash command and per button action.
 
 Every listener is thin: validate against the topology, check the role, store
-the request and enqueue its job in one pipelined round trip, ack. Nothing
+the request and enqueue its job in one round trip (one Lua script), ack. Nothing
 before the ack talks to Slack or to a Windows server.
 """
 
@@ -24,6 +24,7 @@ from bot.roles import Role, Roles
 from cms.messages import Accepted
 from cms.settings import Settings
 from cms.topology import Topology
+from hub import telemetry
 from hub.contract import CHANGE, STATUS, Request, id_for_delivery, submit
 from hub.jobs import FAILURE_CALLBACK
 from hub.keys import Hub
@@ -53,6 +54,7 @@ class Deps:
         kind = queue or (CHANGE if change else STATUS)
         submit(self.hub, req, job, kind=kind, timeout=timeout or self._timeout(change),
                on_failure=Callback(FAILURE_CALLBACK), accepted=Accepted(queue=kind, text=note), audit=audit)
+        telemetry.outcome("started")
 
 
 def command_text(command: dict[str, Any]) -> str:
@@ -79,20 +81,25 @@ def just_ack(ack) -> None:
 def permitted(ack, command: dict[str, Any], deps: Deps, what: str, role: Role | None = None) -> bool:
     """The channel allow-list, then the role; a refusal is acked to the user, naming the role."""
     if not deps.roles.channel_allowed(command["channel_id"]):
+        telemetry.outcome("refused")
         ack(text=deps.roles.refusal(Role.viewer, what))
         return False
     if role is not None and not deps.roles.has(command["user_id"], role):
+        telemetry.outcome("refused")
         ack(text=deps.roles.refusal(role, what))
         return False
     return True
 
 
-def scoped_request(ack, command: dict[str, Any], deps: Deps, name: str) -> Request | None:
-    """`<name> [pool|server]` resolved against the topology; an unknown name is acked with the known ones."""
+def scoped_request(ack, command: dict[str, Any], deps: Deps, name: str, usage: str | None = None) -> Request | None:
+    """`<name> [pool|server]` resolved against the topology; an unknown name is acked with the known ones
+    (and `usage`, when given, unless the answer has the usage already)."""
     try:
         parsed = commands.parse(f"{name} {command_text(command)}", deps.topology)
     except commands.CommandError as e:
-        ack(text=esc(str(e)))  # it may quote what the user typed, and the usage's <placeholders>
+        telemetry.outcome("invalid")
+        why = str(e) if usage is None or "Usage:" in str(e) else f"{e} {usage}"
+        ack(text=esc(why))  # it may quote what the user typed, and the usage's <placeholders>
         return None
     return slack_request(command, name, parsed.args, user=command["user_id"], channel=command["channel_id"])
 
@@ -117,6 +124,7 @@ def guarded(listener: Callable[..., None]) -> Callable[..., None]:
             listener(*args, **kwargs)
         except Exception:  # noqa: BLE001 - the user gets a reference, the log gets the details
             ref = secrets.token_hex(4)
+            telemetry.outcome("error")
             log.exception("listener %s failed (ref %s)", listener.__name__, ref)
             message = SAFE_ERROR.format(ref=ref)
             if ack is not None and not acked:

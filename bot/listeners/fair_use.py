@@ -9,14 +9,17 @@ from typing import Any
 
 from bot.listeners import Deps
 from bot.render.blocks import esc
-from hub import fair_use
+from hub import fair_use, telemetry
 from hub.contract import Request
 from hub.fair_use import Admission
 
 
 def admit(deps: Deps, req: Request, *, status_scope: str | None = None) -> Admission:
-    return fair_use.admit(deps.hub, deps.settings, req.id, user=req.user, channel=req.channel or "",
-                          status_scope=status_scope)
+    admission = fair_use.admit(deps.hub, deps.settings, req.id, user=req.user, channel=req.channel or "",
+                               status_scope=status_scope)
+    if admission.outcome != "admitted":  # admitted: "started" once its job is enqueued
+        telemetry.outcome(admission.outcome)
+    return admission
 
 
 def _window(seconds: float) -> str:

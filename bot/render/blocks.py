@@ -33,6 +33,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.render import text as render
+from cms.doctor import CheckStatus, Checkup, DoctorReport
 from cms.explain import Explanation
 from cms.messages import ActionOutcome
 from cms.models import SEVERITY_ORDER, Finding, Severity, StatusReport
@@ -347,6 +348,83 @@ def action_result(action: ActionOutcome, r: StatusReport | None, findings: list[
     messages, pages_cut = bounded(blocks, rendered.messages[0].text)
     full = "\n".join([action.text, *action.changes, "", render.report_text(r)])
     return Rendered(messages=messages, attachment=full if cut or pages_cut or rendered.attachment else None)
+
+
+# -- the doctor (/cms-doctor) -----------------------------------------------------------
+
+DOCTOR_ROWS_PER_MESSAGE = 20  # servers not ready listed in one message of the thread
+DOCTOR_MAX_MESSAGES = 10  # messages of servers not ready; past them a count, and the whole table in the file
+DOCTOR_WARNINGS_SHOWN = 20  # ready servers with a warning, one line each; the rest counted
+DOCTOR_READY_LISTED = 40  # names of the ready servers listed; the rest counted
+DOCTOR_DETAIL = 700  # characters of a check's detail, and of its fix, in the thread
+
+
+def doctor_row(s: Checkup) -> str:
+    """One server's line (mrkdwn): its first failing check (else its first warning) and the fix."""
+    where = f"`{esc(s.server)}` ({esc(s.role)}, {esc(s.pool)})"
+    head = s.headline
+    if head is None:
+        return f":white_check_mark: {where}: every check passed"
+    icon = ":x:" if head.status is CheckStatus.fail else ":warning:"
+    line = f"{icon} {where} · *{esc(head.name)}*: {esc(clip(head.detail, DOCTOR_DETAIL))}"
+    if head.fix:
+        line += f"\n        *Fix:* {esc(clip(head.fix, DOCTOR_DETAIL))}"
+    return line
+
+
+def doctor_report(r: DoctorReport) -> Rendered:
+    """The doctor's thread: the verdict, then one line per server not ready (its first failing check and the
+    fix), DOCTOR_ROWS_PER_MESSAGE to a message; the ready servers summarised (those with a warning one line
+    each, the others by name); the notes. Whatever is cut is in the attached table."""
+    verdict = render.doctor_verdict(r)
+    not_ready = [s for s in r.servers if not s.ready]
+    warned = [s for s in r.servers if s.ready and s.headline is not None]
+    clean = [s for s in r.servers if s.ready and s.headline is None]
+    rows = [doctor_row(s) for s in not_ready]
+    cut = any(len(c.detail) > DOCTOR_DETAIL or len(c.fix or "") > DOCTOR_DETAIL
+              for s in not_ready + warned if (c := s.headline) is not None)
+    pages = [rows[i:i + DOCTOR_ROWS_PER_MESSAGE] for i in range(0, len(rows), DOCTOR_ROWS_PER_MESSAGE)]
+    shown = pages[:DOCTOR_MAX_MESSAGES]
+    first: list[Block] = [HeaderBlock(text=plain_text("cmsbot doctor: is every server ready?", 150)),
+                          *sections(f"*{esc(verdict)}*")]
+    if rows:
+        first += sections(f"*Not ready* ({len(rows)}): the first failing check of each server, and its fix")
+    bodies: list[list[Block]] = [first] if not shown else []
+    for i, page in enumerate(shown):
+        body = first if i == 0 else list(sections(
+            f"*Not ready, continued* (servers {i * DOCTOR_ROWS_PER_MESSAGE + 1}–"
+            f"{i * DOCTOR_ROWS_PER_MESSAGE + len(page)} of {len(rows)})"))
+        body += sections("\n".join(page))
+        bodies.append(body)
+    tail: list[Block] = []
+    left = len(rows) - sum(len(p) for p in shown)
+    if left:
+        cut = True
+        tail += sections(f"…and {left} more servers not ready: all of them are in the attached report.")
+    if warned:
+        lines, warned_cut = _capped([doctor_row(s) for s in warned], DOCTOR_WARNINGS_SHOWN, "servers with a warning")
+        cut |= warned_cut
+        tail += sections("\n".join([f"*Ready, with a warning* ({len(warned)})", *lines]))
+    if clean:
+        names = ", ".join(f"`{esc(s.server)}`" for s in clean[:DOCTOR_READY_LISTED])
+        more = len(clean) - DOCTOR_READY_LISTED
+        cut |= more > 0
+        tail += sections(f":white_check_mark: *Ready* ({len(clean)}): {names}"
+                         + (f" and {more} more (all of them are in the attached report)" if more > 0 else ""))
+    if r.notes:
+        lines, notes_cut = _capped([f"• {esc(clip(n, 500))}" for n in r.notes], MAX_NOTES_SHOWN, "notes")
+        cut |= notes_cut or any(len(n) > 500 for n in r.notes)
+        tail += sections("\n".join([f"*Notes* ({len(r.notes)})", *lines]))
+    if rows:
+        tail.append(ContextBlock(elements=[md("Fix the first failing check of each server and run `/cms-doctor` "
+                                              "again: the next check may fail once this one passes.")]))
+    bodies[-1] = bodies[-1] + tail
+    messages: list[Message] = []
+    for body in bodies:  # a message past 50 blocks (it cannot happen with these limits) is split, not refused
+        messages += paginate(body, verdict)
+    messages = [Message(text=verdict if i == 0 else f"{verdict} (part {i + 1} of {len(messages)})",
+                        blocks=m.blocks) for i, m in enumerate(messages)]
+    return Rendered(messages=messages, attachment=render.doctor_text(r) if cut else None)
 
 
 # -- explain and help -------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from cms.doctor import DoctorReport, table
 from cms.explain import Explanation
 from cms.models import SEVERITY_ORDER, Finding, HostError, StatusReport
 
@@ -23,6 +24,9 @@ STARTED = {
                      "this channel.",
     "/cms-recover": "Running the read-only preflight of the CMS recovery: the plan and its approval card appear in "
                     "this channel.",
+    "/cms-doctor": "Running the doctor on {scope} (DNS, the WinRM port, TLS, credentials, PowerShell, module, "
+                   "rights, WinRM limits, replication paths): the servers that are not ready, each with the fix, "
+                   "appear in this channel, in a thread under my message.",
 }
 
 
@@ -86,6 +90,22 @@ def _errors_suffix(errors: list[HostError]) -> str:
 
 def _severity_counts(findings: list[Finding]) -> dict[str, int]:
     return {sev.value: sum(f.severity == sev for f in findings) for sev in SEVERITY_ORDER}
+
+
+def doctor_verdict(report: DoctorReport) -> str:
+    """One line for the parent message of /cms-doctor: how many servers are ready for cmsbot."""
+    total = len(report.servers)
+    ready = [s for s in report.servers if s.ready]
+    warned = sum(s.headline is not None for s in ready)
+    where = "" if report.scope == "all" else f" ({report.scope})"
+    return (f"Doctor{where}: {total} server{'s' if total != 1 else ''}, {len(ready)} ready"
+            + (f" ({warned} with a warning)" if warned else "") + f", {total - len(ready)} not ready")
+
+
+def doctor_text(report: DoctorReport) -> str:
+    """The whole doctor's report as text: `cmsbot doctor`'s table (every server, its first failing check
+    and the fix)."""
+    return table(report)
 
 
 def report_text(report: StatusReport) -> str:

@@ -6,7 +6,7 @@ import logging
 import re
 import secrets
 
-from slack_bolt import App
+from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -14,11 +14,13 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
+from bot import commands
 from bot.config import SlackSettings
 from bot.listeners import (
     SAFE_ERROR,
     Deps,
     approval,
+    doctor,
     explain,
     failover,
     help,
@@ -28,8 +30,35 @@ from bot.listeners import (
     status,
     unknown,
 )
+from cms import logs
+from hub import telemetry
+from hub.contract import id_for_delivery
 
 log = logging.getLogger("cmsbot.slack")
+
+
+class _App(App):
+    """Bolt's app, counting and timing every slash command (hub/telemetry.py) and writing its request
+    id on every line logged while it is answered (cms/logs.py): the id its listener gives the request,
+    which the worker's and the reporter's lines about it carry too. The same in both modes: the HTTP
+    adapter and Socket Mode both hand requests to dispatch()."""
+
+    def dispatch(self, req: BoltRequest) -> BoltResponse:
+        body = req.body if isinstance(req.body, dict) else {}
+        name = body.get("command")
+        if not isinstance(name, str) or not name:
+            return super().dispatch(req)
+        label = name if name in commands.HELP else "other"  # a fixed set of labels, whatever was sent
+        team = str(body.get("team_id") or (body.get("team") or {}).get("id") or "")
+        trigger = str(body.get("trigger_id") or "")
+        with logs.request(id_for_delivery(team, trigger) if trigger else None):
+            with telemetry.command(label) as handled:
+                resp = super().dispatch(req)
+                if resp.status >= 400 and handled.outcome == "answered":
+                    handled.outcome = "rejected"  # not signed by Slack, or not served
+            log.info("%s: %s, acked in %.0f ms (HTTP %s)", label, handled.outcome, handled.seconds * 1000,
+                     resp.status)
+        return resp
 
 
 def web_client(slack: SlackSettings) -> WebClient:
@@ -65,7 +94,7 @@ def _register_fallbacks(app: App) -> None:
 
 
 def build_app(deps: Deps, client: WebClient) -> App:
-    app = App(
+    app = _App(
         client=client,
         signing_secret=deps.slack.signing_secret.get_secret_value() or None,
         # Listeners answer synchronously (commands do one pipelined Redis round trip, then ack);
@@ -74,7 +103,7 @@ def build_app(deps: Deps, client: WebClient) -> App:
         process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
-    for module in (status, explain, replicate, failover, approval, unknown, help, remediate):
+    for module in (status, explain, replicate, failover, approval, unknown, help, remediate, doctor):
         module.register(app, deps)
     _register_fallbacks(app)
 

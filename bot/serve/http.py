@@ -34,19 +34,21 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.workers import gthread
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+from cms import logs
 from cms.settings import Settings
 
 EVENTS_PATH = "/slack/events"
-HEALTH_PATH = "/healthz"
 LINGER = 1.0  # seconds a closing connection may still send what it was sending (so no reset hides our answer)
 LINGER_BYTES = 8 * 1024 * 1024
 HEADERS_AHEAD = 64 * 1024  # headers read ahead at most; longer ones are gunicorn's to refuse
@@ -327,16 +329,21 @@ def _linger(sock: socket.socket) -> None:
     sock.deadline = 0.0
 
 
-def endpoint(app: App, healthy: Callable[[], bool], limits: Limits) -> WSGIApp:
-    """The WSGI application: /healthz, and /slack/events into Bolt once the body is complete and
-    within the limits."""
+Page = tuple[int, str, bytes]  # status, content type, body
+
+
+def endpoint(app: App, limits: Limits, pages: Callable[[str], Page | None]) -> WSGIApp:
+    """The WSGI application: the telemetry's pages (/metrics, /healthz, /readyz: hub/telemetry.py), and
+    /slack/events into Bolt once the body is complete and within the limits."""
     bolt = SlackRequestHandler(app, EVENTS_PATH)
 
     def serve(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-        if path == HEALTH_PATH and method in ("GET", "HEAD"):
-            ok = healthy()
-            return _answer(environ, start_response, 200 if ok else 503, "ok" if ok else "redis unreachable")
+        if method in ("GET", "HEAD") and path != EVENTS_PATH and (page := pages(path)) is not None:
+            status, content_type, data = page
+            start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", content_type),
+                                                                     ("Content-Length", str(len(data)))])
+            return [data]
         if path != EVENTS_PATH:
             return _answer(environ, start_response, 404, "not found")
         if method != "POST":
@@ -399,6 +406,13 @@ class Sidecar(Protocol):
         """Stop it and wait for it, bounded."""
 
 
+class _JsonLogger(GunicornLogger):
+    """gunicorn's own log lines in the JSON of CMSBOT_LOG_FORMAT=json, like every other line."""
+
+    def _set_handler(self, log: logging.Logger, output: Any, fmt: Any, stream: Any = None) -> None:
+        super()._set_handler(log, output, logs.JsonFormatter(), stream)
+
+
 class _Master(Arbiter):
     """gunicorn's master, also keeping the sidecar running and stopping it with the workers."""
 
@@ -441,11 +455,13 @@ def serve(wsgi: WSGIApp, settings: Settings, *, host: str, port: int, processes:
           ready: Callable[[str], None], worker_started: Callable[[], None]) -> None:
     """Serve until SIGTERM (then exit through SystemExit). The application is built before this
     (gunicorn's preload): the serving processes are forked with it, and one that dies is replaced
-    at once by a fresh fork of the master."""
+    at once by a fresh fork of the master. With CMSBOT_METRICS_PORT set the same processes also
+    listen there (for /metrics, /healthz and /readyz on a port kept off the Internet)."""
     limits = Limits.of(settings)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    binds = [(host, port), *([(settings.metrics_host, settings.metrics_port)] if settings.metrics_port else [])]
     options = {
-        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "bind": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in binds],
         "backlog": 2048,  # connections the kernel holds for the processes to take: a burst must not overflow it
         "workers": processes,
         "worker_class": worker_class(limits),
@@ -464,6 +480,7 @@ def serve(wsgi: WSGIApp, settings: Settings, *, host: str, port: int, processes:
         "errorlog": "-",
         "loglevel": level if level in ("debug", "info", "warning", "error", "critical") else "warning",
         "control_socket_disable": True,
+        **({"logger_class": _JsonLogger} if logs.json_enabled() else {}),
         "when_ready": lambda master: ready(str(master.LISTENERS[0])),  # e.g. http://127.0.0.1:3000
         "post_worker_init": lambda _worker: worker_started(),
     }

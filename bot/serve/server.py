@@ -1,9 +1,13 @@
 """`cmsbot bot`: the Slack app, and its reporter in a child process it supervises.
 
 Socket Mode when an app-level token is configured (no inbound port), else the
-HTTP endpoint /slack/events (Bolt verifies every request's signature) and
-/healthz for a load balancer, served by gunicorn (bot/serve/http.py): its master
-runs in this process and keeps both the serving processes and the reporter running.
+HTTP endpoint /slack/events (Bolt verifies every request's signature), served by
+gunicorn (bot/serve/http.py): its master runs in this process and keeps both the
+serving processes and the reporter running.
+
+Telemetry (hub/telemetry.py): /metrics, /healthz and /readyz on the HTTP port, and on
+CMSBOT_METRICS_PORT when it is set (in Socket Mode, the only place: a small server in
+this process). The bot's processes record into one multiprocess directory, made here.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ from bot.listeners import Deps
 from bot.roles import Roles
 from bot.serve.app import build_app, web_client
 from bot.serve.http import Limits, endpoint, serve
+from cms import logs
 from cms.messages import ApprovalChanged
 from cms.settings import Settings
 from cms.topology import Topology
-from hub import approvals
-from hub.contract import append_audit, append_event, workers_on
+from hub import approvals, telemetry
+from hub.contract import Event, append_audit, append_event, workers_on
 from hub.keys import Hub, hub_for
 from hub.liveness import lost_reason, watch
 
@@ -67,6 +72,15 @@ def missing_settings(slack: SlackSettings) -> list[str]:
 
 
 def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: Topology) -> int:
+    """Serve Slack, the bot's processes recording their metrics into one directory (removed at the end)."""
+    metrics_dir, owner = telemetry.multiprocess(), os.getpid()
+    try:
+        return _serve(settings, slack, conn, topology)
+    finally:
+        telemetry.remove_directory(metrics_dir, owner)  # in this process only: a serving process unwinds here too
+
+
+def _serve(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: Topology) -> int:
     """Serve Slack (HTTP or Socket Mode) here; deliver in a supervised child process, so
     acks never wait behind the reporter's work. Over HTTP, gunicorn's master runs in this
     process: `http_processes` serving processes forked from it share the listening socket, so
@@ -93,7 +107,9 @@ def run(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology: T
             threading.Thread(target=_refresh_groups, args=(roles, client, slack, threading.Event()), name="groups",
                              daemon=True).start()
 
-        wsgi = endpoint(app, lambda: _redis_ok(health), Limits.of(settings))
+        registry = telemetry.bot_registry(hub_for(health, settings))
+        wsgi = endpoint(app, Limits.of(settings),
+                        lambda path: telemetry.page(path, registry, lambda: telemetry.redis_answers(health)))
         serve(wsgi, settings, host=slack.http_host, port=slack.http_port, processes=slack.http_processes,
               sidecar=reporter, ready=ready, worker_started=worker_started)
     finally:
@@ -111,11 +127,29 @@ def _socket_mode(settings: Settings, slack: SlackSettings, topology: Topology, s
     blocks the main thread for good in Event().wait()."""
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
+    health = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    connected: list[SocketModeHandler] = []
+
+    def ready() -> str | None:
+        if (why := telemetry.redis_answers(health)) is not None:
+            return why
+        return None if connected and connected[0].client.is_connected() else "not connected to Slack"
+
+    endpoints = None
+    if settings.metrics_port:  # up while Slack keeps the app waiting: alive, not ready
+        try:
+            endpoints = telemetry.serve(settings.metrics_host, settings.metrics_port,
+                                        telemetry.bot_registry(hub_for(health, settings)), ready)
+        except OSError as e:
+            print(f"cmsbot: cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} "
+                  f"(CMSBOT_METRICS_PORT): {e.strerror or e}", file=sys.stderr)
+            return 2
     app, roles, client = _build(settings, slack, topology)
     threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups", daemon=True).start()
     supervisor = threading.Thread(target=_supervise_reporter, args=(stop,), name="reporter-supervisor", daemon=True)
     supervisor.start()
     handler = SocketModeHandler(app, slack.app_token.get_secret_value())
+    connected.append(handler)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=_connect, args=(handler, stop), name="socket-mode-connect", daemon=True).start()
     try:
@@ -130,6 +164,8 @@ def _socket_mode(settings: Settings, slack: SlackSettings, topology: Topology, s
         closing.start()
         closing.join(SOCKET_CLOSE_WAIT)
         supervisor.join(REPORTER_STOP_WAIT + 1)
+        if endpoints is not None:
+            endpoints.shutdown()
     return 0
 
 
@@ -260,7 +296,8 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
         return count
 
     threads = SlackThreads(hub, client, listening)
-    hooks = Hooks(late=threads.late, lost=threads.lost, in_flight=lambda rid: _in_flight(hub, rid))
+    hooks = Hooks(late=lambda event, seconds: _for_request(event.request, threads.late, event, seconds),
+                  lost=lambda rid: _for_request(rid, threads.lost, rid), in_flight=lambda rid: _in_flight(hub, rid))
     background = [threading.Thread(target=_expire_approvals, args=(hub, stop), name="expiry", daemon=True),
                   threading.Thread(target=watch, args=(hub, lambda rid, cmd: lost_reason(hub, rid, cmd,
                                                                                           settings.cooldown), stop),
@@ -270,6 +307,27 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
     _report(hub, threads, stop, settings, hooks)
     log.info("reporter stopped")
     return 0
+
+
+def _for_request(request_id: str, call: Callable[..., bool], *args: object) -> bool:
+    """A Slack delivery step for one request: its id on every line logged meanwhile, the Slack calls'
+    included; counted when Slack did not take it (held, and retried)."""
+    with logs.request(request_id):
+        done = call(*args)
+    if not done:
+        telemetry.delivery_failed("unavailable")
+    return done
+
+
+def _delivered(event: Event, deliver: Callable[[Event], bool]) -> bool:
+    """The delivery of one event, as `_for_request`; a line once Slack has it."""
+    with logs.request(event.request):
+        done = deliver(event)
+        if done:
+            log.info("request %s: event %d (%s) delivered", event.request, event.seq, event.kind)
+    if not done:
+        telemetry.delivery_failed("unavailable")
+    return done
 
 
 def _hand_back() -> None:
@@ -305,13 +363,6 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _redis_ok(conn: redis.Redis) -> bool:
-    try:
-        return bool(conn.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
 def _report(hub: Hub, threads: SlackThreads, stop: threading.Event, settings: Settings, hooks: Hooks) -> None:
     """Deliver events to Slack until stopped; survive Redis restarts (and the loss of the group,
     which the reporter creates again itself). One reporter for the process's life: what it holds
@@ -321,7 +372,8 @@ def _report(hub: Hub, threads: SlackThreads, stop: threading.Event, settings: Se
         try:
             if reporter is None:
                 reporter = Reporter(hub, group=REPORTER_GROUP, consumer=socket.gethostname(),
-                                    deliver=threads.deliver, wants=threads.wants, start="$",
+                                    deliver=lambda event: _delivered(event, threads.deliver), wants=threads.wants,
+                                    start="$",
                                     patience=settings.delivery_patience, backoff=settings.delivery_backoff,
                                     late_after=settings.delivery_late_note, keep=settings.events_keep,
                                     lost_grace=settings.heartbeat_stale, hooks=hooks)

@@ -76,7 +76,8 @@ def test_an_identical_status_check_is_merged_while_its_job_is_queued_or_running(
 
 def test_a_worker_takes_changes_then_preflights_then_status_checks(db_url):
     hub = _hub(db_url)
-    assert [q.name for q in queues(hub)] == ["cmsbot-change", "cmsbot-preflight", "cmsbot-status"]
+    # on-call pages (the watch) before status checks: seconds of HTTP that must not wait behind a flood of checks
+    assert [q.name for q in queues(hub)] == ["cmsbot-change", "cmsbot-preflight", "cmsbot-oncall", "cmsbot-status"]
     assert queue(hub, PREFLIGHT).name == KEYS.queue(PREFLIGHT)
 
 

@@ -16,11 +16,17 @@ from cms.messages import (
     ActionOutcome,
     ApprovalChanged,
     Failed,
+    IncidentOpened,
+    IncidentResolved,
+    IncidentUpdated,
     Message,
+    OncallFailed,
     PreflightReady,
     Progress,
     Result,
     Unreadable,
+    WatchResumed,
+    WatchSkipped,
     to_wire,
 )
 from cms.models import (
@@ -34,6 +40,7 @@ from cms.models import (
     StatusReport,
     StoreStatus,
 )
+from cms.watch import Incident
 from hub.contract import Event, Request
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -50,6 +57,9 @@ REPORT = StatusReport(
                   collected_at=AT),
     findings=[FINDING],
     host_errors=[HostError(server="fe02.contoso.com", kind=HostErrorKind.unreachable, reason="refused")])
+INCIDENT = Incident(id="i0123456789abcde", key="replica/edge01.contoso.com", problem="replica",
+                    subject="edge01.contoso.com", causes=("replica.https-unreachable",), severity=Severity.error,
+                    summary=FINDING.summary, findings=(FINDING,), first_seen=AT, opened_at=AT)
 ACTION = ActionOutcome(kind="reseed", target="fe03.contoso.com", ok=True, text="re-seeded: fe03 is up to date now",
                        changes=["fe03.contoso.com: UpToDate True"])
 
@@ -66,6 +76,14 @@ EVERY_KIND: list[Message] = [
     PreflightReady(approval="a1b2c3"),
     ApprovalChanged(approval="a1b2c3", outcome="approved", by="U123"),
     ApprovalChanged(approval="a1b2c3", outcome="expired"),
+    # the watch (cms/watch.py)
+    IncidentOpened(incident=INCIDENT),
+    IncidentUpdated(incident=INCIDENT, before_causes=("replica.behind",), before_severity=Severity.warning),
+    IncidentResolved(incident=INCIDENT, resolved_at=datetime(2024, 5, 1, 12, 42, tzinfo=UTC)),
+    WatchSkipped(reason="a CMS change is running (normal failover)", since=AT),
+    WatchResumed(reason="a CMS change is running (normal failover)", since=AT,
+                 until=datetime(2024, 5, 1, 12, 30, tzinfo=UTC), runs=6),
+    OncallFailed(target="PagerDuty", action="trigger", reason="HTTP 400 invalid event"),
 ]
 
 
