@@ -35,6 +35,9 @@ CHANGE = "change"  # remediations, failover, recovery; never retried
 # the read-only preflight of a failover or recovery: a queue of its own, taken before any status check
 # (never behind a flood of them) and apart from the changes (it reads the change queue to grade a plan)
 PREFLIGHT = "preflight"
+# telling on-call (PagerDuty, Opsgenie, a webhook) about an incident: seconds of HTTP, never behind a flood of
+# status checks; its retries wait in RQ's scheduled registry, which `cmsbot watch` moves along
+ONCALL = "oncall"
 
 TERMINAL_KINDS = frozenset({"result", "failed"})
 T = TypeVar("T")
@@ -128,7 +131,7 @@ def connect(url: str) -> redis.Redis:
 
 def queues(hub: Hub) -> list[Queue]:
     """A worker's queues, most urgent first: RQ takes the next job from the first queue that has one."""
-    return [queue(hub, kind) for kind in (CHANGE, PREFLIGHT, STATUS)]
+    return [queue(hub, kind) for kind in (CHANGE, PREFLIGHT, ONCALL, STATUS)]
 
 
 def queue(hub: Hub, kind: str) -> Queue:
