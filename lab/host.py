@@ -42,6 +42,8 @@ PROBE_LINE = re.compile(r"# probe: ([a-z][a-z0-9-]*) v([0-9]+)[ \t]*")
 # the bootstrap's two uses of the shell environment: the parameters' text, and the scripts it dot-sources
 PARAMS_FROM = re.compile(r"\$CmsbotParams=\(& \$j '([A-Za-z0-9_]+)'\)")
 SOURCES = re.compile(r"\. \(\[ScriptBlock\]::Create\(\(& \$d '([A-Za-z0-9_]+)'\)\)\)")
+# a bootstrap that runs several probes: each one's parameters and scripts inside a child scope of its own
+CHILD_SCOPES = re.compile(r"&\{(\$CmsbotParams=[^{}]*)\}")
 BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 WHITESPACE = re.compile(r"[ \t\r\n]")
 
@@ -163,11 +165,39 @@ def run(args: list[str], env: dict[str, str], host: Host = powershell.CURRENT) -
     up to the probe it invokes, on a host running `host`'s PowerShell. Raises NotABootstrap,
     UnknownScript or TerminatingError."""
     bootstrap = bootstrap_of(args)
-    sources = SOURCES.findall(bootstrap)
-    if not sources:
+    if not SOURCES.findall(bootstrap):
         raise NotABootstrap("the bootstrap dot-sources no script from the environment")
     for inc in powershell.check(bootstrap, host):  # the -EncodedCommand text itself must run on this host
         raise TerminatingError(inc.message, inc.category, inc.error_id)
+    return _run_one(bootstrap, env, host)
+
+
+def run_each(args: list[str], env: dict[str, str],
+             host: Host = powershell.CURRENT) -> tuple[list[Invocation], TerminatingError | None]:
+    """`run` for a bootstrap that runs several probes in turn, each in a child scope (`&{...}`): the probes
+    it invoked, in order, and the terminating error that stopped it after them (the rest never ran)."""
+    bootstrap = bootstrap_of(args)
+    parts = CHILD_SCOPES.findall(bootstrap)
+    if len(parts) < 2:
+        try:
+            return [run(args, env, host)], None
+        except TerminatingError as e:
+            return [], e
+    for inc in powershell.check(bootstrap, host):
+        return [], TerminatingError(inc.message, inc.category, inc.error_id)
+    done: list[Invocation] = []
+    for part in parts:
+        try:
+            done.append(_run_one(part, env, host))
+        except TerminatingError as e:
+            return done, e
+    return done, None
+
+
+def _run_one(bootstrap: str, env: dict[str, str], host: Host) -> Invocation:
+    sources = SOURCES.findall(bootstrap)
+    if not sources:
+        raise NotABootstrap("the bootstrap dot-sources no script from the environment")
     params_from = PARAMS_FROM.search(bootstrap)
     params_text = environment_value(env, params_from.group(1)) if params_from else ""
     defined: set[str] = set()

@@ -119,6 +119,7 @@ class Command:
     stdin_open: bool = False  # the probe reads stdin: it answers once stdin is closed
     work: float = 0.0  # seconds of its own work once running (module load), after its input for one that reads stdin
     console_stdin: bool = True  # WINRS_CONSOLEMODE_STDIN: sent bytes never reach the process
+    more: list[Command] = field(default_factory=list)  # the probes the same powershell.exe runs after this one
 
 
 @dataclass
@@ -154,14 +155,16 @@ def _invalid_selectors(message: str = INVALID_SELECTORS) -> Fault:
 class Stats:
     requests: dict[str, int] = field(default_factory=dict)
     shells: dict[str, int] = field(default_factory=dict)
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)  # one per probe run
+    processes: dict[str, int] = field(default_factory=dict)  # powershell.exe started (WS-Man Commands) per server
     signals: int = 0  # Signal requests for a command
     unsignalled: int = 0  # finished commands whose shell was deleted without the Signal MS-WSMV 3.1.4.14 asks for
     expired: int = 0  # shells deleted after IdleTimeout
     refused: dict[str, int] = field(default_factory=dict)  # "413", "quota", "envelope" -> count
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "shells": self.shells, "commands": self.commands, "signals": self.signals,
+        return {"requests": self.requests, "shells": self.shells, "commands": self.commands,
+                "processes": self.processes, "signals": self.signals,
                 "unsignalled": self.unsignalled, "expired": self.expired, "refused": self.refused}
 
 
@@ -512,57 +515,73 @@ class Lab:
             raise Fault("The Windows Remote Shell cannot process the request. The SOAP packet contains an element "
                         "CommandLine that is missing. ", SCHEMA_CODE, "w:SchemaValidationError", sender=True)
         args = (line.findtext("rsp:Arguments", "", NS) or "").split()
-        invocation, failure = self._invocation(shell, args)
+        # WinRS defaults to console mode; only in pipe mode (FALSE) does the process read what is sent
+        # as redirected standard input (MS-WSMV 3.1.4.11, Command). In console mode a probe that reads stdin
+        # sees a console and answers at once, without waiting for any Send (and before it loads the module).
+        console = (_text(root, "s:Header/w:OptionSet/w:Option[@Name='WINRS_CONSOLEMODE_STDIN']") or "TRUE").upper()
+        console_stdin = console != "FALSE"
+        # one powershell.exe may run several probes in turn: each is a part of the command, the module loaded once
+        parts = [self._part(server, invocation, failure, console_stdin)
+                 for invocation, failure in self._invocations(shell, args)]
+        cmd, more = parts[0], parts[1:]
+        loads = any(p.probe is not None and p.work > 0 for p in parts)
+        cmd.work = self.config.module_load_ms / 1000.0 if loads else 0.0
+        cmd.ready_at = time.monotonic() + self.latency + cmd.work
+        if self.replay is not None and any(self.replay.hangs(server.fqdn, p.probe) for p in parts):
+            cmd.ready_at = math.inf  # it timed out when captured: it never completes here either
+        cmd.more = more
+        self.stats.processes[server.fqdn] = self.stats.processes.get(server.fqdn, 0) + 1
+        command_id = str(uuid.uuid4()).upper()
+        shell.commands[command_id] = cmd
+        return _envelope(SHELL_ACTION + "Command", message_id,
+                         f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>")
+
+    def _part(self, server: LabServer, invocation: host.Invocation, failure: host.TerminatingError | None,
+              console_stdin: bool) -> Command:
         if not server.module and invocation.imports_module and invocation.params_error is None \
                 and invocation.probe not in answers.MODULE_CAUGHT:
             # Import-CsModule throws (module-missing), in Invoke-Probe or in the body: the probe answers that error
             invocation.params_error, invocation.params_error_category = answers.MODULE_MISSING, "OperationStopped"
         probe, params = invocation.probe, invocation.params
         self.stats.commands.append({"server": server.fqdn, "probe": probe, "params": params})
-        command_id = str(uuid.uuid4()).upper()
-        # WinRS defaults to console mode; only in pipe mode (FALSE) does the process read what is sent
-        # as redirected standard input (MS-WSMV 3.1.4.11, Command). In console mode a probe that reads stdin
-        # sees a console and answers at once, without waiting for any Send (and before it loads the module).
-        console = (_text(root, "s:Header/w:OptionSet/w:Option[@Name='WINRS_CONSOLEMODE_STDIN']") or "TRUE").upper()
-        console_stdin = console != "FALSE"
         loads = probe is not None and invocation.imports_module and not (probe in answers.READS_STDIN and console_stdin)
-        work = self.config.module_load_ms / 1000.0 if loads else 0.0
-        ready = time.monotonic() + self.latency + work
-        if self.replay is not None and self.replay.hangs(server.fqdn, probe):
-            ready = math.inf  # it timed out when captured: it never completes here either
-        shell.commands[command_id] = Command(probe=probe, version=invocation.version, params=params, ready_at=ready,
-                                             params_error=invocation.params_error,
-                                             params_error_command=invocation.params_error_command,
-                                             params_error_category=invocation.params_error_category, failure=failure,
-                                             stdin_open=probe in answers.READS_STDIN and not console_stdin,
-                                             work=work,
-                                             console_stdin=console_stdin)
-        return _envelope(SHELL_ACTION + "Command", message_id,
-                         f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>")
+        return Command(probe=probe, version=invocation.version, params=params, ready_at=0.0,
+                       params_error=invocation.params_error, params_error_command=invocation.params_error_command,
+                       params_error_category=invocation.params_error_category, failure=failure,
+                       stdin_open=probe in answers.READS_STDIN and not console_stdin,
+                       work=self.config.module_load_ms / 1000.0 if loads else 0.0, console_stdin=console_stdin)
 
-    def _invocation(self, shell: Shell, args: list[str]) -> tuple[host.Invocation, host.TerminatingError | None]:
-        """Which probe the bootstrap runs, read back from the shell environment as the host would
-        (lab/host.py, with the host's PowerShell: lab/powershell.py), or the terminating error the host's
-        powershell.exe would end with."""
+    def _invocations(self, shell: Shell, args: list[str]) -> list[tuple[host.Invocation, host.TerminatingError | None]]:
+        """Which probes the bootstrap runs, read back from the shell environment as the host would
+        (lab/host.py, with the host's PowerShell: lab/powershell.py), and the terminating error the host's
+        powershell.exe would end with after them."""
         try:
             server = self.state.servers.get(shell.server)
             ps_host = powershell.host_for(self.state.version)
             if server is not None and server.powershell == "2.0" and not ps_host.legacy:  # powershell-2
                 ps_host = powershell.Host("2.0", powershell.NEWER_CMDLETS)
-            invocation = host.run(args, shell.env, ps_host)
+            invocations, failure = host.run_each(args, shell.env, ps_host)
         except host.NotABootstrap as e:
             raise Fault(f"The lab runs only cms-chatops probes ({e}).") from None
         except host.UnknownScript as e:
             raise Fault(f"The lab does not know the probe {str(e) or '(empty)'!r}.") from None
-        except host.TerminatingError as e:
-            return host.Invocation(probe=None), e
-        # a replay answers every probe: what was captured, or an error document saying it was not
-        if invocation.probe is not None and self.replay is None and invocation.probe not in answers.ANSWERS:
-            raise Fault(f"The lab does not know the probe {invocation.header[:80]!r}.")
-        return invocation, None
+        for invocation in invocations:
+            # a replay answers every probe: what was captured, or an error document saying it was not
+            if invocation.probe is not None and self.replay is None and invocation.probe not in answers.ANSWERS:
+                raise Fault(f"The lab does not know the probe {invocation.header[:80]!r}.")
+        parts: list[tuple[host.Invocation, host.TerminatingError | None]] = [(i, None) for i in invocations]
+        return parts + [(host.Invocation(probe=None), failure)] if failure is not None or not parts else parts
 
     def _writes(self, server: LabServer, cmd: Command) -> list[tuple[str, bytes]]:
-        """What the command writes, in order, as (stream, bytes); its exit code set on `cmd`. A failed
+        """What the command's parts write, in order; its exit code (the last part's) set on `cmd`."""
+        writes: list[tuple[str, bytes]] = []
+        for part in [cmd, *cmd.more]:
+            writes += self._part_writes(server, part)
+            cmd.exit_code = part.exit_code
+        return writes
+
+    def _part_writes(self, server: LabServer, cmd: Command) -> list[tuple[str, bytes]]:
+        """What one probe writes, in order, as (stream, bytes); its exit code set on `cmd`. A failed
         powershell.exe (-EncodedCommand, output redirected) writes its error record to stderr as CLIXML and exits
         1 (the lab's host.TerminatingError; pywinrm's and pypsrp's CLIXML handling of the same stream)."""
         if cmd.failure is not None:

@@ -75,6 +75,22 @@ def test_one_shell_runs_several_probes_with_their_own_parameters(lab):
     assert (stats["signals"], stats["unsignalled"]) == (2, 0)
 
 
+def test_one_command_runs_several_probes_each_answering_for_itself(lab):
+    """One powershell.exe for the probes of a shell (one start, one module load on the host): each answer is
+    its own line, and each probe reads its own parameters."""
+    lab.scenarios()
+    env = probes.shell_env({"cms-status": {}, "replica-health": {"note": "x"}})
+    shell = shell_for(lab, "fe01.contoso.com", env)
+    out = shell.run(*probes.command("cms-status", "replica-health"))
+    shell.close()
+    assert probes.decode("cms-status", out)["Store"]["ActiveMasterFqdn"] == "fe01.contoso.com"
+    assert probes.decode("replica-health", out)["Services"]["REPLICA"] == "Running"
+    stats = lab.stats()
+    assert [c["probe"] for c in stats["commands"]] == ["cms-status", "replica-health"]
+    assert stats["commands"][1]["params"] == {"note": "x"}
+    assert stats["processes"] == {"fe01.contoso.com": 1}
+
+
 def test_standard_input_reaches_a_probe_only_in_pipe_mode(lab):
     """WinRS hands the bytes sent to a command to its process only with WINRS_CONSOLEMODE_STDIN=FALSE
     (MS-WSMV 3.1.4.11). Our client uses pipe mode whenever a command has input, so a re-seed's zip

@@ -533,3 +533,14 @@ def test_every_probe_declares_its_deadline_and_the_jobs_limits_cover_them():
     assert max(reseed, start, declared["force-replication"]) == REMEDIATION_PROBES
     assert max(declared["cms-failover"], declared["cms-restore"], declared["reseed-local"]) <= CHANGE_PROBES
     assert all(d > 0 for d in declared.values())
+
+
+def test_a_bootstrap_that_runs_several_probes_is_in_the_powershell_2_subset():
+    exe, args = probes.command("cms-status", "replica-health", "backup-status")
+    bootstrap = base64.b64decode(args[args.index("-EncodedCommand") + 1]).decode("utf-16-le")
+    assert syntax_problem(bootstrap.encode("utf-8")) is None
+    assert v3_constructs(bootstrap.encode("utf-8")) == []
+    # each probe in a child scope of its own, in the order asked
+    assert bootstrap.count("&{$CmsbotParams=") == 3
+    assert bootstrap.index("CMSBOT_SCRIPT_CMS_STATUS") < bootstrap.index("CMSBOT_SCRIPT_REPLICA_HEALTH") \
+        < bootstrap.index("CMSBOT_SCRIPT_BACKUP_STATUS")

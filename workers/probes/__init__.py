@@ -96,9 +96,9 @@ def shell_env(calls: dict[str, dict[str, Any]]) -> dict[str, str]:
                                         for name, params in calls.items()})
 
 
-def command(name: str) -> tuple[str, list[str]]:
-    """The fixed bootstrap that runs probe `name` from the shell environment."""
-    return wire.command_line(probe(name).name)
+def command(*names: str) -> tuple[str, list[str]]:
+    """The fixed bootstrap that runs the probes `names`, in order, from the shell environment."""
+    return wire.command_line(*(probe(name).name for name in names))
 
 
 def decode(name: str, out: Output) -> Any:
@@ -109,7 +109,7 @@ def decode(name: str, out: Output) -> Any:
         text = out.stdout.decode("utf-8")
     except UnicodeDecodeError:
         raise ProbeFailed(f"{name}: output is not UTF-8 (the shell ignored code page 65001)") from None
-    doc = _json_document(text)
+    doc = _json_document(text, name)
     if doc is None:
         detail = clixml_errors(out.stderr) or (f"exit code {out.exit_code}" if out.exit_code else "no output")
         raise ProbeFailed(f"{name}: no JSON result ({detail})")
@@ -127,17 +127,21 @@ def decode(name: str, out: Output) -> Any:
     return doc["data"]
 
 
-def _json_document(text: str) -> dict[str, Any] | None:
+def _json_document(text: str, name: str) -> dict[str, Any] | None:
+    """Probe `name`'s answer: the output as one JSON object, or its last line that is one and answers for
+    `name` (a command that ran several probes prints one line each), or else the last object at all."""
     text = text.strip().lstrip("\ufeff")
-    candidates = [text] + [line for line in reversed(text.splitlines()) if line.lstrip().startswith("{")]
-    for c in candidates:
+    found: list[dict[str, Any]] = []
+    for c in [text] + [line for line in reversed(text.splitlines()) if line.lstrip().startswith("{")]:
         try:
             doc = json.loads(c)
         except ValueError:
             continue
         if isinstance(doc, dict):
-            return doc
-    return None
+            if doc.get("probe") == name:
+                return doc
+            found.append(doc)
+    return found[0] if found else None
 
 
 _CLIXML_ERROR = re.compile(r'<S S="Error">(.*?)</S>', re.S)

@@ -13,7 +13,8 @@ Standard library only (no pywinrm), so anything that needs the format can import
   up to the first missing index. An empty value is one empty chunk NAME_0.
 - The command is `powershell.exe ... -EncodedCommand <bootstrap>` (UTF-16LE, base64): a fixed
   bootstrap that joins the chunks, dot-sources the unpacked library, then the unpacked script,
-  with the parameters (joined, still packed) in `$CmsbotParams` for the library to unpack.
+  with the parameters (joined, still packed) in `$CmsbotParams` for the library to unpack. One
+  command may run several probes in turn, each in a child scope (`& {...}`), each answer a line.
 """
 
 from __future__ import annotations
@@ -77,26 +78,36 @@ def environment(library: str, probes: dict[str, tuple[str, str]]) -> dict[str, s
     return env
 
 
-def bootstrap(name: str) -> str:
-    """The fixed PowerShell that runs probe `name` from the shell environment."""
-    return (
-        "$ErrorActionPreference='Stop';"
-        # The answer is plain ASCII (the probes' JSON writer escapes the rest), so UTF-8 output only
-        # helps stray text; a host without a console refuses the setting, which must not stop the probe.
-        "try{[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false}catch{};"
-        "$j={param($n)$p='';$i=0;"
-        "while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
-        "$d={param($n)$z=New-Object IO.Compression.GZipStream((New-Object IO.MemoryStream(,"
-        "[Convert]::FromBase64String((& $j $n)))),([IO.Compression.CompressionMode]::Decompress));"
-        "(New-Object IO.StreamReader($z,[Text.Encoding]::UTF8)).ReadToEnd()};"
-        f"$CmsbotParams=(& $j '{params_var(name)}');"
-        f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
-        f". ([ScriptBlock]::Create((& $d '{script_var(name)}')))"
-    )
+PRELUDE = (
+    "$ErrorActionPreference='Stop';"
+    # The answer is plain ASCII (the probes' JSON writer escapes the rest), so UTF-8 output only
+    # helps stray text; a host without a console refuses the setting, which must not stop the probe.
+    "try{[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false}catch{};"
+    "$j={param($n)$p='';$i=0;"
+    "while($null -ne($c=[Environment]::GetEnvironmentVariable(\"${n}_$i\"))){$p+=$c;$i++};$p};"
+    "$d={param($n)$z=New-Object IO.Compression.GZipStream((New-Object IO.MemoryStream(,"
+    "[Convert]::FromBase64String((& $j $n)))),([IO.Compression.CompressionMode]::Decompress));"
+    "(New-Object IO.StreamReader($z,[Text.Encoding]::UTF8)).ReadToEnd()};"
+)
 
 
-def command_line(name: str) -> tuple[str, list[str]]:
-    """Executable and arguments that run probe `name`: the bootstrap, passed with -EncodedCommand."""
-    encoded = base64.b64encode(bootstrap(name).encode("utf-16-le")).decode("ascii")
+def _runs(name: str) -> str:
+    return (f"$CmsbotParams=(& $j '{params_var(name)}');"
+            f". ([ScriptBlock]::Create((& $d '{LIB_VAR}')));"
+            f". ([ScriptBlock]::Create((& $d '{script_var(name)}')))")
+
+
+def bootstrap(*names: str) -> str:
+    """The fixed PowerShell that runs the probes `names`, in order, from the shell environment. Several
+    probes share one powershell.exe (one start, one module load on the host): each runs in a child scope
+    of its own (`& {...}`), so nothing one defines is seen by the next, and each writes its own JSON line."""
+    if len(names) == 1:
+        return PRELUDE + _runs(names[0])
+    return PRELUDE + ";".join(f"&{{{_runs(name)}}}" for name in names)
+
+
+def command_line(*names: str) -> tuple[str, list[str]]:
+    """Executable and arguments that run the probes `names`: the bootstrap, passed with -EncodedCommand."""
+    encoded = base64.b64encode(bootstrap(*names).encode("utf-16-le")).decode("ascii")
     return POWERSHELL, ["-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
                         "-EncodedCommand", encoded]

@@ -169,9 +169,7 @@ class Fleet:
     def _shell(self, server: str, name: str) -> Shell:
         """The shell whose environment carries probe `name`: one per server, unless its probes together
         would make a Create larger than the envelope limit; then as few as fit."""
-        groups = self._groups.get(server)
-        if groups is None:
-            groups = self._groups[server] = self._packed(self._calls_for(server))
+        groups = self._groups_of(server)
         index = next((i for i, g in enumerate(groups) if name in g), None)
         if index is None:  # a probe the job did not plan for this server: a shell of its own, without parameters
             groups.append({name: {}})
@@ -186,6 +184,31 @@ class Fleet:
                                                   self._creds, env, deadline=0.0,
                                                   max_answer=self._settings.winrm_max_answer_mb * 1024 * 1024)
         return self._shells[(server, index)]
+
+    def _groups_of(self, server: str) -> list[dict[str, dict[str, Any]]]:
+        groups = self._groups.get(server)
+        if groups is None:
+            groups = self._groups[server] = self._packed(self._calls_for(server))
+        return groups
+
+    def _batches(self, server: str, names: list[str], stdin: dict[str, bytes]) -> list[list[str]]:
+        """`names` in commands: consecutive probes whose scripts are in the same shell run in one command
+        (one powershell.exe, one module load on the host; the CMS Front End's two probes cost one probe's
+        time, not two); a probe that reads input runs alone."""
+        groups = self._groups_of(server)
+
+        def shell_of(name: str) -> int | None:
+            return next((i for i, g in enumerate(groups) if name in g), None)
+
+        batches: list[list[str]] = []
+        for name in names:
+            last = batches[-1][-1] if batches else None
+            if last is not None and name not in stdin and last not in stdin and shell_of(name) is not None \
+                    and shell_of(name) == shell_of(last):
+                batches[-1].append(name)
+            else:
+                batches.append([name])
+        return batches
 
     @property
     def _limit(self) -> int:
@@ -242,12 +265,16 @@ class Fleet:
     async def _run(self, server: str, names: list[str], stdin: dict[str, bytes] | None = None) -> HostRun:
         """Run probes on one server in order; stop at its first failure."""
         run = HostRun(server)
-        for name in names:
+        stdin = stdin or {}
+        for batch in self._batches(server, names, stdin):
+            name = batch[0]
             try:
                 shell = self._shell(server, name)
-                shell.deadline = self._loop.time() + self.deadline(name)  # the first also covers opening the shell
-                cmd, args = probes.command(name)
-                run.read(name, probes.decode(name, await shell.run(cmd, args, (stdin or {}).get(name))))
+                # the probes' deadlines together; the first also covers opening the shell
+                shell.deadline = self._loop.time() + self.budget(batch)
+                out = await shell.run(*probes.command(*batch), stdin.get(name))
+                for name in batch:  # in order, as if each had run alone: the first failure stops the server
+                    run.read(name, probes.decode(name, out))
             except HostFailure as f:
                 run.error = HostError(server=server, kind=f.kind, reason=clip(f.reason, MAX_REASON), probe=name)
                 break
