@@ -82,6 +82,14 @@ class Lab(processes.LabProcess):
 
 
 @pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """Plain HTTP, Basic and NTLM (the suite's own `lab` serves HTTPS)."""
+    lab = Lab(tmp_path_factory.mktemp("httplab"), tls=False)
+    yield lab
+    stop_cleanly(lab)
+
+
+@pytest.fixture(scope="module")
 def tls_lab(tmp_path_factory):
     """HTTPS, Basic and NTLM; fe02, fe03 and fe04 get listeners of their own for their certificate faults."""
     lab = Lab(tmp_path_factory.mktemp("tlslab"), *[a for server, name in FAULTY.items()

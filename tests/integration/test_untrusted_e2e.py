@@ -16,7 +16,7 @@ from cms import topology as topo
 from cms.settings import Settings
 from hub.keys import hub_for
 from lab.slack_fake import SlackFake
-from tests.harness import HOST_DEADLINE, SLACK_WORKER, scaled, stop_cleanly, wait_settled, wait_until
+from tests.harness import HOST_DEADLINE, SLACK_WORKER, LabProcess, scaled, stop_cleanly, wait_settled, wait_until
 from tests.slack_support import (
     APPROVER,
     CHANNEL,
@@ -167,23 +167,26 @@ def _chat(worker, topology_path: Path) -> str:
     return out.getvalue()
 
 
-def test_plain_http_from_the_topology_is_refused_under_https_unless_it_allows_it(tmp_path, workers, lab):
-    lab.scenarios()
-    allowed = lab.topology  # the lab's topology says allow_http: true (its endpoints are plain HTTP)
-    assert topo.load(allowed).winrm.allow_http
-    refused = tmp_path / "topology.yaml"
-    refused.write_text(allowed.read_text().replace("allow_http: true", "allow_http: false"))
-    for topology, check in ((refused, "refused"), (allowed, "noted")):
-        worker = workers.take(topology, host_deadline=str(HOST_DEADLINE), winrm_scheme="https")
-        try:
-            thread = _chat(worker, topology)
-        finally:
-            stop_cleanly(worker)
-        if check == "refused":
-            # every server that answers WinRM (the Edges do not, in this lab), none of them asked
-            assert thread.count("refused to use plain HTTP") == 6, thread
-            assert "6 servers could not be checked" in thread and "set winrm.allow_http: true" in thread
-        else:
-            assert "WinRM over plain HTTP to dir01.contoso.com, edge01.contoso.com" not in thread  # Edges: no WinRM
-            assert "WinRM over plain HTTP to dir01.contoso.com, fe01.contoso.com" in thread, thread
-            assert "verdict: OK: 8/8 replicas up to date" in thread
+def test_plain_http_from_the_topology_is_refused_under_https_unless_it_allows_it(tmp_path, workers):
+    lab = LabProcess(tmp_path, tls=False)  # plain HTTP endpoints, in a topology that says allow_http: true
+    try:
+        allowed = lab.topology
+        assert topo.load(allowed).winrm.allow_http
+        refused = tmp_path / "refused.yaml"
+        refused.write_text(allowed.read_text().replace("allow_http: true", "allow_http: false"))
+        for topology, check in ((refused, "refused"), (allowed, "noted")):
+            worker = workers.take(topology, host_deadline=str(HOST_DEADLINE), winrm_scheme="https")
+            try:
+                thread = _chat(worker, topology)
+            finally:
+                stop_cleanly(worker)
+            if check == "refused":
+                # every server that answers WinRM (the Edges do not, in this lab), none of them asked
+                assert thread.count("refused to use plain HTTP") == 6, thread
+                assert "6 servers could not be checked" in thread and "set winrm.allow_http: true" in thread
+            else:
+                assert "WinRM over plain HTTP to dir01.contoso.com, edge01.contoso.com" not in thread  # Edges: no WinRM
+                assert "WinRM over plain HTTP to dir01.contoso.com, fe01.contoso.com" in thread, thread
+                assert "verdict: OK: 8/8 replicas up to date" in thread
+    finally:
+        stop_cleanly(lab)

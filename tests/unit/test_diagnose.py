@@ -20,7 +20,7 @@ from cms.diagnose import diagnose
 from cms.messages import Progress
 from cms.models import HostErrorKind, Severity
 from cms.parsers import parse_replica_health
-from lab.deployment import SCENARIOS
+from lab.deployment import SCENARIOS, TLS_FAULTS
 from tests.unit import recorded as R
 
 pytestmark = pytest.mark.unit
@@ -110,7 +110,9 @@ def test_every_code_the_diagnosis_reports_is_in_the_readme_table():
 
 def test_every_lab_scenario_is_recorded():
     assert readme_lab_scenarios() <= set(SCENARIOS), "README lists a scenario the lab does not know"
-    missing = set(SCENARIOS) - recorded_scenarios() - {"healthy"}
+    # the certificate faults of `cmsbot lab --tls` stop the transport before any probe runs: what they look like
+    # to the user is the doctor's TLS row and a host error, tested against the lab itself (test_lab_auth.py)
+    missing = set(SCENARIOS) - recorded_scenarios() - {"healthy"} - set(TLS_FAULTS)
     assert not missing, f"lab scenarios without a recording: {sorted(missing)}"
     assert "healthy" in R.NAMES
 
