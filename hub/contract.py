@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import redis
 from pydantic import BaseModel, Field
+from redis.commands.core import Script
 from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -134,10 +135,23 @@ def queues(hub: Hub) -> list[Queue]:
     return [queue(hub, kind) for kind in (CHANGE, PREFLIGHT, ONCALL, STATUS)]
 
 
+# A connection's Queue objects by name, kept on the connection (so they go with it), each made once: RQ's
+# Queue() checks its serializer at every construction, a cost the ack path paid per request.
+_QUEUES = "_cmsbot_queues"
+
+
 def queue(hub: Hub, kind: str) -> Queue:
     """Queues are in the namespace, so a demo or a test never feeds another
     deployment's workers (and theirs never take its jobs)."""
-    return Queue(hub.keys.queue(kind), connection=hub.redis, serializer=JSONSerializer)
+    name = hub.keys.queue(kind)
+    known: dict[str, Queue] | None = getattr(hub.redis, _QUEUES, None)
+    if known is None:
+        known = {}
+        setattr(hub.redis, _QUEUES, known)
+    q = known.get(name)
+    if q is None:
+        q = known[name] = Queue(name, connection=hub.redis, serializer=JSONSerializer)
+    return q
 
 
 def workers_on(hub: Hub, kind: str) -> int:
@@ -147,21 +161,77 @@ def workers_on(hub: Hub, kind: str) -> int:
     return len(Worker.all(queue=queue(hub, kind), serializer=JSONSerializer))
 
 
+RESULT_TTL = 3600  # seconds RQ keeps a finished job's result
+FAILURE_TTL = 7 * 24 * 3600  # seconds RQ keeps a failed job in its failed registry
+# What RQ's enqueue of a job without dependencies writes (its queue in the set of queues, the job's hash, its
+# id on the queue; EXPIRE with a job ttl). Anything else (a dependency's WATCH, a rate limit's registry) is
+# refused by submit() rather than replayed.
+_RQ_ENQUEUE_WRITES = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE"})
+
+
 def submit(hub: Hub, req: Request, job: str, *, kind: str, timeout: int,
            accepted: Accepted | None = None, audit: dict[str, Any] | None = None, **job_options: Any) -> None:
     """Store the request, enqueue its job and, when given, append its `accepted`
-    event and an audit entry: one pipelined round trip, all or nothing."""
+    event and an audit entry: one Lua script, so one round trip, all or nothing.
+
+    The job is RQ's own: RQ builds it and makes its enqueue's writes on a pipeline that is never
+    executed; the script replays exactly those writes (see _SUBMIT) with the request, the event
+    (the same append as append_event(): seq counter, idempotency token) and the audit entry. The
+    submission's token makes a retry after a lost reply (redis-py retries on a dropped connection)
+    write nothing twice: not the event, not the job's id on its queue, not the audit entry."""
+    writes = _rq_enqueue(hub, req.id, job, kind=kind, timeout=timeout, job_options=job_options)
+    token = secrets.token_hex(8)
+    kind_wire, body = to_wire(accepted) if accepted is not None else ("", "")
+    args: list[EncodableT] = [token, req.model_dump_json(), REQUEST_TTL, kind_wire, body, EVENTS_CAP, req.id,
+                              _framed(writes, hub.redis.get_encoder())]
+    if audit is not None:
+        for field, value in _audit_entry(dict(request=req.id, who=req.user, **audit)).items():
+            args.extend((field, value))
+    keys = [hub.keys.request(req.id), hub.keys.events, hub.keys.seq(req.id), hub.keys.delivery_counts,
+            hub.keys.appended(req.id), hub.keys.audit]
+    if not _SUBMIT_SCRIPT:
+        _SUBMIT_SCRIPT.append(hub.redis.register_script(_SUBMIT))
+    _SUBMIT_SCRIPT[0](keys=keys, args=args, client=hub.redis)
+
+
+def _rq_enqueue(hub: Hub, request_id: str, job: str, *, kind: str, timeout: int,
+                job_options: dict[str, Any]) -> list[tuple[EncodableT, ...]]:
+    """The writes RQ's own enqueue makes for this job (what Queue.enqueue_call would send in its
+    MULTI), recorded on a pipeline that is never executed."""
+    if job_options.get("depends_on") is not None:  # RQ would WATCH them on the connection, outside any script
+        raise ValueError("submit() enqueues jobs without dependencies")
     q = queue(hub, kind)
-    with hub.redis.pipeline() as pipe:
-        # RQ opens the MULTI itself, so it must queue its commands first.
-        q.enqueue_call(job, args=(req.id,), job_id=req.id, timeout=timeout, result_ttl=3600,
-                       failure_ttl=7 * 24 * 3600, pipeline=pipe, **job_options)
-        pipe.set(hub.keys.request(req.id), req.model_dump_json(), ex=REQUEST_TTL)
-        if accepted is not None:
-            append_event(hub.over(pipe), req.id, accepted)
-        if audit is not None:
-            append_audit(hub.over(pipe), request=req.id, who=req.user, **audit)
-        pipe.execute()
+    rq_job = q.create_job(job, args=(request_id,), job_id=request_id, timeout=timeout, result_ttl=RESULT_TTL,
+                          failure_ttl=FAILURE_TTL, **job_options)
+    with hub.redis.pipeline(transaction=True) as recorder:
+        q.enqueue_job(rq_job, pipeline=recorder)
+        writes = [args for args, _ in recorder.command_stack]
+    refused = {str(args[0]) for args in writes} - _RQ_ENQUEUE_WRITES
+    if refused:
+        raise ValueError(f"RQ's enqueue of {job} wrote {', '.join(sorted(refused))}: not a plain enqueue")
+    return writes
+
+
+def _framed(commands: list[tuple[EncodableT, ...]], encoder: Any) -> bytes:
+    """Commands as one argument of the script (`<words>;` then `<length>:<word>` for each word): one
+    word to pack instead of some fifty (redis-py packs each argument in Python, slowly). Each word is
+    the bytes redis-py's `encoder` would send (text in its encoding, an int or a float by its repr)."""
+    encoding, errors = encoder.encoding, encoder.encoding_errors
+    parts: list[bytes] = []
+    for command in commands:
+        parts.append(b"%d;" % len(command))
+        for word in command:
+            if isinstance(word, str):
+                data = word.encode(encoding, errors)
+            elif isinstance(word, (bytes, bytearray, memoryview)):
+                data = bytes(word)
+            elif isinstance(word, (int, float)) and not isinstance(word, bool):
+                data = repr(word).encode()
+            else:
+                raise TypeError(f"cannot send a {type(word).__name__} to Redis")
+            parts.append(b"%d:" % len(data))
+            parts.append(data)
+    return b"".join(parts)
 
 
 def claim(hub: Hub, request_id: str) -> bool:
@@ -176,22 +246,67 @@ def load_request(hub: Hub, request_id: str) -> Request:
     return Request.model_validate_json(raw)
 
 
-# KEYS: the stream, the request's seq counter, the delivery counts, the request's appended tokens.
-# A token seen before returns its seq and appends nothing: a write retried after a lost reply
-# (the client's own retries, a job's outbox) is one event, not two.
-_APPEND = """
-local seen = redis.call('HGET', KEYS[4], ARGV[6])
-if seen then return tonumber(seen) end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[4], ARGV[6], seq)
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-local before = redis.call('XLEN', KEYS[1])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'request', ARGV[1], 'seq', seq, 'kind', ARGV[2], 'body', ARGV[3])
-local cut = before + 1 - redis.call('XLEN', KEYS[1])
-if cut > 0 then redis.call('HINCRBY', KEYS[3], 'capped', cut) end
-return seq
+# The append of one event, shared by append_event() and submit(): the stream, the request's seq counter,
+# the delivery counts, the request's appended tokens; then the request id, the event's kind and body, the
+# cap, the TTL and the token. A token seen before returns its seq and appends nothing: a write retried after
+# a lost reply (the client's own retries, a job's outbox) is one event, not two.
+_APPEND_FUNCTION = """
+local function append(stream, seq_key, counts, appended, request, kind, body, cap, ttl, token)
+  local seen = redis.call('HGET', appended, token)
+  if seen then return tonumber(seen) end
+  local seq = redis.call('INCR', seq_key)
+  redis.call('HSET', appended, token, seq)
+  redis.call('EXPIRE', appended, ttl)
+  redis.call('EXPIRE', seq_key, ttl)
+  local before = redis.call('XLEN', stream)
+  redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 'request', request, 'seq', seq, 'kind', kind, 'body', body)
+  local cut = before + 1 - redis.call('XLEN', stream)
+  if cut > 0 then redis.call('HINCRBY', counts, 'capped', cut) end
+  return seq
+end
 """  # noqa: E501 -- Lua script text kept verbatim: wrapping it would change the script sent to Redis
+
+# KEYS: the stream, the request's seq counter, the delivery counts, the request's appended tokens.
+# ARGV: the request id, the event's kind, its body, the cap, the TTL, the token.
+_APPEND = _APPEND_FUNCTION + """
+return append(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+
+# submit(): KEYS: the request, the events stream, its seq counter, the delivery counts, its appended tokens,
+# the audit stream. ARGV: 1 the submission's token, 2 the request (JSON), 3 the TTL, 4 the accepted event's
+# kind ('' for none), 5 its body, 6 the events cap, 7 the request id, 8 RQ's writes (framed by _framed());
+# then the audit entry's fields and values, if any.
+# A token seen before (a retry after a lost reply) writes nothing. A Redis out of memory refuses a script at
+# its first write only (once it has written, it runs to its end): here that is RQ's first, so nothing is written.
+_SUBMIT = _APPEND_FUNCTION + """
+local token, ttl = ARGV[1], ARGV[3]
+local seen = redis.call('HGET', KEYS[5], token)
+if seen then return tonumber(seen) end
+local writes, at = ARGV[8], 1
+while at <= #writes do
+  local semicolon = string.find(writes, ';', at, true)
+  local command = {}
+  for w = 1, tonumber(string.sub(writes, at, semicolon - 1)) do
+    local colon = string.find(writes, ':', semicolon + 1, true)
+    local length = tonumber(string.sub(writes, semicolon + 1, colon - 1))
+    command[w] = string.sub(writes, colon + 1, colon + length)
+    semicolon = colon + length
+  end
+  at = semicolon + 1
+  redis.call(unpack(command))
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+local seq = 0
+if ARGV[4] ~= '' then
+  seq = append(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[7], ARGV[4], ARGV[5], ARGV[6], ttl, token)
+else
+  redis.call('HSET', KEYS[5], token, 0)
+  redis.call('EXPIRE', KEYS[5], ttl)
+end
+if #ARGV > 8 then redis.call('XADD', KEYS[6], '*', unpack(ARGV, 9)) end
+return seq
+"""
+_SUBMIT_SCRIPT: list[Script] = []  # registered once; EVALSHA from then on (loaded again after a Redis restart)
 
 
 def append_event(hub: Hub, request_id: str, message: Message, token: str | None = None):
@@ -254,7 +369,11 @@ def trim_events(hub: Hub, keep: float, *, mine: str, abandoned_after: float) -> 
 
 def append_audit(hub: Hub, **fields: Any) -> None:
     """Append-only record of who asked for, approved or ran what, and the result."""
+    hub.redis.xadd(hub.keys.audit, _audit_entry(fields))
+
+
+def _audit_entry(fields: dict[str, Any]) -> dict[FieldT, EncodableT]:
     entry: dict[FieldT, EncodableT] = {"at": utcnow().isoformat(timespec="seconds")}
     entry.update({k: v if isinstance(v, str) else json.dumps(v, default=str)
                   for k, v in fields.items() if v is not None})
-    hub.redis.xadd(hub.keys.audit, entry)
+    return entry
