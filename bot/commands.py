@@ -26,10 +26,13 @@ HELP = {
                     "cmsbot (DNS, WinRM port, TLS, credentials, PowerShell, module, rights, WinRM limits, replication "
                     "paths); one line per server not ready with its first failing check and the fix",
                     "/cms-doctor pool02.contoso.com"),
+    "/cms-history": ("/cms-history [pool|server]", "the last checks, changes, approvals and incidents of the "
+                     "whole deployment, or of one pool or server, from the audit log, with links to their threads",
+                     "/cms-history pool01.contoso.com"),
     "/cms-help": ("/cms-help", "this list", "/cms-help"),
 }
 # commands that take an optional pool or server, resolved against the topology
-SCOPED = ("/cms-status", "/cms-replicate", "/cms-doctor")
+SCOPED = ("/cms-status", "/cms-replicate", "/cms-doctor", "/cms-history")
 MAX_LISTED = 25
 # commands that are real but cannot run from this path (`cmsbot chat`): where they do run
 ELSEWHERE = {

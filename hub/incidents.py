@@ -38,6 +38,7 @@ from cms.settings import Settings
 from cms.watch import (
     ALL,
     Decision,
+    Incident,
     Opened,
     Page,
     Resolved,
@@ -48,7 +49,7 @@ from cms.watch import (
     WatchState,
     open_incidents,
 )
-from hub.contract import ONCALL, REQUEST_TTL, Request, append_event, queue
+from hub.contract import ONCALL, REQUEST_TTL, Request, append_audit, append_event, queue
 from hub.jobs import INCIDENT_COMMAND, ONCALL_JOB, WATCH_NOTICE_COMMAND
 from hub.keys import Hub
 from hub.schedule import ScheduledRun, next_runs
@@ -122,15 +123,18 @@ def _write(base: Hub, hub: Hub, decision: Decision, delivery: Delivery) -> None:
                                   args={} if incident.scope in (ALL, "all") else {"target": incident.scope})
                     hub.redis.set(hub.keys.request(req.id), req.model_dump_json(), ex=REQUEST_TTL)
                     _event(hub, incident.id, IncidentOpened(incident=incident), "opened")
+                _audit(hub, incident, f"opened ({incident.severity.value})")
             case Updated(incident=incident, before_causes=causes, before_severity=severity):
                 if channel:
                     mark = _digest(f"{'+'.join(incident.causes)}|{incident.severity.value}|{incident.summary}|"
                                    f"{'+'.join(causes)}")
                     _event(hub, incident.id, IncidentUpdated(incident=incident, before_causes=causes,
                                                              before_severity=severity), f"update:{mark}")
+                _audit(hub, incident, f"updated ({incident.severity.value})")
             case Resolved(incident=incident, resolved_at=at):
                 if channel:
                     _event(hub, incident.id, IncidentResolved(incident=incident, resolved_at=at), "resolved")
+                _audit(hub, incident, "resolved")
             case SkipNoticed(notice=notice, reason=reason, since=since):
                 if channel:
                     req = Request(id=notice, command=WATCH_NOTICE_COMMAND, user=WATCH_USER, channel=channel,
@@ -153,6 +157,14 @@ def _write(base: Hub, hub: Hub, decision: Decision, delivery: Delivery) -> None:
 
 def _event(hub: Hub, incident: str, message: Message, step: str) -> None:
     append_event(hub, incident, message, token=f"{incident}:{step}")
+
+
+def _audit(hub: Hub, incident: Incident, result: str) -> None:
+    """The audit's line of an incident (what /cms-history lists), in the same transaction as its events. A
+    transaction replayed after a lost reply could add it twice; /cms-history shows one line per incident
+    and step all the same."""
+    append_audit(hub, request=incident.id, who=WATCH_USER, what="incident", target=incident.subject,
+                 result=result, detail=incident.summary[:300])
 
 
 def _digest(text: str) -> str:

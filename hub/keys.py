@@ -136,6 +136,17 @@ class Keys:
         """What the last finished status check found, for the metrics (a hash: replicas_behind, at)."""
         return self._key("telemetry", "last-status")
 
+    # the App Home (hub/home.py)
+    @property
+    def pool_verdicts(self) -> str:
+        """The last verdict of each pool (a hash: pool -> JSON of cms.verdicts.PoolVerdict; no TTL)."""
+        return self._key("home", "verdicts")
+
+    @property
+    def home_viewers(self) -> str:
+        """Who opened the bot's Home lately (a sorted set: user id -> when; the key expires when none does)."""
+        return self._key("home", "viewers")
+
     # the watch and on-call (hub/incidents.py, hub/schedule.py)
     @property
     def watch_state(self) -> str:

@@ -33,6 +33,11 @@ or not the bot is a member. Slack takes at most 5 posts to one URL within 30 min
 it answers HTTP 404 with `used_url` or `expired_url` (`response_url_ttl` shortens the 30 minutes).
 `/api/response_url` is kept for older callers: it accepts every post and records it the same way.
 
+The App Home: `views.publish` keeps the last view published for each user (`home(user)`, every one in
+`homes(user)`) after checking what Slack checks (a view of type home, 1 to 100 blocks; else
+`invalid_arguments`); `app_home_opened(user)` is the Events API envelope Slack sends the app when that
+user opens the Home tab (what a test POSTs to the app's endpoint, or sends in Socket Mode).
+
 Socket Mode, minimally: `apps.connections.open` hands out a ws:// URL of this server, which
 upgrades to a WebSocket, says Slack's `hello`, answers pings and records what the app sends
 (`socket_messages()`, the envelopes' acks); `socket_send()` pushes an envelope to the apps
@@ -198,6 +203,7 @@ class SlackFake:
             self._down_until = 0.0
             self._sockets: list[tuple[socket.socket, threading.Lock]] = getattr(self, "_sockets", [])
             self._socket_messages: list[dict] = []
+            self._views: dict[str, list[dict]] = {}
 
     def fail(self, method: str, status: int | None = None, *, error: str | None = None,
              retry_after: int | None = 1, times: int = 1) -> None:
@@ -252,6 +258,17 @@ class SlackFake:
     def ephemeral(self) -> list[dict]:
         with self._lock:
             return list(self._ephemeral)
+
+    def home(self, user: str) -> dict | None:
+        """The Home view last published for `user` (None: none yet)."""
+        with self._lock:
+            views = self._views.get(user)
+            return dict(views[-1]) if views else None
+
+    def homes(self, user: str) -> list[dict]:
+        """Every Home view published for `user`, oldest first."""
+        with self._lock:
+            return [dict(v) for v in self._views.get(user, [])]
 
     def socket_connections(self) -> list[socket.socket]:
         with self._lock:
@@ -445,6 +462,18 @@ class SlackFake:
             ts = self._next_ts()
             self._ephemeral.append({**p, "message_ts": ts})
             return 200, {"ok": True, "message_ts": ts}
+        if method == "views.publish":
+            view, user = p.get("view"), p.get("user_id")
+            if not isinstance(user, str) or not user:
+                return 200, {"ok": False, "error": "invalid_arguments"}
+            blocks = view.get("blocks") if isinstance(view, dict) else None
+            if not isinstance(view, dict) or view.get("type") != "home" or not isinstance(blocks, list) \
+                    or not 0 < len(blocks) <= 100:
+                return 200, {"ok": False, "error": "invalid_arguments"}
+            self._seq += 1
+            published = {**view, "id": f"V{self._seq:08d}", "team_id": TEAM["team_id"], "bot_id": TEAM["bot_id"]}
+            self._views.setdefault(user, []).append(published)
+            return 200, {"ok": True, "view": published}
         if method == "usergroups.users.list":
             return 200, {"ok": True, "users": list(self.usergroups.get(p.get("usergroup", ""), []))}
         if method == "conversations.info":
@@ -469,6 +498,15 @@ class SlackFake:
                 done.append({"id": f["file_id"], "title": f["title"], "name": f["filename"], "size": len(f["content"])})
             return 200, {"ok": True, "files": done}
         return 200, {"ok": True}
+
+
+def app_home_opened(user: str, tab: str = "home") -> dict:
+    """The Events API envelope Slack sends the app when `user` opens its Home (or Messages) tab."""
+    now = time.time()
+    return {"token": "legacy", "team_id": TEAM["team_id"], "api_app_id": "A0001", "type": "event_callback",
+            "event_id": f"Ev{secrets.token_hex(5).upper()}", "event_time": int(now),
+            "event": {"type": "app_home_opened", "user": user, "channel": f"D{user[1:]}", "tab": tab,
+                      "event_ts": f"{now:.6f}"}}
 
 
 def _ws_frame(opcode: int, payload: bytes) -> bytes:

@@ -29,6 +29,10 @@ __all__ = ["APPROVER", "APPROVER2", "BOTH", "CHANNEL", "GROUP_OPERATOR", "OPERAT
 class BotProcess(slack_bot.BotProcess):
     factor = TIME_FACTOR
 
+    def event(self, envelope: dict) -> tuple[int, str]:
+        """An Events API delivery (e.g. lab.slack_fake.app_home_opened(user)): JSON, signed as Slack signs it."""
+        return self.post(json.dumps(envelope), headers={"Content-Type": "application/json"})
+
 
 def ack_body(body: str) -> dict:
     """Bolt answers ack(text=...) as plain text (Slack shows it only to the user), richer acks as JSON."""

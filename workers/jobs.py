@@ -25,7 +25,7 @@ from cms import topology as topo
 from cms.messages import ActionOutcome, Failed, Message, PreflightReady, Progress, Result
 from cms.remediation import describe
 from cms.settings import Settings
-from hub import approvals, telemetry
+from hub import approvals, home, telemetry
 from hub.cms_lock import cms_change_blocking
 from hub.contract import Request, append_event, claim, load_request
 from hub.jobs import CHANGE_COMMAND, EXECUTE_JOB, REMEDIATE_COMMAND, REMEDIATE_JOB
@@ -99,6 +99,11 @@ def status(request_id: str) -> dict[str, Any] | None:
 
 def _status(ctx: Ctx) -> dict[str, Any]:
     report = run_status(ctx.topology, ctx.settings, ctx.target(), ctx.emit)
+    # the pools' verdicts (the App Home) and the check's audit entry (/cms-history), before the result: the
+    # reporter refreshes the Home when it delivers the result, and finds them there
+    request, who = ctx.request.id, ctx.request.user
+    ctx.outbox.put("the pools' verdicts and the check's audit entry",
+                   lambda hub: home.record_check(hub, report, request=request, who=who))
     ctx.emit(Result(report=report))
     return {"healthy": report.healthy, "findings": len(report.findings), "host_errors": len(report.host_errors),
             **telemetry.report_summary(report)}  # host errors by kind, replicas behind: the worker's metrics

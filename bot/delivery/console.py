@@ -106,6 +106,9 @@ def refusal(text: str) -> str | None:
     if name == "/cms-doctor":
         return ("`/cms-doctor` runs here as `cmsbot doctor [pool|server]` (with the workers' WinRM settings). "
                 + CONSOLE_USAGE)
+    if name == "/cms-history":
+        return ("`/cms-history` reads the audit log in Slack; here: `cmsbot audit [--since 24h] [--json]`. "
+                + CONSOLE_USAGE)
     if name in commands.ELSEWHERE:
         return f"`{name}` {commands.ELSEWHERE[name]}. {CONSOLE_USAGE}"
     shown = "".join(c for c in name[:40] if c.isprintable() and c != "`")

@@ -81,6 +81,8 @@ class Hooks:
     late: Callable[[Event, float], bool] | None = None  # say the event came `seconds` late; False: retry
     lost: Callable[[str], bool] | None = None  # say a request's events were lost; False: retry later
     in_flight: Callable[[str], bool] | None = None  # may its job still append events (queued or running)?
+    # every event once it is delivered, or skipped as not the sink's (the App Home's refresh: it must not fail)
+    seen: Callable[[Event], None] | None = None
 
 
 class Reporter:
@@ -184,6 +186,7 @@ class Reporter:
         event = Event.from_fields(fields)
         if not self._wants(event):
             self.conn.xack(self.stream, self.group, entry_id)
+            self._seen(event)
             return 0
         held = self._held.get(event.request)
         if held is not None or self._gate_closed():
@@ -294,7 +297,17 @@ class Reporter:
         self._streak = 0
         telemetry.delivered(event.kind, entry_id)  # its lag since the append, for the metrics
         self._track(event)
+        self._seen(event)
         return True
+
+    def _seen(self, event: Event) -> None:
+        seen = self.hooks.seen
+        if seen is None:
+            return
+        try:
+            seen(event)
+        except Exception:  # noqa: BLE001 - never a reason not to deliver the next event
+            log.exception("the seen hook failed on event %s/%s", event.request, event.seq)
 
     def _try(self, event: Event) -> bool:
         """Deliver one event; True when done with it (delivered, or permanently undeliverable)."""

@@ -24,6 +24,8 @@ from bot.listeners import (
     explain,
     failover,
     help,
+    history,
+    home,
     just_ack,
     remediate,
     replicate,
@@ -103,7 +105,7 @@ def build_app(deps: Deps, client: WebClient) -> App:
         process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
-    for module in (status, explain, replicate, failover, approval, unknown, help, remediate, doctor):
+    for module in (status, explain, replicate, failover, approval, unknown, help, remediate, doctor, history, home):
         module.register(app, deps)
     _register_fallbacks(app)
 

@@ -35,6 +35,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import SlackSettings
+from bot.delivery.home import HomePublisher, Refresher
 from bot.delivery.reporter import Hooks, Reporter
 from bot.delivery.slack_thread import SlackThreads
 from bot.listeners import Deps
@@ -42,6 +43,7 @@ from bot.roles import Roles
 from bot.serve.app import build_app, web_client
 from bot.serve.http import Limits, endpoint, serve
 from cms import logs
+from cms import topology as topo
 from cms.messages import ApprovalChanged
 from cms.settings import Settings
 from cms.topology import Topology
@@ -296,15 +298,22 @@ def run_reporter(settings: Settings, slack: SlackSettings, conn: redis.Redis) ->
         return count
 
     threads = SlackThreads(hub, client, listening)
+    # the App Home of those who opened it lately, published again (debounced) when an event changes it
+    roles = Roles(slack)  # who may approve: the Home says what each viewer may do about a card
+    refresher = Refresher(HomePublisher(hub, settings, lambda: topo.load(settings.topology), client, roles)).start()
     hooks = Hooks(late=lambda event, seconds: _for_request(event.request, threads.late, event, seconds),
-                  lost=lambda rid: _for_request(rid, threads.lost, rid), in_flight=lambda rid: _in_flight(hub, rid))
+                  lost=lambda rid: _for_request(rid, threads.lost, rid), in_flight=lambda rid: _in_flight(hub, rid),
+                  seen=refresher.seen)
     background = [threading.Thread(target=_expire_approvals, args=(hub, stop), name="expiry", daemon=True),
                   threading.Thread(target=watch, args=(hub, lambda rid, cmd: lost_reason(hub, rid, cmd,
                                                                                           settings.cooldown), stop),
-                                   kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True)]
+                                   kwargs={"stale": settings.heartbeat_stale}, name="watchdog", daemon=True),
+                  threading.Thread(target=_refresh_groups, args=(roles, client, slack, stop), name="groups",
+                                   daemon=True)]
     for t in background:
         t.start()
     _report(hub, threads, stop, settings, hooks)
+    refresher.stop()
     log.info("reporter stopped")
     return 0
 

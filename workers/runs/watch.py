@@ -16,6 +16,7 @@ from cms.topology import Topology
 from cms.watch import ALL, Decision, decide, skip
 from hub.cms_lock import change_state, changes_in_flight
 from hub.contract import utcnow
+from hub.home import record_check
 from hub.incidents import Delivery, commit
 from hub.jobs import CHANGE_COMMAND
 from hub.keys import Hub
@@ -56,6 +57,7 @@ def run_watch(hub: Hub, settings: Settings, topology: Topology, scope: str) -> D
         log.info("watch of %s skipped after its check: %s", scope, reason)
         return _skip(hub, reason, where)
     name = ALL if target.kind == "deployment" else target.name
+    record_check(hub, report, audit=False)  # the pools' last verdicts (the App Home); no audit line per run
     return commit(hub, lambda state: decide(state, report, utcnow(), settings.watch_policy(), scope=name), where)
 
 
