@@ -127,6 +127,12 @@ def decode(name: str, out: Output) -> Any:
     return doc["data"]
 
 
+def answered(name: str, out: Output) -> bool:
+    """Whether `out` holds a JSON line answering for probe `name` (of a command that ran several)."""
+    doc = _json_document(out.stdout.decode("utf-8", errors="replace"), name)
+    return doc is not None and doc.get("probe") == name
+
+
 def _json_document(text: str, name: str) -> dict[str, Any] | None:
     """Probe `name`'s answer: the output as one JSON object, or its last line that is one and answers for
     `name` (a command that ran several probes prints one line each), or else the last object at all."""

@@ -24,13 +24,13 @@ from cms.ps_json import clip
 from cms.settings import Settings
 from cms.topology import Topology
 from workers import probes
-from workers.transport.winrm import Credentials, HostFailure, Shell
+from workers.transport.winrm import CLEANUP_TIMEOUT, Credentials, HostFailure, Output, Shell
 
 log = logging.getLogger(__name__)
 
 # How long past the sum of a server's probe deadlines we wait before giving up on it (the shell's own
 # deadline ends every exchange first; this is the net under it).
-STRAGGLER_MARGIN = 2.0
+STRAGGLER_MARGIN = 2 * CLEANUP_TIMEOUT + 1.0  # room for a timed-out command's Signal and its shell's Delete
 # The Create message around the environment (SOAP headers, shell options), generously; and what each
 # variable adds around its name and value: <rsp:Variable Name="...">...</rsp:Variable>
 ENVELOPE_BASE = 4096
@@ -267,23 +267,39 @@ class Fleet:
         run = HostRun(server)
         stdin = stdin or {}
         for batch in self._batches(server, names, stdin):
-            name = batch[0]
+            failure: HostFailure | None = None
             try:
-                shell = self._shell(server, name)
+                shell = self._shell(server, batch[0])
                 # the probes' deadlines together; the first also covers opening the shell
                 shell.deadline = self._loop.time() + self.budget(batch)
-                out = await shell.run(*probes.command(*batch), stdin.get(name))
-                for name in batch:  # in order, as if each had run alone: the first failure stops the server
-                    run.read(name, probes.decode(name, out))
-            except HostFailure as f:
-                run.error = HostError(server=server, kind=f.kind, reason=clip(f.reason, MAX_REASON), probe=name)
-                break
-            except Exception:  # noqa: BLE001 - a bug reading one host's answer is that host's error
-                log.exception("probe %s on %s failed unexpectedly", name, server)
-                run.error = HostError(server=server, kind=HostErrorKind.probe_failed, probe=name,
-                                      reason="internal error while reading this server's answer")
+                out: Output | None = await shell.run(*probes.command(*batch), stdin.get(batch[0]))
+            except HostFailure as f:  # the probes that answered before it failed still count
+                out, failure = f.partial, f
+            except Exception:  # noqa: BLE001 - a bug talking to one host is that host's error
+                log.exception("probes %s on %s failed unexpectedly", batch, server)
+                out, failure = None, HostFailure("internal error while reading this server's answer")
+            if not self._read(run, batch, out, failure):
                 break
         return run
+
+    def _read(self, run: HostRun, batch: list[str], out: Output | None, failure: HostFailure | None) -> bool:
+        """Read each probe's answer in order, as if each had run alone; the first probe without one (or with
+        its own error) is the server's error, and False stops the server."""
+        for name in batch:
+            try:
+                if failure is not None and (out is None or not probes.answered(name, out)):
+                    raise failure
+                assert out is not None
+                run.read(name, probes.decode(name, out))
+            except HostFailure as f:
+                run.error = HostError(server=run.server, kind=f.kind, reason=clip(f.reason, MAX_REASON), probe=name)
+                return False
+            except Exception:  # noqa: BLE001 - a bug reading one host's answer is that host's error
+                log.exception("probe %s on %s failed unexpectedly", name, run.server)
+                run.error = HostError(server=run.server, kind=HostErrorKind.probe_failed, probe=name,
+                                      reason="internal error while reading this server's answer")
+                return False
+        return True
 
     def close(self) -> None:
         """Delete every shell (at once, short deadlines) and end the loop."""
@@ -293,6 +309,12 @@ class Fleet:
         self._shells.clear()
 
         async def close_all() -> None:
+            # a run cut short (the job's own time limit) leaves its tasks pending: they end here, before the
+            # shells are deleted, so none of them sends anything afterwards
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             await asyncio.gather(*(s.close() for s in shells), return_exceptions=True)
 
         self._loop.run_until_complete(close_all())

@@ -70,13 +70,16 @@ USER_AGENT = "cmsbot (pywinrm envelopes)"
 # MS-WSMV 3.1.4.14 / 2.2.4.41: the fault a Receive answers when OperationTimeout passed with no output
 # (ERROR_WSMAN_OPERATION_TIMEDOUT); pywinrm raises WinRMOperationTimeoutError for the same code.
 OPERATION_TIMED_OUT = 2150858793
+ENCRYPTED_PROTOCOL = 'protocol="application/HTTP-SPNEGO-session-encrypted"'  # MS-WSMV 2.2.9.1.1
 SOAP = {"s": "http://www.w3.org/2003/05/soap-envelope", "f": "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"}
 
 
 class HostFailure(Exception):
-    """A server could not be asked or did not answer; `reason` is for humans."""
+    """A server could not be asked or did not answer; `reason` is for humans. `partial`: what the command
+    wrote before it failed (a command that runs several probes may have finished the first ones)."""
 
     kind: HostErrorKind = HostErrorKind.probe_failed
+    partial: Output | None = None
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -398,20 +401,29 @@ class _Connection:
             raise Unreachable(f"cannot connect to {self.where}") from None
         self._reader, self._writer = reader, writer
         if c.transport in ("ntlm", "kerberos"):
-            await self._negotiate()
+            try:
+                await self._negotiate()
+            except BaseException:
+                self.close()  # nothing more goes out on a connection that is not authenticated
+                raise
 
     async def _through_proxy(self, proxy: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         p = urlsplit(proxy)
         reader, writer = await asyncio.open_connection(p.hostname, p.port or 8080, limit=MAX_HEADER_BYTES)
-        writer.write(f"CONNECT {self.where} HTTP/1.1\r\nHost: {self.where}\r\n\r\n".encode("ascii"))
-        status = await reader.readline()
-        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-            pass
-        if status.split(b" ")[1:2] != [b"200"]:
-            writer.close()
-            raise ConnectionRefusedError
-        if self.tls:
-            await writer.start_tls(tls_context(self._creds.ca_bundle), server_hostname=self.host)
+        try:
+            writer.write(f"CONNECT {self.where} HTTP/1.1\r\nHost: {self.where}\r\n\r\n".encode("ascii"))
+            status = await reader.readline()
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass
+            code = status.split(b" ")[1:2]
+            if code != [b"200"]:
+                raise Unreachable(f"the proxy {p.hostname}:{p.port or 8080} refused a tunnel to {self.where} "
+                                  f"(HTTP {(code or [b'?'])[0].decode('latin-1')})")
+            if self.tls:
+                await writer.start_tls(tls_context(self._creds.ca_bundle), server_hostname=self.host)
+        except BaseException:
+            writer.transport.abort()
+            raise
         return reader, writer
 
     async def _negotiate(self) -> None:
@@ -454,18 +466,14 @@ class _Connection:
     # -- one message ----------------------------------------------------------------
     async def send(self, message: bytes) -> bytes:
         """POST one SOAP message, return the SOAP answer; HTTP and WS-Management failures raised."""
-        fresh = self._writer is None
-        if fresh:
+        if self._reader is not None and self._writer is not None \
+                and (self._reader.at_eof() or self._writer.is_closing()):
+            self.close()  # the host (or a proxy) closed it while idle: a new one, before anything is written
+        if self._writer is None:
             await self._open()
-        try:
-            response = await self._post(message)
-        except _Reset:
-            if fresh:
-                raise
-            # an idle keep-alive connection the host (or a proxy) closed: once more on a new one
-            self.close()
-            await self._open()
-            response = await self._post(message)
+        # never sent twice: a reset after the message left may mean the host has it (a Command that changes
+        # the CMS must not run twice)
+        response = await self._post(message)
         if response.closes:
             self.close()
         if response.status == 200:
@@ -491,6 +499,9 @@ class _Connection:
             headers = {k: v for k, v in prepared.headers.items() if k.lower() != "content-length"}
         response = await self._exchange(message, headers)
         if self._encryption is not None and response.body:
+            if ENCRYPTED_PROTOCOL not in response.header("content-type"):
+                # pywinrm passes such a body through as it is: on plain HTTP anyone on the path could answer
+                raise ProbeFailed(f"{self.server} answered in clear on an encrypted session (MS-WSMV 2.2.9.1)")
             encrypted = _Encrypted({"Content-Type": response.header("content-type")}, response.body, self.endpoint)
             plain = self._encryption.parse_encrypted_response(encrypted)  # type: ignore[arg-type]
             response = _Response(response.status, response.headers, plain)
@@ -518,23 +529,35 @@ class _Connection:
         parts = status_line.decode("latin-1").split(" ", 2)
         status = int(parts[1])
         headers: dict[str, list[str]] = {}
+        size = 0
         while True:
             line = await self._reader.readline()
             if line in (b"\r\n", b"\n"):
                 break
-            if not line:
+            size += len(line)
+            if not line or size > MAX_HEADER_BYTES:
                 raise asyncio.IncompleteReadError(b"", None)
             name, _, value = line.decode("latin-1").partition(":")
             headers.setdefault(name.strip().lower(), []).append(value.strip())
         declared = ", ".join(headers.get("content-length", []))
         if "chunked" in ", ".join(headers.get("transfer-encoding", [])).lower():
             body = await self._chunked()
-        else:
-            length = int(declared or 0)
+        elif declared:
+            length = int(declared)
             if length > self._max_response:
                 self.close()
                 raise AnswerTooLarge(self._too_large())
             body = await self._reader.readexactly(length)
+        elif status in (204, 304) or 100 <= status < 200:
+            body = b""
+        else:  # neither a length nor chunks: the body runs to the end of the connection (RFC 9112 6.3)
+            body = await self._reader.read(self._max_response + 1)
+            while len(body) <= self._max_response and (more := await self._reader.read(self._max_response)):
+                body += more
+            if len(body) > self._max_response:
+                self.close()
+                raise AnswerTooLarge(self._too_large())
+            headers["connection"] = ["close"]
         return _Response(status, headers, body)
 
     async def _chunked(self) -> bytes:
@@ -609,9 +632,12 @@ class Shell:
                 err.append(e)
                 if done:
                     break
-        except (TimedOut, AnswerTooLarge):  # out of time, or too much: end the command, drop the shell
-            await self._quietly(_fill(_fixed("signal"), shell_id, command_id))
-            await self.close()
+        except HostFailure as failure:
+            if not isinstance(failure, AnswerTooLarge):
+                failure.partial = Output(b"".join(out), b"".join(err), -1)
+            if isinstance(failure, (TimedOut, AnswerTooLarge)):  # out of time, or too much: end it, drop the shell
+                await self._quietly(_fill(_fixed("signal"), shell_id, command_id))
+                await self.close()
             raise
         # MS-WSMV 3.1.4.14: "a final Signal message MUST also be issued for the command after all the
         # stream data has been received" (code terminate); pywinrm's Session.run_cmd and Ansible's winrm
@@ -625,9 +651,9 @@ class Shell:
 
     async def close(self) -> None:
         """Delete the shell (best effort, short deadline) and drop the connection."""
-        shell_id, self._shell_id = self._shell_id, None
-        if shell_id:
-            await self._quietly(_fill(_fixed("delete"), shell_id))
+        if self._shell_id:
+            await self._quietly(_fill(_fixed("delete"), self._shell_id))
+        self._shell_id = None  # only now: a Delete cut short (the job's end) is tried again by the fleet's close
         self._connection.close()
 
     async def _open(self) -> str:
