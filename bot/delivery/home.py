@@ -22,7 +22,7 @@ import redis
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.render.home import home_view
+from bot.render.home import closed_home_view, home_view
 from bot.roles import Role, Roles
 from cms.settings import Settings
 from cms.topology import Topology
@@ -72,6 +72,12 @@ class HomePublisher:
         self.hub, self.settings, self.topology, self.client, self.roles = hub, settings, topology, client, roles
         self.links = Links(client)
 
+    def may_read(self, user: str) -> bool:
+        """Who sees the deployment's state here: anyone while the bot answers in every channel (its reports
+        are anyone's to read then); operators and approvers once CMSBOT_SLACK_CHANNELS limits it."""
+        roles = self.roles
+        return roles is None or not roles.channels or roles.has(user, Role.operator) or roles.has(user, Role.approver)
+
     def publish(self, users: list[str]) -> int:
         """Read what the Home shows once and publish it for each of `users`; returns how many got it."""
         if not users:
@@ -80,7 +86,7 @@ class HomePublisher:
         done = 0
         for user in users:
             can_approve = self.roles is not None and self.roles.has(user, Role.approver)
-            view = home_view(state, user, can_approve=can_approve)
+            view = home_view(state, user, can_approve=can_approve) if self.may_read(user) else closed_home_view(user)
             try:
                 self.client.views_publish(user_id=user, view=view)
                 done += 1

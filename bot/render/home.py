@@ -199,6 +199,19 @@ def home_view(home: Home, viewer: str, *, can_approve: bool = False) -> View:
     return view
 
 
+def closed_home_view(viewer: str) -> View:
+    """The Home of someone who may not read the reports: CMSBOT_SLACK_CHANNELS limits them to its channels,
+    and the Home (server names, incidents, approval plans) is no channel."""
+    view = View(type="home", blocks=[
+        HeaderBlock(text=plain_text("CMS replication", 150)),
+        _section(f"{user_mention(viewer)}, cms-chatops reports in its own channels. This tab shows the deployment's "
+                 "state to cms-chatops operators and approvers only: ask your cms-chatops admin if you should be "
+                 "one."),
+    ])
+    view.validate_json()
+    return view
+
+
 # -- /cms-history --------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from tests.slack_support import (
     CHANNEL,
     OPERATOR,
     TOKEN,
+    VIEWER,
     BotProcess,
     ack_body,
     blocks_text,
@@ -143,6 +144,13 @@ def test_the_home_shows_verdicts_incidents_running_checks_cards_and_the_schedule
     wait_settled(url)
     assert [c.error for c in fake.calls("views.publish")] == [None] * len(fake.calls("views.publish"))
     assert TOKEN not in json.dumps(fake.homes(APPROVER)) and TOKEN not in home_bot.text()
+
+    # the bot answers in its channel only (CMSBOT_SLACK_CHANNELS): to someone who is neither an operator nor an
+    # approver, the Home shows none of the deployment's state
+    assert home_bot.event(app_home_opened(VIEWER))[0] == 200
+    closed = json.dumps(wait_until(lambda: fake.home(VIEWER), 30, "no Home published for a viewer"))
+    assert "operators and approvers only" in closed
+    assert POOL1 not in closed and FE03 not in closed and "failover" not in closed.lower()
 
 
 def test_a_burst_of_changes_refreshes_each_recent_viewer_once(fake, db_url, edge_lab):
