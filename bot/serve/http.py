@@ -330,16 +330,25 @@ def _linger(sock: socket.socket) -> None:
 
 
 Page = tuple[int, str, bytes]  # status, content type, body
+METRICS_PATH = "/metrics"
 
 
-def endpoint(app: App, limits: Limits, pages: Callable[[str], Page | None]) -> WSGIApp:
+def endpoint(app: App, limits: Limits, pages: Callable[[str], Page | None], metrics_port: int = 0) -> WSGIApp:
     """The WSGI application: the telemetry's pages (/metrics, /healthz, /readyz: hub/telemetry.py), and
-    /slack/events into Bolt once the body is complete and within the limits."""
+    /slack/events into Bolt once the body is complete and within the limits. With a `metrics_port` of its
+    own (CMSBOT_METRICS_PORT), /metrics is served there only, not on the port Slack reaches."""
     bolt = SlackRequestHandler(app, EVENTS_PATH)
+
+    def hidden(environ: dict[str, Any], path: str) -> bool:
+        if path != METRICS_PATH or not metrics_port:
+            return False
+        sock = environ.get("gunicorn.socket")  # the port it arrived on, not the Host header a client writes
+        return not isinstance(sock, socket.socket) or sock.getsockname()[1] != metrics_port
 
     def serve(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-        if method in ("GET", "HEAD") and path != EVENTS_PATH and (page := pages(path)) is not None:
+        if method in ("GET", "HEAD") and path != EVENTS_PATH and not hidden(environ, path) \
+                and (page := pages(path)) is not None:
             status, content_type, data = page
             start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", content_type),
                                                                      ("Content-Length", str(len(data)))])

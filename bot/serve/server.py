@@ -111,7 +111,8 @@ def _serve(settings: Settings, slack: SlackSettings, conn: redis.Redis, topology
 
         registry = telemetry.bot_registry(hub_for(health, settings))
         wsgi = endpoint(app, Limits.of(settings),
-                        lambda path: telemetry.page(path, registry, lambda: telemetry.redis_answers(health)))
+                        lambda path: telemetry.page(path, registry, lambda: telemetry.redis_answers(health)),
+                        metrics_port=settings.metrics_port)
         serve(wsgi, settings, host=slack.http_host, port=slack.http_port, processes=slack.http_processes,
               sidecar=reporter, ready=ready, worker_started=worker_started)
     finally:

@@ -212,8 +212,10 @@ def test_readyz_turns_503_while_redis_is_down_and_200_once_it_is_back(fake, edge
         assert all_answer("/healthz", 200)  # alive: nothing to restart
         status, why = _get(f"http://127.0.0.1:{worker_port}/readyz")
         assert "Redis does not answer" in why
-        for port in ports.values():  # the scrape works and says Redis did not answer
+        for port in (bot_metrics_port, worker_port):  # the scrape works and says Redis did not answer
             assert _value(_metrics(port), "cmsbot_redis_up") == 0
+        # with a metrics port of its own, /metrics is not served on the port Slack reaches
+        assert _get(f"http://127.0.0.1:{bot.port}/metrics")[0] == 404
 
         durable_redis.start()
         wait_until(lambda: all_answer("/readyz", 200), 60, "not ready again after Redis came back")
