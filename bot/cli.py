@@ -99,7 +99,7 @@ ENV: dict[str, str] = {
     "CMSBOT_EVENTS_KEEP": "seconds delivered events stay in the events stream (default 86400)",
     "CMSBOT_WINRM_USERNAME": "the WinRM account (default cmsbot)",
     "CMSBOT_WINRM_PASSWORD": "its password (or CMSBOT_WINRM_PASSWORD_FILE)",
-    "CMSBOT_WINRM_TRANSPORT": "ntlm, kerberos, credssp or basic (default ntlm)",
+    "CMSBOT_WINRM_TRANSPORT": "ntlm, kerberos or basic (default ntlm)",
     "CMSBOT_WINRM_SCHEME": "https or http (default https)",
     "CMSBOT_WINRM_CA_BUNDLE": "PEM bundle that signs the servers' WinRM certificates",
     "CMSBOT_WINRM_CONNECT_TIMEOUT": "seconds to open a TCP connection to a server (default 5)",

@@ -52,7 +52,8 @@ class Settings(secret_files.SecretFileSettings):
     winrm_username: str = "cmsbot"
     winrm_password: SecretStr = SecretStr("")
     winrm_password_file: Path | None = None
-    winrm_transport: Literal["ntlm", "kerberos", "credssp", "basic"] = "ntlm"
+    # no CredSSP: the probes need no delegation of credentials, and the transport does not speak it
+    winrm_transport: Literal["ntlm", "kerberos", "basic"] = "ntlm"
     winrm_scheme: Literal["https", "http"] = "https"
     winrm_ca_bundle: Path | None = None
     winrm_connect_timeout: float = Field(5.0, gt=0)

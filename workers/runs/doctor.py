@@ -39,9 +39,8 @@ CMS_SOURCES = 3  # CMS Front Ends tried for the replication paths
 MAX_HEAD = 64 * 1024  # bytes of the listener's answer read
 
 # the WWW-Authenticate schemes each CMSBOT_WINRM_TRANSPORT can use
-SCHEMES = {"ntlm": {"negotiate", "ntlm"}, "kerberos": {"negotiate", "kerberos"}, "credssp": {"credssp"},
-           "basic": {"basic"}}
-ENABLE_AUTH = {"ntlm": "Negotiate", "kerberos": "Kerberos", "credssp": "CredSSP", "basic": "Basic"}
+SCHEMES = {"ntlm": {"negotiate", "ntlm"}, "kerberos": {"negotiate", "kerberos"}, "basic": {"basic"}}
+ENABLE_AUTH = {"ntlm": "Negotiate", "kerberos": "Kerberos", "basic": "Basic"}
 
 
 def _skip_rest(checks: dict[str, Check], reason: str) -> None:

@@ -114,7 +114,7 @@ class _StillRunning(Exception):
 class Credentials:
     username: str
     password: str  # plain only inside this module; never logged
-    transport: Literal["ntlm", "kerberos", "credssp", "basic"]
+    transport: Literal["ntlm", "kerberos", "basic"]
     ca_bundle: str | None = None
     connect_timeout: float = 5.0
     proxy: str | None = None
@@ -375,8 +375,6 @@ class _Connection:
         if c.transport == "basic" and not self.tls and not is_loopback(self.endpoint):
             raise AuthFailed("credentials not sent: Basic authentication over plain HTTP is allowed only to "
                              "loopback; use HTTPS or NTLM/Kerberos")
-        if c.transport == "credssp":
-            raise AuthFailed("CredSSP is not supported: use ntlm or kerberos (the probes need no delegation)")
         try:
             async with asyncio.timeout(c.connect_timeout):
                 if c.proxy:
