@@ -198,6 +198,9 @@ class Skipping(Model):
 class WatchState(Model):
     tracked: dict[str, Tracked] = Field(default_factory=dict)
     skipping: Skipping | None = None
+    # when the newest report applied was started: runs that overlap (two schedules) commit in the order they
+    # finish, and an older report must not re-open what a newer one resolved
+    newest: datetime | None = None
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -366,8 +369,12 @@ def _pages(policy: Policy) -> int:
 
 
 def decide(state: WatchState, report: StatusReport, now: datetime, policy: Policy | None = None,
-           scope: str = "all") -> Decision:
-    """The watch's actions for one report, taken at `now`."""
+           scope: str = "all", started: datetime | None = None) -> Decision:
+    """The watch's actions for one report, taken at `now`; `started`: when its check began (default `now`).
+    A report started before the newest one already applied changes nothing: what it saw is older."""
+    started = started or now
+    if state.newest is not None and started < state.newest:
+        return Decision(state=state)
     policy = policy or Policy()
     actions: list[Action] = []
     pages: list[Page] = []
@@ -422,7 +429,8 @@ def decide(state: WatchState, report: StatusReport, now: datetime, policy: Polic
             del tracked[key]
         elif t.gone_since is None:
             tracked[key] = t.model_copy(update={"gone_since": now})
-    return Decision(state=WatchState(tracked=tracked, skipping=None), actions=tuple(actions), pages=tuple(pages))
+    return Decision(state=WatchState(tracked=tracked, skipping=None, newest=started), actions=tuple(actions),
+                    pages=tuple(pages))
 
 
 def skip(state: WatchState, reason: str, now: datetime) -> Decision:

@@ -149,6 +149,17 @@ def test_the_life_of_an_incident():
     assert actions == ["open"] and pages == ["trigger"] and d.actions[0].incident.id != opened.id
 
 
+def test_a_report_started_before_the_newest_one_applied_changes_nothing():
+    """Two runs overlap (two schedules): they commit in the order they finish, not the order they looked."""
+    state, _, _, _ = run(WatchState(), BEHIND, minutes(0))
+    newer = decide(state, HEALTHY, minutes(12), GRACE, started=minutes(10))  # started later, finished first
+    assert [a.kind for a in newer.actions] == ["resolve"]
+    older = decide(newer.state, BEHIND, minutes(13), GRACE, started=minutes(5))  # still saw fe03 behind
+    assert (older.actions, older.pages, older.state) == ((), (), newer.state)
+    after = decide(newer.state, BEHIND, minutes(20), GRACE, started=minutes(15))  # a later look: it is back
+    assert [a.kind for a in after.actions] == ["open"]
+
+
 def test_a_severity_change_alone_is_an_update():
     state = run(WatchState(), BEHIND, minutes(0))[0]
     worse = report(finding(FindingCode.replica_behind, FE03, Severity.critical))

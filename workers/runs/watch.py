@@ -52,13 +52,15 @@ def run_watch(hub: Hub, settings: Settings, topology: Topology, scope: str) -> D
         log.info("watch of %s skipped: %s", scope, reason)
         return _skip(hub, reason, where)
     target = topology.everything() if scope in (ALL, "all") else topology.resolve(scope)
+    started = utcnow()
     report = run_status(topology, settings, target, no_emit)
     if reason := change_running(hub):  # a change started while the servers were being checked
         log.info("watch of %s skipped after its check: %s", scope, reason)
         return _skip(hub, reason, where)
     name = ALL if target.kind == "deployment" else target.name
     record_check(hub, report, audit=False)  # the pools' last verdicts (the App Home); no audit line per run
-    return commit(hub, lambda state: decide(state, report, utcnow(), settings.watch_policy(), scope=name), where)
+    return commit(hub, lambda state: decide(state, report, utcnow(), settings.watch_policy(), scope=name,
+                                            started=started), where)
 
 
 def _skip(hub: Hub, reason: str, where: Delivery) -> Decision:
