@@ -51,7 +51,23 @@ class Worker(RQWorker):
             try:
                 super().execute_job(job, queue)
             finally:
-                self._ended(job, time.monotonic() - started)
+                self._recording = True
+                try:
+                    self._ended(job, time.monotonic() - started)
+                finally:
+                    self._recording = False
+
+    _recording = False  # in _ended: the horse is gone, the worker still busy with its own bookkeeping
+
+    def _shutdown(self) -> None:
+        """A warm shutdown asked while the worker records a job that ended: noted, and honoured by RQ's loop
+        before it takes the next job. RQ's own answer when no horse runs is to raise StopRequested from the
+        signal handler, which a log call running at that moment swallows ("--- Logging error ---"), and the
+        worker then ran on until it was killed."""
+        if self._recording:
+            self._stop_requested = True
+            return
+        super()._shutdown()
 
     def _ended(self, job: Job, seconds: float) -> None:
         """Record the job that just ended: its duration and outcome, and what its result says."""
