@@ -27,9 +27,11 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from lab.local_http import LocalHttp
 
 PD_SEVERITIES = {"critical", "error", "warning", "info"}
 PD_ACTIONS = {"trigger", "acknowledge", "resolve"}
@@ -55,16 +57,17 @@ class Alert:
     log: list[dict[str, Any]] = field(default_factory=list)  # the events applied to it, in order
 
 
-class OncallFake:
+class OncallFake(LocalHttp):
+    thread_name = "oncall-fake"
+
     def __init__(self, token: str = "test-hook-token"):
+        super().__init__()
         self.token = token
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.reset()
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def start(self) -> OncallFake:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,31 +82,7 @@ class OncallFake:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="oncall-fake",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread:
-                self._thread.join(5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> OncallFake:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def root(self) -> str:
-        assert self._server is not None, "the fake is not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return Handler
 
     @property
     def pagerduty_url(self) -> str:

@@ -58,9 +58,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from lab.local_http import LocalHttp
 
 TEAM = {"team": "Contoso", "user": "cmsbot", "team_id": "T0001", "user_id": "U0BOT", "bot_id": "B0001"}
 # The bot scopes of slack-manifest.yml; without chat:write.public, a public channel the bot is not in refuses its posts
@@ -124,19 +126,20 @@ class _Message:
                 "edits": len(self.history), "history": list(self.history)}
 
 
-class SlackFake:
+class SlackFake(LocalHttp):
+    thread_name = "slack-fake"
+
     def __init__(self, usergroups: dict[str, list[str]] | None = None, scopes: frozenset[str] = DEFAULT_SCOPES,
                  response_url_ttl: float = RESPONSE_URL_TTL):
+        super().__init__()
         self.usergroups: dict[str, list[str]] = dict(usergroups or {})
         self.scopes = frozenset(scopes)
         self.response_url_ttl = response_url_ttl
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.reset()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> SlackFake:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -153,36 +156,15 @@ class SlackFake:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="slack-fake",
-                                        daemon=True)
-        self._thread.start()
-        return self
+        return Handler
 
     def stop(self) -> None:
-        for conn in self.socket_connections():
+        for conn in self.socket_connections():  # Socket Mode's WebSockets hold their threads: end them first
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread:
-                self._thread.join(5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> SlackFake:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def root(self) -> str:
-        assert self._server is not None, "the fake is not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().stop()
 
     @property
     def base_url(self) -> str:
