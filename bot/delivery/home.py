@@ -43,7 +43,6 @@ class Links:
         self.client = client
         self._base: str | None = None
         self._lock = threading.Lock()
-        self._asking: threading.Thread | None = None
 
     def base(self) -> str | None:
         with self._lock:
@@ -59,20 +58,6 @@ class Links:
                 if url.startswith(("https://", "http://")):
                     self._base = url if url.endswith("/") else url + "/"
             return self._base
-
-    def warm(self) -> None:
-        """Ask Slack for the workspace's URL in the background (for `known_permalink`), one asking at a time."""
-        if self._asking is None or not self._asking.is_alive():
-            self._asking = threading.Thread(target=self.base, name="workspace-url", daemon=True)
-            self._asking.start()
-
-    def known_permalink(self, channel: str, ts: str) -> str | None:
-        """`permalink` without calling Slack: for answers given in an ack, which must not wait on auth.test
-        (Slack slow or down); no link until the workspace's URL is known, and then asked for again."""
-        if self._base is None:
-            self.warm()
-            return None
-        return self.permalink(channel, ts)
 
     def permalink(self, channel: str, ts: str) -> str | None:
         base = self.base()

@@ -28,7 +28,6 @@ def usage() -> str:
 
 def register(app, deps: Deps) -> None:
     links = Links(app.client)
-    links.warm()  # the answer is given in the ack: it links to threads without asking Slack first
 
     @app.command(NAME)
     @guarded
@@ -43,6 +42,5 @@ def register(app, deps: Deps) -> None:
             return ack(text=esc(why))
         name = parsed.args.get("target")
         scope = deps.topology.resolve(name) if name else None
-        entries = home.history(deps.hub, deps.topology, scope, limit=home.HISTORY_LIMIT,
-                               permalink=links.known_permalink)
+        entries = home.history(deps.hub, deps.topology, scope, limit=home.HISTORY_LIMIT, permalink=links.permalink)
         ack(**history_message(entries, name, datetime.now(UTC), home.HISTORY_LIMIT).payload())
